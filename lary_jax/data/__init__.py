@@ -1,0 +1,1 @@
+"""Input side: media decoding, frame sampling, action normalisation, grain pipelines."""

@@ -1,0 +1,1 @@
+"""LARY-Sim: a small LARY-format dataset rendered with PyBullet."""
