@@ -1,0 +1,39 @@
+"""Writes one benchmark's section of BENCHMARKS.md, leaving the others."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import re
+
+BENCHMARKS_MD = os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), "BENCHMARKS.md")
+_HEADER = """# Benchmarks
+
+Each section is written by the script it names (`python benchmarks/NAME.py`).
+Numbers are ratios against a reference measured in the same run on the same
+machine, because these machines are noisy; absolute figures are for scale only.
+"""
+
+
+def machine() -> str:
+  return (f"{platform.machine()}, {os.cpu_count()} cores, Python "
+          f"{platform.python_version()}, {datetime.date.today()}")
+
+
+def write_section(name: str, body: str) -> None:
+  """Replaces (or appends) the section of benchmark `name`."""
+  text = open(BENCHMARKS_MD).read() if os.path.exists(BENCHMARKS_MD) else (
+      _HEADER)
+  begin, end = f"<!-- begin {name} -->", f"<!-- end {name} -->"
+  section = f"{begin}\n{body.strip()}\n{end}"
+  pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
+  if pattern.search(text):
+    text = pattern.sub(lambda _: section, text)
+  else:
+    text = text.rstrip() + "\n\n" + section + "\n"
+  tmp = BENCHMARKS_MD + ".tmp"
+  with open(tmp, "w") as f:
+    f.write(text)
+  os.replace(tmp, BENCHMARKS_MD)

@@ -1,0 +1,68 @@
+"""lary-jax: the LARY benchmark in JAX.
+
+Usage: python -m lary_jax.main COMMAND [--flags] [--config=configs/x.py]
+                                       [--config.SECTION.FIELD=VALUE]
+
+Commands:
+  simulate  render LARY-Sim, a small LARY-format DATA_DIR (--out, --tiny, --seed)
+  check     list every bad row of a dataset's metadata CSVs; exit 1 if any
+            (--dataset, --data_dir, --metadata_dir)
+  prepare   build the TFDS datasets of --dataset from --data_dir into --tfds_dir
+            (--skip_bad_rows leaves bad rows out and lists them)
+  run       the whole benchmark on LARY-Sim: render it if missing, prepare it
+            (--workdir; --tiny for a quick look)
+
+`python -m lary_jax.main --help` lists every flag.
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from lary_jax import commands
+from lary_jax.errors import LaryError
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", commands.DEFAULT_CONFIG, "Config file (Python, get_config()).",
+    lock_config=True)
+flags.DEFINE_string("dataset", None, "Dataset(s), comma-separated: "
+                    + ", ".join(commands.DATASET_NAMES))
+flags.DEFINE_string("split", None, "train, validation or unseen.")
+flags.DEFINE_integer("stride", None, "Action chunk stride (vlabench: 5/15/30).")
+flags.DEFINE_string("model", None, "Encoder or latent action model.")
+flags.DEFINE_string("data_dir", None, "LARYBench DATA_DIR root.")
+flags.DEFINE_string("metadata_dir", None,
+                    "Folder of upstream metadata CSVs (default "
+                    "<data_dir>/metadata).")
+flags.DEFINE_string("tfds_dir", None, "Where prepared TFDS datasets go "
+                    "(default <workdir>/tfds).")
+flags.DEFINE_string("workdir", "lary_workdir", "Where a run writes.")
+flags.DEFINE_string("out", None, "simulate: output DATA_DIR.")
+flags.DEFINE_bool("tiny", False, "simulate/run: the tiny LARY-Sim.")
+flags.DEFINE_integer("seed", 0, "Random seed.")
+flags.DEFINE_bool("skip_bad_rows", False,
+                  "prepare: leave bad rows out (listed in bad_rows.csv).")
+
+
+def main(argv: list[str]) -> int:
+  if len(argv) != 2 or argv[1] not in commands.COMMANDS:
+    given = " ".join(argv[1:]) or "nothing"
+    print(f"error: expected one command of {', '.join(commands.COMMANDS)}, "
+          f"got {given}; see --help", file=sys.stderr)
+    return 2
+  if not flags.FLAGS["verbosity"].present:
+    # TFDS logs routine warnings (e.g. "no dataset_info.json" before a first
+    # prepare) that would bury our own one-line messages; -v 0 shows them.
+    logging.set_verbosity(logging.ERROR)
+  try:
+    return commands.COMMANDS[argv[1]](flags.FLAGS, _CONFIG.value) or 0
+  except LaryError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+  app.run(lambda argv: sys.exit(main(argv)))

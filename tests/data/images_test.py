@@ -1,0 +1,172 @@
+"""images.py against OpenCV (the oracle upstream ran) and against itself."""
+
+import io
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from lary_jax.data import images
+from lary_jax.errors import LaryError
+
+
+def _random(shape, seed=0):
+  return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+
+
+def _smooth(shape, seed=0):
+  """Low-frequency content with full-range contrast, like natural images."""
+  rng = np.random.default_rng(seed)
+  h, w = shape[:2]
+  yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+  channels = shape[2] if len(shape) == 3 else 1
+  planes = []
+  for _ in range(channels):
+    fx, fy, phase = rng.uniform(1, 6, size=3)
+    planes.append(np.sin(fx * xx * 6.28 + phase) * np.cos(fy * yy * 6.28))
+  img = (np.stack(planes, -1) + 1) * 127.5
+  return img.reshape(shape).round().astype(np.uint8)
+
+
+def _cv2_resize(x, size, interpolation):
+  out = cv2.resize(x, (size[1], size[0]), interpolation=interpolation)
+  return out.reshape(out.shape[:2] + x.shape[2:])
+
+
+# (source shape, target (height, width)): down, up, odd, aspect change,
+# exact 2x (OpenCV's area shortcut for linear) and identity.
+_CASES = [
+    ((480, 640, 3), (224, 224)),
+    ((448, 448, 3), (224, 224)),
+    ((37, 53, 3), (224, 224)),
+    ((300, 200, 3), (97, 331)),
+    ((17, 311, 3), (500, 700)),
+    ((224, 224, 3), (224, 224)),
+    ((101, 77), (50, 38)),
+    ((64, 64, 4), (96, 80)),
+    ((720, 1280, 1), (224, 224)),
+]
+
+
+@pytest.mark.parametrize("make", [_random, _smooth])
+@pytest.mark.parametrize("shape,size", _CASES)
+def test_resize_linear_equals_cv2(make, shape, size):
+  x = make(shape)
+  np.testing.assert_array_equal(
+      images.resize_linear(x, size), _cv2_resize(x, size, cv2.INTER_LINEAR))
+
+
+@pytest.mark.parametrize("shape,size", [((1, 1, 3), (5, 7)), ((2, 9, 3), (
+    224, 224)), ((101, 77, 2), (224, 224)), ((3, 5, 6), (6, 10))])
+def test_resize_linear_equals_cv2_on_odd_inputs(shape, size):
+  x = _random(shape)
+  np.testing.assert_array_equal(
+      images.resize_linear(x, size), _cv2_resize(x, size, cv2.INTER_LINEAR))
+
+
+@pytest.mark.parametrize("make", [_random, _smooth])
+@pytest.mark.parametrize("shape,size", _CASES)
+def test_resize_bicubic_within_one_level_of_cv2(make, shape, size):
+  x = make(shape)
+  ours = images.resize_bicubic(x, size).astype(int)
+  theirs = _cv2_resize(x, size, cv2.INTER_CUBIC).astype(int)
+  assert ours.shape == theirs.shape
+  diff = np.abs(ours - theirs)
+  assert diff.max() <= 1
+  assert (diff > 0).mean() <= 1e-4  # Measured: ~1e-5 at worst.
+
+
+def test_resize_bicubic_is_exact_on_the_benchmark_shape():
+  # The common case, a 480x640 RGB frame to 224x224, matches bit for bit.
+  x = _smooth((480, 640, 3), seed=3)
+  np.testing.assert_array_equal(
+      images.resize_bicubic(x), _cv2_resize(x, (224, 224), cv2.INTER_CUBIC))
+
+
+def test_resize_bicubic_keeps_overshoot_clipped_and_identity_exact():
+  x = np.zeros((40, 40, 3), np.uint8)
+  x[:, 20:] = 255  # A hard edge makes the cubic kernel overshoot.
+  up = images.resize_bicubic(x, (80, 80))
+  assert up.min() == 0 and up.max() == 255
+  np.testing.assert_array_equal(
+      up, _cv2_resize(x, (80, 80), cv2.INTER_CUBIC))
+  np.testing.assert_array_equal(images.resize_bicubic(x, (40, 40)), x)
+
+
+@pytest.mark.parametrize("resize", [images.resize_bicubic,
+                                    images.resize_linear])
+def test_batched_resize_equals_per_frame(resize):
+  clip = _random((3, 48, 64, 3), seed=1)
+  batched = resize(clip, (30, 20))
+  assert batched.shape == (3, 30, 20, 3)
+  for frame, out in zip(clip, batched):
+    np.testing.assert_array_equal(out, resize(frame, (30, 20)))
+
+
+def test_resize_rejects_wrong_dtype():
+  with pytest.raises(TypeError, match="uint8"):
+    images.resize_bicubic(np.zeros((4, 4, 3), np.float32))
+
+
+def test_rgb_to_grey_equals_cv2_on_every_colour():
+  levels = np.arange(256, dtype=np.uint8)
+  every = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), -1)
+  every = every.reshape(4096, 4096, 3)  # All 2**24 RGB triples.
+  np.testing.assert_array_equal(
+      images.rgb_to_grey(every), cv2.cvtColor(every, cv2.COLOR_RGB2GRAY))
+  # Upstream's spelling: BGR frames through COLOR_BGR2GRAY.
+  clip = _random((2, 5, 7, 3))
+  np.testing.assert_array_equal(
+      images.rgb_to_grey(clip)[1],
+      cv2.cvtColor(np.ascontiguousarray(clip[1, ..., ::-1]),
+                   cv2.COLOR_BGR2GRAY))
+
+
+def test_png_round_trip_is_lossless_and_deterministic():
+  img = _random((31, 47, 3), seed=2)
+  data = images.encode_png(img)
+  assert data.startswith(b"\x89PNG") and data == images.encode_png(img)
+  np.testing.assert_array_equal(images.decode_image(data), img)
+
+
+def test_jpeg_is_deterministic_and_decodes_like_cv2():
+  img = _smooth((64, 96, 3), seed=4)
+  data = images.encode_jpeg(img, quality=95)
+  assert data.startswith(b"\xff\xd8") and data == images.encode_jpeg(img)
+  decoded = images.decode_image(data)
+  assert np.abs(decoded.astype(int) - img).mean() < 2.0
+  via_cv2 = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+  np.testing.assert_array_equal(decoded, via_cv2[..., ::-1])
+  assert len(images.encode_jpeg(img, quality=50)) < len(data)
+
+
+def test_load_image_matches_cv2_imread(tmp_path):
+  img = _random((20, 30, 3), seed=5)
+  png = tmp_path / "a.png"
+  png.write_bytes(images.encode_png(img))
+  np.testing.assert_array_equal(images.load_image(png), img)
+  # cv2.imread turns by the EXIF orientation; so must we.
+  exif = Image.Exif()
+  exif[0x0112] = 6  # Rotate 90 degrees clockwise to display.
+  buf = io.BytesIO()
+  Image.fromarray(img).save(buf, format="JPEG", quality=95, exif=exif)
+  jpg = tmp_path / "b.jpg"
+  jpg.write_bytes(buf.getvalue())
+  ours = images.load_image(jpg)
+  assert ours.shape == (30, 20, 3)
+  np.testing.assert_array_equal(ours, cv2.imread(str(jpg))[..., ::-1])
+
+
+def test_load_image_errors_name_the_path(tmp_path):
+  missing = tmp_path / "missing.png"
+  with pytest.raises(LaryError, match="missing.png"):
+    images.load_image(missing)
+  truncated = tmp_path / "truncated.png"
+  truncated.write_bytes(images.encode_png(_random((64, 64, 3)))[:500])
+  with pytest.raises(LaryError, match="truncated.png"):
+    images.load_image(truncated)
+  text = tmp_path / "notes.jpg"
+  text.write_bytes(b"not an image at all")
+  with pytest.raises(LaryError, match="notes.jpg.*not a PNG or JPEG"):
+    images.load_image(text)

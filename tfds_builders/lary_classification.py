@@ -1,0 +1,38 @@
+"""`lary_classification`: LARY's video datasets ("what to do").
+
+    import tfds_builders, tensorflow_datasets as tfds
+    builder = tfds.builder("lary_classification/human_1st", data_dir=TFDS_DIR)
+    builder.download_and_prepare(file_format="array_record",
+        download_config=tfds.download.DownloadConfig(manual_dir=DATA_DIR))
+
+or `python -m lary_jax.main prepare --dataset human_1st --data_dir DATA_DIR`.
+Each example is one clip: its 9 frames (ids from the CSV's `sample_indices`,
+else from the motion-guided sampler; 224x224 bicubic, encoded), the label
+(class names = sorted actions of the train split), the action text, the
+source dataset and the row's identity (`video_path`).
+"""
+
+from __future__ import annotations
+
+import tensorflow_datasets as tfds
+
+from tfds_builders import lary_builder
+from tfds_builders import loaders
+from tfds_builders import metadata
+
+
+class LaryClassification(lary_builder.LaryBuilder):
+  """LARY classification: Human_1st (123 classes), Robot_1st (54), LARY-Sim."""
+
+  BUILDER_CONFIGS = [lary_builder.LaryConfig(s)
+                     for s in metadata.specs_of_kind("classification")]
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    text = tfds.features.Text()
+    return self._dataset_info({
+        "frames": lary_builder.frames_feature(loaders.NUM_FRAMES),
+        "label": tfds.features.ClassLabel(),
+        "action": text,
+        "dataset": text,
+        "video_path": text,
+    })

@@ -1,0 +1,144 @@
+"""Turning one checked CSV row into one TFDS example (run in worker processes).
+
+Each loader opens the row's files, validates what it reads and returns either
+the example's features or a `BadRow` saying why it cannot be used. `check`
+runs exactly these functions without writing anything, so it reports the same
+problems as `prepare`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import numpy as np
+
+from lary_jax.data import images
+from lary_jax.data import sampler
+from lary_jax.data import video
+from lary_jax.errors import LaryError
+from tfds_builders import metadata
+
+FRAME_SIZE = (224, 224)
+NUM_FRAMES = 9
+
+
+@dataclasses.dataclass(frozen=True)
+class FrameOptions:
+  """How frames are stored: lossless PNG by default, JPEG as an option."""
+
+  frame_format: str = "png"
+  jpeg_quality: int = 95
+
+  def __post_init__(self):
+    if self.frame_format not in ("png", "jpeg"):
+      raise LaryError(f"frame_format must be 'png' or 'jpeg', not "
+                      f"{self.frame_format!r}")
+
+  def encode(self, img: np.ndarray) -> bytes:
+    if self.frame_format == "png":
+      return images.encode_png(img)
+    return images.encode_jpeg(img, quality=self.jpeg_quality)
+
+
+Example = dict[str, Any]
+
+
+def load_example(spec: metadata.DatasetSpec, row: metadata.Row,
+                 options: FrameOptions) -> Example | metadata.BadRow:
+  """Loads the features of `row`, or says why it is bad."""
+  for column, path in row.paths.items():
+    if not os.path.isfile(path):
+      return row.bad(f"missing file ({column} -> {path})", column)
+  try:
+    if spec.kind == "classification":
+      return _load_clip(spec, row, options)
+    return _load_pair(spec, row, options)
+  except _Bad as bad:
+    return row.bad(bad.reason, bad.column)
+
+
+class _Bad(Exception):
+
+  def __init__(self, reason: str, column: str | None = None):
+    super().__init__(reason)
+    self.reason, self.column = reason, column
+
+
+def _frame(path: str, column: str, options: FrameOptions) -> bytes:
+  try:
+    img = images.load_image(path)
+  except LaryError as e:
+    raise _Bad(f"unreadable image ({column}): {e}", column) from None
+  return options.encode(images.resize_bicubic(img, FRAME_SIZE))
+
+
+def load_array(path: str, column: str) -> np.ndarray:
+  """Loads a numeric `.npy` without unpickling; raises _Bad if unusable."""
+  try:
+    arr = np.load(path, allow_pickle=False)
+  except (OSError, ValueError, EOFError) as e:
+    raise _Bad(f"unreadable {column} .npy: {e}", column) from None
+  if not isinstance(arr, np.ndarray) or not np.issubdtype(
+      arr.dtype, np.number):
+    raise _Bad(f"{column} .npy is not a numeric array (dtype {arr.dtype})",
+               column)
+  arr = arr.astype(np.float32)
+  if not np.all(np.isfinite(arr)):
+    raise _Bad(f"{column} contains NaN or inf", column)
+  return arr
+
+
+def load_action(spec: metadata.DatasetSpec, path: str) -> np.ndarray:
+  """Loads an action chunk as float32 [stride, action_dim]."""
+  action = load_array(path, "action")
+  expected = (spec.stride, spec.action_dim)
+  # Upstream flattens every chunk, so any layout of the right size is read.
+  if action.size != spec.stride * spec.action_dim:
+    raise _Bad(f"wrong action shape {action.shape}: expected {expected} "
+               f"(stride {spec.stride} x action_dim {spec.action_dim})",
+               "action")
+  return action.reshape(expected)
+
+
+def _load_pair(spec: metadata.DatasetSpec, row: metadata.Row,
+               options: FrameOptions) -> Example:
+  ex: Example = {
+      "src_image": _frame(row.paths["src_img"], "src_img", options),
+      "tgt_image": _frame(row.paths["tgt_img"], "tgt_img", options),
+      "dataset": row.fields.get("dataset", spec.name),
+      "src_path": row.fields["src_img"],
+  }
+  if spec.label_action:
+    ex["action"] = row.fields["action"]
+    return ex
+  ex["action"] = load_action(spec, row.paths["action"])
+  ex["robot_type"] = row.fields.get("robot_type", "")
+  if spec.has_states:
+    for column in ("src_state", "tgt_state"):
+      ex[column] = load_array(row.paths[column], column).reshape(-1)
+  return ex
+
+
+def _load_clip(spec: metadata.DatasetSpec, row: metadata.Row,
+               options: FrameOptions) -> Example:
+  ids_text = row.fields.get("sample_indices", "")
+  ids = metadata.parse_indices(ids_text, NUM_FRAMES) if ids_text else None
+  try:
+    # With upstream's frame ids only the frames up to the last one are needed.
+    frames = video.read_video(row.paths["video_path"],
+                              max_frames=max(ids) + 1 if ids else None)
+  except LaryError as e:
+    raise _Bad(f"unreadable video: {e}", "video_path") from None
+  if ids is None:
+    ids = sampler.sample_frame_ids(frames, NUM_FRAMES)
+  # Like upstream, ids past the end of the video repeat the last frame.
+  ids = np.clip(np.asarray(ids), 0, len(frames) - 1)
+  clip = images.resize_bicubic(frames[ids], FRAME_SIZE)
+  return {
+      "frames": np.array([options.encode(f) for f in clip], dtype=object),
+      "action": row.fields["action"],
+      "dataset": row.fields.get("dataset", spec.name),
+      "video_path": row.fields["video_path"],
+  }
