@@ -9,7 +9,8 @@ or `python -m lary_jax.main prepare --dataset human_1st --data_dir DATA_DIR`.
 Each example is one clip: its 9 frames (ids from the CSV's `sample_indices`,
 else from the motion-guided sampler; 224x224 bicubic, encoded), the label
 (class names = sorted actions of the train split), the action text, the
-source dataset and the row's identity (`video_path`).
+source dataset and the row's identity (`video_path`). Every split's labels,
+in record order, are also in `info.metadata["labels"]` for balanced sampling.
 """
 
 from __future__ import annotations
@@ -36,3 +37,11 @@ class LaryClassification(lary_builder.LaryBuilder):
         "dataset": text,
         "video_path": text,
     })
+
+  def _finish_metadata(self, meta: tfds.core.MetadataDict) -> None:
+    # Class-balanced sampling needs every label; reading them from the records
+    # would decode every clip, so they travel as metadata (record order).
+    names = self.info.features["label"].names
+    index = {name: i for i, name in enumerate(names)}
+    meta["labels"] = {split: [index[r.fields["action"]] for r in rows]
+                      for split, rows in self._rows.items()}

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from lary_jax.data import images
 from lary_jax.data import normalize
 from lary_jax.errors import LaryError
 
@@ -43,10 +44,6 @@ MASK_KEY = "_mask"
 
 def _decode(data: bytes, *, record: Record, key: str,
             image_size: int) -> np.ndarray:
-  # Imported here so that this module loads without the codec, e.g. in tools
-  # that only build index orders.
-  from lary_jax.data import images
-
   try:
     image = images.decode_image(data)
   except Exception as e:  # pylint: disable=broad-except

@@ -62,3 +62,14 @@ def test_validation_class_missing_from_train_is_named(tmp_path):
   total, bad = prepare.check(spec, data_dir, num_workers=0)
   assert total == 10 and [(b.csv, b.line) for b in bad] == [
       ("human_1st_metadata_val.csv", 2)]
+
+
+def test_labels_travel_as_metadata_in_record_order(tmp_path):
+  data_dir = str(tmp_path / "data")
+  fake_data_dir.make_classification(data_dir, "robot_1st")
+  b = prepare.prepare(metadata.DATASETS["robot_1st"], data_dir,
+                      str(tmp_path / "t"),
+                      options=prepare.PrepareOptions(num_workers=0))
+  for split, source in b.as_data_source().items():
+    assert b.info.metadata["labels"][split] == [
+        source[i]["label"] for i in range(len(source))]
