@@ -23,7 +23,7 @@ def _smooth(shape, seed=0):
   channels = shape[2] if len(shape) == 3 else 1
   planes = []
   for _ in range(channels):
-    fx, fy, phase = rng.uniform(1, 6, size=3)
+    fx, fy, phase = rng.uniform(0.5, 2.5, size=3)
     planes.append(np.sin(fx * xx * 6.28 + phase) * np.cos(fy * yy * 6.28))
   img = (np.stack(planes, -1) + 1) * 127.5
   return img.reshape(shape).round().astype(np.uint8)
@@ -65,23 +65,41 @@ def test_resize_linear_equals_cv2_on_odd_inputs(shape, size):
       images.resize_linear(x, size), _cv2_resize(x, size, cv2.INTER_LINEAR))
 
 
+def _keys_matrix(n_in, n_out):
+  """Dense [n_out, n_in] bicubic (a = -0.75) matrix, replicated border."""
+  centre = (np.arange(n_out) + 0.5) * n_in / n_out - 0.5
+  taps = np.floor(centre)[:, None] + np.arange(-1, 3)
+  d = np.abs(centre[:, None] - taps)
+  w = np.where(d <= 1, 1.25 * d**3 - 2.25 * d**2 + 1,
+               -0.75 * d**3 + 3.75 * d**2 - 6 * d + 3)
+  m = np.zeros((n_out, n_in))
+  rows = np.repeat(np.arange(n_out), 4)
+  np.add.at(m, (rows, np.clip(taps, 0, n_in - 1).astype(int).ravel()),
+            w.ravel())
+  return m
+
+
 @pytest.mark.parametrize("make", [_random, _smooth])
 @pytest.mark.parametrize("shape,size", _CASES)
-def test_resize_bicubic_within_one_level_of_cv2(make, shape, size):
+def test_resize_bicubic_differs_from_cv2_only_at_exact_ties(make, shape, size):
   x = make(shape)
   ours = images.resize_bicubic(x, size).astype(int)
   theirs = _cv2_resize(x, size, cv2.INTER_CUBIC).astype(int)
   assert ours.shape == theirs.shape
   diff = np.abs(ours - theirs)
   assert diff.max() <= 1
-  assert (diff > 0).mean() <= 1e-4  # Measured: ~1e-5 at worst.
-
-
-def test_resize_bicubic_is_exact_on_the_benchmark_shape():
-  # The common case, a 480x640 RGB frame to 224x224, matches bit for bit.
-  x = _smooth((480, 640, 3), seed=3)
-  np.testing.assert_array_equal(
-      images.resize_bicubic(x), _cv2_resize(x, (224, 224), cv2.INTER_CUBIC))
+  # Exact .5 ties are common in smooth images (12% of pixels for 448 -> 224,
+  # 2% for 720x1280 -> 224), so these bounds also pin the tie-breaking:
+  # rounding ties up instead would differ on 6% and 1% of pixels there.
+  limit = 1e-4 if make is _random else 5e-3  # Measured: 4e-5 and 2.7e-3.
+  assert (diff > 0).mean() <= limit
+  # Where we differ, the exact value is a .5 tie that cv2 (Intel IPP inside)
+  # breaks by its own float32 rounding.
+  cols = np.tensordot(_keys_matrix(shape[0], size[0]), x.astype(float), 1)
+  exact = np.moveaxis(
+      np.tensordot(_keys_matrix(shape[1], size[1]), cols, (1, 1)), 0, 1)
+  frac = exact.reshape(ours.shape)[diff > 0] % 1
+  np.testing.assert_allclose(frac, 0.5, atol=1e-4)
 
 
 def test_resize_bicubic_keeps_overshoot_clipped_and_identity_exact():
