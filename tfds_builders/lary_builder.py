@@ -24,6 +24,7 @@ from typing import Any, Iterator
 from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
+import tqdm
 
 from lary_jax.errors import LaryError
 from tfds_builders import loaders
@@ -180,6 +181,9 @@ class LaryBuilder(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, split: str) -> Iterator[tuple[int, dict]]:
     results = parallel.load_rows(self.spec, self._rows[split],
                                  self._frame_options, self._num_workers)
+    results = tqdm.tqdm(results, total=len(self._rows[split]), unit="row",
+                        desc=f"prepare {self.spec.name} {split}",
+                        disable=None)  # None: no bar when not on a terminal
     kept = []
     for row, example in results:
       if isinstance(example, metadata.BadRow):

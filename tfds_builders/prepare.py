@@ -94,6 +94,8 @@ def prepare(spec: metadata.DatasetSpec, data_dir: str, tfds_dir: str,
     logging.info("%s is already prepared in %s", spec.name, b.data_dir)
     return b
   _remove_stale_incomplete(os.fspath(b.data_dir))
+  # Our own per-split bar (lary_builder) replaces TFDS's nested ones.
+  tfds.disable_progress_bar()
   b.download_and_prepare(
       file_format="array_record",
       download_config=tfds.download.DownloadConfig(manual_dir=data_dir))

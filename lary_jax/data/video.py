@@ -123,6 +123,10 @@ def write_video(
         frame.time_base = 1 / rate
         container.mux(stream.encode(frame))
       container.mux(stream.encode(None))
+    # mkstemp makes the file private (0600); give it the usual umask mode.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp_path, 0o666 & ~umask)
     os.replace(tmp_path, path)
   except (av.FFmpegError, OSError) as e:
     raise LaryError(f"{path}: cannot write video ({_reason(e)})") from e
