@@ -69,7 +69,8 @@ def check(flags, config: Config) -> int:
     total, bad = prepare.check(
         spec, flags.data_dir, flags.metadata_dir,
         num_workers=_workers(config.check.num_workers),
-        allow_absolute_paths=config.prepare.allow_absolute_paths)
+        allow_absolute_paths=config.prepare.allow_absolute_paths,
+        split=flags.split)
     if bad:
       status = 1
       print(f"{spec.name}: {len(bad)} bad row(s) of {total}")

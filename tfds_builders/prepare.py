@@ -35,9 +35,10 @@ class PrepareOptions:
 
 def check(spec: metadata.DatasetSpec, data_dir: str,
           metadata_dir: str | None = None, *, num_workers: int | None = None,
-          allow_absolute_paths: bool = False) -> tuple[int, list[
-              metadata.BadRow]]:
-  """Finds every bad row of `spec`'s CSVs without writing anything.
+          allow_absolute_paths: bool = False, split: str | None = None
+          ) -> tuple[int, list[metadata.BadRow]]:
+  """Finds every bad row of `spec`'s CSVs (or of one `split`) without
+  writing anything.
 
   Returns:
     (number of rows read, bad rows in CSV order).
@@ -45,10 +46,14 @@ def check(spec: metadata.DatasetSpec, data_dir: str,
   _require_dir(data_dir, "--data_dir")
   metadata_dir = metadata_dir or os.path.join(data_dir, "metadata")
   rows_by_split, problems = {}, []
-  for split, rows, split_problems in metadata.iter_splits(
+  for name, rows, split_problems in metadata.iter_splits(
       spec, metadata_dir, data_dir, allow_absolute=allow_absolute_paths):
-    rows_by_split[split] = rows
-    problems += split_problems
+    if split in (None, name):
+      rows_by_split[name] = rows
+      problems += split_problems
+  if split is not None and split not in rows_by_split:
+    raise LaryError(f"{spec.name} has no {split} split in {metadata_dir}; "
+                    f"it has {sorted(metadata.find_csvs(spec, metadata_dir))}")
   total = sum(map(len, rows_by_split.values())) + sum(
       p.line > 1 for p in problems)
   bad = lary_builder.find_bad_rows(spec, rows_by_split, problems, num_workers)

@@ -145,3 +145,33 @@ def test_cli_check_and_prepare_print_one_clear_error(tmp_path):
   assert result.stderr.strip().startswith("error: unknown dataset 'calvn'")
   result = _cli("frobnicate", cwd=tmp_path)
   assert result.returncode == 2 and "expected one command of" in result.stderr
+
+
+def test_check_one_split(tmp_path):
+  data_dir, expected = _broken_calvin(tmp_path)
+  total, bad = prepare.check(SPEC, data_dir, num_workers=0, split="train")
+  assert (total, bad) == (40, [])
+  total, bad = prepare.check(SPEC, data_dir, num_workers=0,
+                             split="validation")
+  assert total == 30 and len(bad) == len(expected)
+  with pytest.raises(LaryError, match="calvin has no unseen split"):
+    prepare.check(SPEC, data_dir, split="unseen")
+
+
+def test_interrupted_prepare_is_never_taken_for_finished(tmp_path):
+  data_dir = str(tmp_path / "data")
+  fake_data_dir.make_regression(data_dir, "libero")
+  tfds_dir = str(tmp_path / "tfds")
+  spec = metadata.DATASETS["libero"]
+  # What `kill -9` during a prepare leaves: TFDS's incomplete directory.
+  stale = os.path.join(tfds_dir, "lary_regression", "libero",
+                       "incomplete.ABC123_1.0.0")
+  os.makedirs(stale)
+  with open(os.path.join(stale, "lary_regression-validation.array_record-"
+                         "00000-of-00001"), "wb") as f:
+    f.write(b"half")
+  assert not prepare.builder(spec, tfds_dir).is_prepared()
+  b = prepare.prepare(spec, data_dir, tfds_dir,
+                      options=prepare.PrepareOptions(num_workers=0))
+  assert b.info.splits["validation"].num_examples == 30
+  assert not os.path.exists(stale)
