@@ -78,23 +78,26 @@ def prepare(spec: metadata.DatasetSpec, data_dir: str, tfds_dir: str,
       dataset that was prepared with other frame options.
   """
   _require_dir(data_dir, "--data_dir")
-  b = builder(spec, tfds_dir, metadata_dir=metadata_dir,
-              frame_options=options.frames, num_workers=options.num_workers,
-              skip_bad_rows=options.skip_bad_rows,
-              allow_absolute_paths=options.allow_absolute_paths)
-  if b.is_prepared() and options.overwrite:
-    shutil.rmtree(os.fspath(b.data_dir))
-    b = builder(spec, tfds_dir, metadata_dir=metadata_dir,
-                frame_options=options.frames,
+  kwargs = dict(metadata_dir=metadata_dir, frame_options=options.frames,
                 num_workers=options.num_workers,
                 skip_bad_rows=options.skip_bad_rows,
                 allow_absolute_paths=options.allow_absolute_paths)
+  b = builder(spec, tfds_dir, **kwargs)
+  if b.is_prepared() and options.overwrite:
+    shutil.rmtree(os.fspath(b.data_dir))
+    b = builder(spec, tfds_dir, **kwargs)
   if b.is_prepared():
-    found = b.info.metadata.get("frame_format")
-    if found != options.frame_format:
+    meta = b.info.metadata
+    found = meta.get("frame_format")
+    if found == "jpeg":
+      found += f" (quality {meta.get('jpeg_quality')})"
+    wanted = options.frame_format
+    if wanted == "jpeg":
+      wanted += f" (quality {options.jpeg_quality})"
+    if found != wanted:
       raise LaryError(
           f"{b.data_dir} was prepared with frame_format={found}, not "
-          f"{options.frame_format}; use another --tfds_dir or "
+          f"{wanted}; use another --tfds_dir or "
           "--config.prepare.overwrite=True")
     logging.info("%s is already prepared in %s", spec.name, b.data_dir)
     return b

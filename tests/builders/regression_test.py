@@ -134,7 +134,7 @@ def test_jpeg_option_and_reuse(tmp_path):
                           options=prepare.PrepareOptions(
                               num_workers=0, frame_format="jpeg"))
   assert again.data_dir == builder.data_dir
-  with pytest.raises(LaryError, match="prepared with frame_format=jpeg"):
+  with pytest.raises(LaryError, match="prepared with frame_format=jpeg \\(quality 95\\), not png"):
     prepare.prepare(metadata.DATASETS["libero"], data_dir,
                     str(tmp_path / "tfds"),
                     options=prepare.PrepareOptions(num_workers=0))
