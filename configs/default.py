@@ -24,6 +24,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.sim = ml_collections.ConfigDict()
   config.sim.num_workers = 0  # 0: one worker process per CPU core
 
+  config.convert = ml_collections.ConfigDict()
+  config.convert.variant = ""  # size preset for .pt files that carry no config
+
   config.check = ml_collections.ConfigDict()
   config.check.num_workers = 0
 

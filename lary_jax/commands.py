@@ -120,9 +120,20 @@ def run(flags, config: Config) -> int:
   return 0
 
 
+def convert(flags, config: Config) -> int:
+  """Converts a checkpoint (HF folder or .pt/.pth) of --model into --out."""
+  from lary_jax.encoders import convert as convert_lib  # pylint: disable=g-import-not-at-top
+  _require(flags, "model", "src", "out")
+  out = convert_lib.convert(flags.model, flags.src, flags.out,
+                            variant=config.convert.variant or None)
+  print(f"{flags.model}: converted {flags.src} -> {out}")
+  return 0
+
+
 COMMANDS: dict[str, Callable[[Any, Config], int]] = {
     "simulate": simulate,
     "check": check,
     "prepare": prepare_datasets,
     "run": run,
+    "convert": convert,
 }

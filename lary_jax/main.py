@@ -11,6 +11,8 @@ Commands:
             (--skip_bad_rows leaves bad rows out and lists them)
   run       the whole benchmark on LARY-Sim: render it if missing, prepare it
             (--workdir; --tiny for a quick look)
+  convert   turn an encoder checkpoint into an orbax checkpoint + config
+            (--model, --src HF folder or .pt/.pth, --out DIR)
 
 `python -m lary_jax.main --help` lists every flag.
 """
@@ -40,7 +42,10 @@ flags.DEFINE_string("metadata_dir", None,
 flags.DEFINE_string("tfds_dir", None, "Where prepared TFDS datasets go "
                     "(default <workdir>/tfds).")
 flags.DEFINE_string("workdir", "lary_workdir", "Where a run writes.")
-flags.DEFINE_string("out", None, "simulate: output DATA_DIR.")
+flags.DEFINE_string("out", None, "simulate: output DATA_DIR; convert: output "
+                    "checkpoint directory.")
+flags.DEFINE_string("src", None, "convert: HF folder (config.json + "
+                    "*.safetensors) or original .pt/.pth checkpoint.")
 flags.DEFINE_bool("tiny", False, "simulate/run: the tiny LARY-Sim.")
 flags.DEFINE_integer("seed", 0, "Random seed.")
 flags.DEFINE_bool("skip_bad_rows", False,
