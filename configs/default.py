@@ -15,7 +15,7 @@ def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
 
   config.prepare = ml_collections.ConfigDict()
-  config.prepare.frame_format = "png"  # lossless; "jpeg" is ~5x smaller
+  config.prepare.frame_format = "png"  # lossless; "jpeg": BENCHMARKS.md
   config.prepare.jpeg_quality = 95
   config.prepare.num_workers = 0  # 0: one worker process per CPU core
   config.prepare.allow_absolute_paths = False  # CSV paths stay in DATA_DIR
