@@ -61,6 +61,7 @@ def main() -> None:
   parser.add_argument("--rounds", type=int, default=2)
   args = parser.parse_args()
   size = tuple(int(s) for s in args.size.split("x"))
+  load = os.getloadavg()[0]
   workers = parallel.default_workers()
   with tempfile.TemporaryDirectory() as tmp:
     data_dir = os.path.join(tmp, "data")
@@ -82,7 +83,7 @@ def main() -> None:
 
 `python benchmarks/prepare_throughput.py --rows {args.rows} --size {args.size}`
 ({report.machine()}): CALVIN-schema rows, two {args.size} PNG frames each,
-resized to 224x224 and stored as PNG.
+resized to 224x224 and stored as PNG. Load average when it started: {load:.2f}.
 
 | what | rows/s (best of {args.rounds}) | ratio |
 |---|---|---|

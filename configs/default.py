@@ -30,4 +30,22 @@ def get_config() -> ml_collections.ConfigDict:
   config.check = ml_collections.ConfigDict()
   config.check.num_workers = 0
 
+  config.extract = ml_collections.ConfigDict()
+  # Examples per step over all devices and processes. Fixed, so that what a
+  # row's features are does not depend on how many devices computed them.
+  config.extract.global_batch = 128
+  # Examples per encoder call on each device; the global batch must split
+  # into whole micro batches on every device. 0 encodes a device's whole
+  # share at once: sometimes faster, but then the last bits of the features
+  # depend on the device count.
+  config.extract.micro_batch = 8
+  config.extract.dtype = "float16"  # storage; "float32" doubles the bytes
+  config.extract.compute_dtype = "float32"  # encoder compute; or "bfloat16"
+  config.extract.shard_mb = 256.0  # about how many MiB one shard holds
+  config.extract.worker_count = 0  # grain decode processes; 0: threads only
+  config.extract.read_threads = 4
+  config.extract.prefetch = 4  # batches read ahead
+  config.extract.encoder_options = ""  # e.g. "variant=S/16,seed=0"
+  config.extract.export_dtype = "float32"  # `tokens` in --export_npz files
+
   return config

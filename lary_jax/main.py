@@ -13,6 +13,14 @@ Commands:
             (--workdir; --tiny for a quick look)
   convert   turn an encoder checkpoint into an orbax checkpoint + config
             (--model, --src HF folder or .pt/.pth, --out DIR)
+  extract   encode a prepared --dataset (every split, or --split) with
+            --model [--checkpoint] on every device into feature stores
+            <out or workdir/features>/DATASET/SPLIT/MODEL; resumes a killed
+            run; --export_npz also writes upstream's .npz files and LA CSV
+            into --la_dir; multi-host: --coordinator_address, --num_processes,
+            --process_id
+  import    turn upstream's .npz files and LA CSV (--csv, --la_dir) into a
+            feature store (--model, --dataset, --split)
 
 `python -m lary_jax.main --help` lists every flag.
 """
@@ -43,13 +51,29 @@ flags.DEFINE_string("tfds_dir", None, "Where prepared TFDS datasets go "
                     "(default <workdir>/tfds).")
 flags.DEFINE_string("workdir", "lary_workdir", "Where a run writes.")
 flags.DEFINE_string("out", None, "simulate: output DATA_DIR; convert: output "
-                    "checkpoint directory.")
+                    "checkpoint directory; extract/import: feature store root "
+                    "(default <workdir>/features).")
 flags.DEFINE_string("src", None, "convert: HF folder (config.json + "
                     "*.safetensors) or original .pt/.pth checkpoint.")
 flags.DEFINE_bool("tiny", False, "simulate/run: the tiny LARY-Sim.")
 flags.DEFINE_integer("seed", 0, "Random seed.")
 flags.DEFINE_bool("skip_bad_rows", False,
                   "prepare: leave bad rows out (listed in bad_rows.csv).")
+flags.DEFINE_string("checkpoint", None, "extract: encoder checkpoint (a "
+                    "`convert` output or an HF folder); none for baselines.")
+flags.DEFINE_enum("mode", None, ["image", "video"],
+                  "extract: image (src, tgt pairs; regression datasets) or "
+                  "video (9 frames; classification); default from --dataset.")
+flags.DEFINE_bool("export_npz", False, "extract: also write upstream's layout "
+                  "(.npz per row + CSV with la_path) into --la_dir.")
+flags.DEFINE_string("la_dir", None, "Upstream's latent-action root "
+                    "(LARY_LA_DIR); extract default <workdir>/latent_actions.")
+flags.DEFINE_string("csv", None, "import: upstream's LA CSV (with la_path); "
+                    "extract --export_npz: the metadata CSV to append to.")
+flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of "
+                    "process 0 (none on Cloud TPU: detected).")
+flags.DEFINE_integer("num_processes", None, "Multi-host: processes in the run.")
+flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
 
 
 def main(argv: list[str]) -> int:

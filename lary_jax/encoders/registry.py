@@ -1,0 +1,213 @@
+"""Encoders by name: `load`, `available`, `register`.
+
+A built-in model module (dinov2, dinov3, siglip2, vjepa2) loads from a
+converted orbax directory or a Hugging Face folder (converted on the fly).
+The baselines (`pixels`, `random_vit`) need no files. A user's own encoder
+plugs in with one call:
+
+  encoders.register("mine", lambda path, *, dtype, **kw: encoders.make_encoder(
+      "mine", MyModel(rngs=nnx.Rngs(0)), preprocess=my_preprocess))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any, Protocol
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from lary_jax.encoders import baselines
+from lary_jax.encoders import convert
+from lary_jax.encoders import dinov2
+from lary_jax.encoders import dinov3
+from lary_jax.errors import LaryError
+
+# A missing file shows up as a LaryError when that name is loaded.
+try:
+  import lary_jax.encoders.siglip2 as siglip2
+except ModuleNotFoundError as e:
+  if e.name != "lary_jax.encoders.siglip2":
+    raise
+  siglip2 = None
+try:
+  import lary_jax.encoders.vjepa2 as vjepa2
+except ModuleNotFoundError as e:
+  if e.name != "lary_jax.encoders.vjepa2":
+    raise
+  vjepa2 = None
+
+# name -> (model module, mode). None marks a module missing from this install.
+_MODEL_MODULES: dict[str, tuple[ModuleType | None, str]] = {
+    "dinov2": (dinov2, "image"),
+    "dinov3": (dinov3, "image"),
+    "siglip2": (siglip2, "image"),
+    "vjepa2": (vjepa2, "video"),
+}
+# The shape `num_tokens` is measured on, per mode (frames_per_clip 16).
+EXAMPLE_SHAPE = {"image": (224, 224, 3), "video": (16, 224, 224, 3)}
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Encoder:
+  """A frozen encoder: `enc(images) -> tokens [B, N, D]`, jitted.
+
+  `images` are [B, 224, 224, 3] (video: [B, T, 224, 224, 3]), uint8 or float
+  in [0, 1]. An image encoder given [B, T, H, W, 3] encodes every frame and
+  returns [B, T, N, D]. `apply(params, images)` is the same pure function
+  for callers that place `params` themselves (e.g. replicated on a mesh).
+  """
+
+  name: str
+  dim: int
+  num_tokens: int
+  mode: str
+  params: Any
+  static: tuple[Any, ...]  # hashable (graphdef, preprocess, select, ...)
+
+  def apply(self, params: Any, images: jax.Array) -> jax.Array:
+    return _encode(*self.static, params, images)
+
+  def __call__(self, images: jax.Array) -> jax.Array:
+    return _encode_jit(*self.static, self.params, images)
+
+
+def _encode(graphdef, preprocess, select_tokens, mode, name, params, images):
+  """preprocess -> model -> select_tokens; image models fold [B, T] frames."""
+  frame_rank = len(EXAMPLE_SHAPE[mode]) + 1
+  if images.ndim == frame_rank + 1 and mode == "image":
+    b, t = images.shape[:2]
+    tokens = _encode(graphdef, preprocess, select_tokens, mode, name, params,
+                     images.reshape(b * t, *images.shape[2:]))
+    return tokens.reshape(b, t, *tokens.shape[1:])
+  if images.ndim != frame_rank:
+    raise LaryError(f"encoder {name!r} ({mode}) got input of shape "
+                    f"{images.shape}")
+  result = nnx.merge(graphdef, params)(preprocess(images))
+  tokens, out = result if isinstance(result, tuple) else (result, {})
+  return tokens if select_tokens is None else select_tokens(tokens, out)
+
+
+# Module level with a static model structure, so that encoders built twice
+# from the same architecture share compilations.
+_encode_jit = jax.jit(_encode, static_argnums=(0, 1, 2, 3, 4))
+
+
+def make_encoder(name: str, model: nnx.Module, *,
+                 preprocess: Callable[[jax.Array], jax.Array] | None = None,
+                 select_tokens: Callable[[jax.Array, dict], jax.Array]
+                 | None = None,
+                 mode: str = "image") -> Encoder:
+  """Wraps an NNX model with the encoder contract into an `Encoder`.
+
+  Args:
+    name: registry name.
+    model: `model(x) -> (tokens, out)` or `model(x) -> tokens`.
+    preprocess: images -> model input; default uint8 -> [0, 1] float32.
+    select_tokens: (tokens, out) -> [B, N, D]; default the tokens.
+    mode: "image" or "video".
+
+  Returns:
+    The Encoder, with `dim` and `num_tokens` measured on EXAMPLE_SHAPE.
+  """
+  if mode not in EXAMPLE_SHAPE:
+    raise LaryError(f"encoder {name!r}: mode={mode!r}, expected one of "
+                    f"{sorted(EXAMPLE_SHAPE)}")
+  graphdef, params = nnx.split(model)
+  static = (graphdef, preprocess or _to_unit_float, select_tokens, mode, name)
+  example = jax.ShapeDtypeStruct((1, *EXAMPLE_SHAPE[mode]), jnp.uint8)
+  shape = jax.eval_shape(functools.partial(_encode, *static), params,
+                         example).shape
+  return Encoder(name=name, dim=shape[-1], num_tokens=shape[-2], mode=mode,
+                 params=params, static=static)
+
+
+def _to_unit_float(images: jax.Array) -> jax.Array:
+  if images.dtype == jnp.uint8:
+    return images.astype(jnp.float32) / 255.0
+  return images.astype(jnp.float32)
+
+
+class Factory(Protocol):
+
+  def __call__(self, path: str | None, *, dtype: Any, **options: Any
+               ) -> Encoder:
+    ...
+
+
+def model_module(name: str) -> ModuleType:
+  """The model module registered as `name` (dinov2, dinov3, ...)."""
+  if name not in _MODEL_MODULES:
+    raise LaryError(f"unknown model {name!r}; models with checkpoints: "
+                    f"{sorted(_MODEL_MODULES)}")
+  module, _ = _MODEL_MODULES[name]
+  if module is None:
+    raise LaryError(f"encoder {name!r}: module lary_jax.encoders.{name} is "
+                    "not installed")
+  return module
+
+
+def _checkpoint_factory(name: str) -> Factory:
+  """Loads model module `name` from an orbax dir or an HF folder."""
+
+  def factory(path, *, dtype=jnp.float32, **options):
+    module = model_module(name)
+    if path is None:
+      raise LaryError(f"encoder {name!r} needs a checkpoint: a Hugging Face "
+                      "folder or a directory written by `convert`")
+    if convert.is_converted(path):
+      saved, cfg_dict, params = convert.load_converted(path)
+      if saved != name:
+        raise LaryError(f"{path}: holds a {saved!r} checkpoint, not {name!r}")
+      cfg = module.Config.from_dict(cfg_dict)
+    else:
+      cfg, params = convert.params_from_source(module, path, **options)
+    model = convert.build(module.Model, cfg, params, dtype=dtype)
+    return make_encoder(name, model, preprocess=module.preprocess,
+                        select_tokens=module.select_tokens,
+                        mode=_MODEL_MODULES[name][1])
+
+  return factory
+
+
+_FACTORIES: dict[str, Factory] = {
+    **{name: _checkpoint_factory(name) for name in _MODEL_MODULES},
+    "pixels": baselines.pixels_encoder,
+    "random_vit": baselines.random_vit_encoder,
+}
+
+
+def available() -> list[str]:
+  """Registered encoder names, sorted."""
+  return sorted(_FACTORIES)
+
+
+def register(name: str, factory: Factory) -> None:
+  """Registers `factory(path, *, dtype, **options) -> Encoder` as `name`."""
+  if name in _MODEL_MODULES or name in ("pixels", "random_vit"):
+    raise LaryError(f"encoder name {name!r} is built in; pick another")
+  _FACTORIES[name] = factory
+
+
+def load(name: str, path: str | None = None, *, dtype=jnp.float32,
+         **options: Any) -> Encoder:
+  """Builds encoder `name`.
+
+  Args:
+    name: one of `available()`.
+    path: a converted orbax directory or a Hugging Face folder; None for
+      the baselines.
+    dtype: compute dtype (parameters stay float32).
+    **options: passed to the factory (e.g. `variant="B/16", seed=1` for
+      random_vit, `patch=16` for pixels).
+
+  Returns:
+    The Encoder.
+  """
+  if name not in _FACTORIES:
+    raise LaryError(f"unknown encoder {name!r}; available: {available()}")
+  return _FACTORIES[name](path, dtype=dtype, **options)
