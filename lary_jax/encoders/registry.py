@@ -48,8 +48,8 @@ _MODEL_MODULES: dict[str, tuple[ModuleType | None, str]] = {
     "siglip2": (siglip2, "image"),
     "vjepa2": (vjepa2, "video"),
 }
-# The shape `num_tokens` is measured on, per mode (frames_per_clip 16).
-EXAMPLE_SHAPE = {"image": (224, 224, 3), "video": (16, 224, 224, 3)}
+# The shape `num_tokens` is measured on, per mode: a LARY clip has 9 frames.
+EXAMPLE_SHAPE = {"image": (224, 224, 3), "video": (9, 224, 224, 3)}
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

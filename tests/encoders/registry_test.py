@@ -101,3 +101,4 @@ def test_register_plugs_in_a_user_encoder(monkeypatch):
   assert (enc.dim, enc.num_tokens, enc.mode) == (3, 1, "image")
   with pytest.raises(LaryError, match="built in"):
     encoders.register("dinov2", factory)
+
