@@ -17,13 +17,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from lary_jax.encoders import config_dict
 from lary_jax.encoders import convert
 from lary_jax.encoders import vit_layers
 from lary_jax.errors import LaryError
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(config_dict.DictConfig):
   """DINOv2 architecture; field names follow Hugging Face's `Dinov2Config`."""
 
   hidden_size: int = 1024
@@ -69,15 +70,6 @@ class Config:
   def grid(self) -> int:
     return self.image_size // self.patch_size
 
-  def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
-
-  @classmethod
-  def from_dict(cls, d: dict[str, Any]) -> Config:
-    unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-    if unknown:
-      raise LaryError(f"dinov2 config: unknown field(s) {sorted(unknown)}")
-    return cls(**d)
 
 
 VARIANTS = {

@@ -19,13 +19,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from lary_jax.encoders import config_dict
 from lary_jax.encoders import convert
 from lary_jax.encoders import vit_layers
 from lary_jax.errors import LaryError
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(config_dict.DictConfig):
   """DINOv3 ViT architecture; names follow HF's `DINOv3ViTConfig`."""
 
   hidden_size: int = 1024
@@ -70,15 +71,6 @@ class Config:
   def head_dim(self) -> int:
     return self.hidden_size // self.num_attention_heads
 
-  def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
-
-  @classmethod
-  def from_dict(cls, d: dict[str, Any]) -> Config:
-    unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-    if unknown:
-      raise LaryError(f"dinov3 config: unknown field(s) {sorted(unknown)}")
-    return cls(**d)
 
 
 VARIANTS = {

@@ -29,12 +29,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from lary_jax.encoders import config_dict
 from lary_jax.encoders import convert
 from lary_jax.encoders import vit_layers
 from lary_jax.errors import LaryError
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(config_dict.DictConfig):
   """Vision tower; field names follow transformers' `SiglipVisionConfig`.
 
   The defaults are SigLIP 2 B/16 at 224, upstream's encoder (D = 768).
@@ -86,15 +87,6 @@ class Config:
         cls(hidden_size=1536, intermediate_size=6144, num_hidden_layers=40,
             num_attention_heads=16, image_size=256), **kw)
 
-  def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
-
-  @classmethod
-  def from_dict(cls, d: dict[str, Any]) -> Config:
-    unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-    if unknown:
-      raise LaryError(f"siglip2 config: unknown field(s) {sorted(unknown)}")
-    return cls(**d)
 
 
 VARIANTS = {

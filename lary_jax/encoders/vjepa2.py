@@ -52,6 +52,7 @@ import numpy as np
 from flax import nnx
 
 from lary_jax.data import images as image_ops
+from lary_jax.encoders import config_dict
 from lary_jax.encoders import convert
 from lary_jax.encoders import vit_layers
 from lary_jax.errors import LaryError
@@ -66,7 +67,7 @@ _HEADS_BY_WIDTH = {1024: 16, 1280: 16, 1408: 22}
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(config_dict.DictConfig):
   """Encoder shape; field names follow transformers' `VJEPA2Config`.
 
   Defaults: ViT-L/16, tubelet 2, upstream's encoder (D = 1024).
@@ -115,15 +116,6 @@ class Config:
         cls(hidden_size=1408, num_hidden_layers=40, num_attention_heads=22,
             mlp_ratio=48 / 11), **kw)
 
-  def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
-
-  @classmethod
-  def from_dict(cls, d: dict[str, Any]) -> Config:
-    unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-    if unknown:
-      raise LaryError(f"vjepa2 config: unknown field(s) {sorted(unknown)}")
-    return cls(**d)
 
 
 VARIANTS = {
