@@ -1,4 +1,4 @@
-"""Dict round trip of the frozen `Config` dataclasses of the model files."""
+"""Config helpers of the model files: dict round trip, HF size fields."""
 
 from __future__ import annotations
 
@@ -25,3 +25,12 @@ class DictConfig:
       model = cls.__module__.rsplit(".", 1)[-1]
       raise LaryError(f"{model} config: unknown field(s) {sorted(unknown)}")
     return cls(**d)
+
+
+def square(value: Any, field: str) -> int:
+  """An HF config size that may be `n` or `[n, n]`; non-square is refused."""
+  if isinstance(value, (list, tuple)):
+    if len(value) != 2 or value[0] != value[1]:
+      raise LaryError(f"config.json: {field}={value} is not square")
+    value = value[0]
+  return int(value)

@@ -163,23 +163,13 @@ class Model(nnx.Module):
 
 def preprocess(images: jax.Array) -> jax.Array:
   """uint8 or [0, 1] float images -> `2x - 1` float32 (upstream's input)."""
-  if images.dtype == jnp.uint8:
-    images = images.astype(jnp.float32) / 255.0
-  return images.astype(jnp.float32) * 2.0 - 1.0
+  return vit_layers.to_unit_float(images) * 2.0 - 1.0
 
 
 def select_tokens(tokens: jax.Array, out: dict[str, jax.Array]) -> jax.Array:
   """Upstream's `last_hidden_state[:, 1:]`: [B, N, D] patch tokens."""
   del tokens
   return out["patch_tokens"]
-
-
-def _square(value: Any, field: str) -> int:
-  if isinstance(value, (list, tuple)):
-    if len(value) != 2 or value[0] != value[1]:
-      raise LaryError(f"dinov2 config: {field}={value} is not square")
-    value = value[0]
-  return int(value)
 
 
 def config_from_hf(hf: dict[str, Any]) -> Config:
@@ -196,8 +186,8 @@ def config_from_hf(hf: dict[str, Any]) -> Config:
       num_hidden_layers=hf["num_hidden_layers"],
       num_attention_heads=hf["num_attention_heads"],
       mlp_ratio=hf.get("mlp_ratio", 4),
-      patch_size=_square(hf.get("patch_size", 14), "patch_size"),
-      image_size=_square(hf.get("image_size", 518), "image_size"),
+      patch_size=config_dict.square(hf.get("patch_size", 14), "patch_size"),
+      image_size=config_dict.square(hf.get("image_size", 518), "image_size"),
       num_channels=hf.get("num_channels", 3),
       layer_norm_eps=hf.get("layer_norm_eps", 1e-6),
       qkv_bias=hf.get("qkv_bias", True),

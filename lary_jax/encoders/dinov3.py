@@ -161,9 +161,7 @@ class Model(nnx.Module):
 
 def preprocess(images: jax.Array) -> jax.Array:
   """uint8 or [0, 1] float images -> `2x - 1` float32 (upstream's input)."""
-  if images.dtype == jnp.uint8:
-    images = images.astype(jnp.float32) / 255.0
-  return images.astype(jnp.float32) * 2.0 - 1.0
+  return vit_layers.to_unit_float(images) * 2.0 - 1.0
 
 
 def select_tokens(tokens: jax.Array, out: dict[str, jax.Array]) -> jax.Array:

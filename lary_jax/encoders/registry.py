@@ -25,6 +25,7 @@ from lary_jax.encoders import baselines
 from lary_jax.encoders import convert
 from lary_jax.encoders import dinov2
 from lary_jax.encoders import dinov3
+from lary_jax.encoders import vit_layers
 from lary_jax.errors import LaryError
 
 # A missing file shows up as a LaryError when that name is loaded.
@@ -118,18 +119,12 @@ def make_encoder(name: str, model: nnx.Module, *,
     raise LaryError(f"encoder {name!r}: mode={mode!r}, expected one of "
                     f"{sorted(EXAMPLE_SHAPE)}")
   graphdef, params = nnx.split(model)
-  static = (graphdef, preprocess or _to_unit_float, select_tokens, mode, name)
+  static = (graphdef, preprocess or vit_layers.to_unit_float, select_tokens, mode, name)
   example = jax.ShapeDtypeStruct((1, *EXAMPLE_SHAPE[mode]), jnp.uint8)
   shape = jax.eval_shape(functools.partial(_encode, *static), params,
                          example).shape
   return Encoder(name=name, dim=shape[-1], num_tokens=shape[-2], mode=mode,
                  params=params, static=static)
-
-
-def _to_unit_float(images: jax.Array) -> jax.Array:
-  if images.dtype == jnp.uint8:
-    return images.astype(jnp.float32) / 255.0
-  return images.astype(jnp.float32)
 
 
 class Factory(Protocol):

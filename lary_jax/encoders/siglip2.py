@@ -151,10 +151,7 @@ def preprocess(images: jax.Array | np.ndarray, *,
   Returns:
     float32 array of the same shape.
   """
-  images = jnp.asarray(images)
-  if images.dtype == jnp.uint8:
-    images = images.astype(jnp.float32) / 255.0
-  images = images.astype(jnp.float32)
+  images = vit_layers.to_unit_float(images)
   return 2.0 * images - 1.0 if native else images
 
 

@@ -314,3 +314,11 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array, *,
   sin = sin[:, None, :].astype(x.dtype)
   tokens = tokens * cos + rotate_half(tokens) * sin
   return jnp.concatenate([prefix, tokens], axis=1)
+
+
+def to_unit_float(images: jax.Array) -> jax.Array:
+  """uint8 images -> float32 in [0, 1]; float images pass through as float32."""
+  images = jnp.asarray(images)
+  if images.dtype == jnp.uint8:
+    return images.astype(jnp.float32) / 255.0
+  return images.astype(jnp.float32)

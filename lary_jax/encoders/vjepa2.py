@@ -265,26 +265,15 @@ def preprocess(images: jax.Array | np.ndarray) -> jax.Array:
   Returns:
     float32 `(x - mean) / std` with ImageNet statistics, as upstream feeds.
   """
-  images = jnp.asarray(images)
-  if images.dtype == jnp.uint8:
-    images = images.astype(jnp.float32) / 255.0
   mean = jnp.asarray(IMAGENET_MEAN, jnp.float32)
   std = jnp.asarray(IMAGENET_STD, jnp.float32)
-  return (images.astype(jnp.float32) - mean) / std
+  return (vit_layers.to_unit_float(images) - mean) / std
 
 
 def select_tokens(tokens: jax.Array, out: dict[str, jax.Array]) -> jax.Array:
   """Upstream's tokens: all of them, [B, T // 2 * N, D], tubelet-major."""
   del tokens
   return out["patch_tokens"]
-
-
-def _square(value: Any, field: str) -> int:
-  if isinstance(value, (list, tuple)):
-    if len(value) != 2 or value[0] != value[1]:
-      raise LaryError(f"config.json: {field}={value} is not square")
-    value = value[0]
-  return int(value)
 
 
 def config_from_hf(hf: dict[str, Any]) -> Config:
@@ -303,7 +292,7 @@ def config_from_hf(hf: dict[str, Any]) -> Config:
       num_hidden_layers=hf.get("num_hidden_layers", 24),
       num_attention_heads=hf.get("num_attention_heads", 16),
       mlp_ratio=float(hf.get("mlp_ratio", 4.0)),
-      patch_size=_square(hf.get("patch_size", 16), "patch_size"),
+      patch_size=config_dict.square(hf.get("patch_size", 16), "patch_size"),
       tubelet_size=hf.get("tubelet_size", 2),
       in_chans=hf.get("in_chans", 3),
       layer_norm_eps=hf.get("layer_norm_eps", 1e-6),

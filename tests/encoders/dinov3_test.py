@@ -80,7 +80,7 @@ def test_model_matches_transformers_registers_and_biases(tmp_path, size,
   assert np.abs(got - _upstream_tokens(torch_model, images)).max() < 1e-4
   # The dropped prefix really is CLS + registers, and these match too.
   with torch.no_grad():
-    x = torch.from_numpy(np.asarray(dinov3.preprocess(images)))
+    x = torch.from_numpy(np.array(dinov3.preprocess(images)))
     full = torch_model(pixel_values=x.permute(0, 3, 1, 2)).last_hidden_state
   assert out["registers"].shape == (2, 4, 64)
   assert np.abs(np.asarray(out["registers"]) - full[:, 1:5].numpy()).max(
