@@ -20,6 +20,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.prepare.num_workers = 0  # 0: one worker process per CPU core
   config.prepare.allow_absolute_paths = False  # CSV paths stay in DATA_DIR
   config.prepare.overwrite = False
+  # Also store V-JEPA 2's own view of each full-resolution frame (short side
+  # 256, centre crop 224): the squashed 224 frames cannot give it, and
+  # without it V-JEPA 2 features differ from upstream's. ~2x the frame bytes.
+  config.prepare.vjepa2_view = False
 
   config.sim = ml_collections.ConfigDict()
   config.sim.num_workers = 0  # 0: one worker process per CPU core
@@ -47,5 +51,62 @@ def get_config() -> ml_collections.ConfigDict:
   config.extract.prefetch = 4  # batches read ahead
   config.extract.encoder_options = ""  # e.g. "variant=S/16,seed=0"
   config.extract.export_dtype = "float32"  # `tokens` in --export_npz files
+  # Which stored frames the encoder reads. "model": its own view where it has
+  # one (V-JEPA 2: the crop stored by --config.prepare.vjepa2_view=True, as
+  # upstream), else the 224 squashed frames; "squashed": those for any model.
+  config.extract.frames = "model"
+
+  config.classify = ml_collections.ConfigDict()
+  config.classify.epochs = 20
+  # Examples per step over all devices (upstream: 256), fixed so that the
+  # numbers do not depend on the device count.
+  config.classify.global_batch = 256
+  config.classify.eval_batch = 256
+  # "auto": bfloat16 on GPU/TPU (upstream trains in bf16), float32 on CPU,
+  # where bf16 matmuls are slower (FACTS.md).
+  config.classify.compute_dtype = "auto"
+  # Probes computed at once in a step: 1 keeps one probe's activations in
+  # memory; 5 vmaps all five (faster on a big accelerator, 5x the memory).
+  config.classify.head_batch = 1
+  # Share of train held out (per class) to pick the honest head and epoch;
+  # 0 trains on all of train, as upstream, and reports no honest number.
+  config.classify.holdout = 0.1
+  config.classify.label_smoothing = 0.1
+  config.classify.balanced = True  # class-balanced draws with replacement
+  config.classify.read_threads = 4
+  config.classify.probe = ml_collections.ConfigDict()
+  config.classify.probe.model_dim = 768
+  config.classify.probe.num_heads = 16
+  config.classify.probe.depth = 4  # 3 self-attention blocks + cross-attention
+  # >0 averages each frame's token grid to pool_grid x pool_grid cells before
+  # the probe: not the protocol, a laptop speed-up (configs/laptop.py).
+  config.classify.probe.pool_grid = 0
+
+  config.regress = ml_collections.ConfigDict()
+  config.regress.epochs = 20
+  config.regress.global_batch = 256  # fixed whatever the device count
+  config.regress.eval_batch = 256
+  config.regress.lr = 1e-4
+  config.regress.weight_decay = 1e-4
+  config.regress.warmup = 0.1  # linear warm-up share of all steps
+  config.regress.compute_dtype = "float32"  # upstream trains in fp32
+  config.regress.holdout = 0.1  # as classify.holdout
+  # Parameters at least this big (MiB of float32) are sharded over the data
+  # axis with their AdamW moments; upstream's MLP on DINOv2 pairs has a
+  # 2.1 B-parameter first layer. Negative: never shard.
+  config.regress.shard_min_mb = 256.0
+  config.regress.read_threads = 4
+  # >0 averages each frame's tokens to pool_grid x pool_grid cells before
+  # flattening: not the protocol, a laptop speed-up (configs/laptop.py).
+  config.regress.pool_grid = 0
+  config.regress.mlp_hidden = 4096
+  config.regress.mlp_blocks = 2
+  config.regress.dit_hidden = 512
+  config.regress.dit_depth = 6
+  config.regress.dit_heads = 8
+  # Upstream's DDPM scheduler clips each predicted x_0 to [-1, 1] normalised
+  # units, so DiT predictions cannot reach the ~1/3 of targets beyond that;
+  # False lets them (not upstream's numbers).
+  config.regress.dit_clip_sample = True
 
   return config

@@ -46,7 +46,8 @@ def _prepare_options(config: Config, skip_bad_rows: bool):
   return prepare.PrepareOptions(
       frame_format=c.frame_format, jpeg_quality=c.jpeg_quality,
       num_workers=_workers(c.num_workers), skip_bad_rows=skip_bad_rows,
-      allow_absolute_paths=c.allow_absolute_paths, overwrite=c.overwrite)
+      allow_absolute_paths=c.allow_absolute_paths, overwrite=c.overwrite,
+      vjepa2_view=c.vjepa2_view)
 
 
 def simulate(flags, config: Config) -> int:
@@ -153,7 +154,7 @@ def _extract_options(config: Config):
   return extract_lib.Options(
       global_batch=c.global_batch, micro_batch=c.micro_batch, dtype=c.dtype,
       shard_mb=c.shard_mb, worker_count=c.worker_count,
-      read_threads=c.read_threads, prefetch=c.prefetch)
+      read_threads=c.read_threads, prefetch=c.prefetch, frames=c.frames)
 
 
 def _mode(flags, spec) -> str:
@@ -188,49 +189,6 @@ def _store_dir(flags, dataset: str, split: str) -> str:
   return os.path.join(root, dataset, split, flags.model)
 
 
-def _identity_column(spec) -> str:
-  return "video_path" if spec.kind == "classification" else "src_img"
-
-
-def _metadata_csv(flags, spec, split: str) -> str:
-  from tfds_builders import metadata  # pylint: disable=g-import-not-at-top
-  if flags.csv:
-    return flags.csv
-  meta_dir = flags.metadata_dir or (
-      flags.data_dir and os.path.join(flags.data_dir, "metadata"))
-  if meta_dir and os.path.isdir(meta_dir):
-    found = metadata.find_csvs(spec, meta_dir)
-    if split in found:
-      return found[split]
-  raise LaryError(f"--export_npz appends la_path to {spec.name}'s {split} "
-                  "metadata CSV: pass --csv, --metadata_dir or --data_dir")
-
-
-def _export(flags, config: Config, spec, split: str, builder,
-            store_dir: str) -> str:
-  import jax  # pylint: disable=g-import-not-at-top
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  from lary_jax import feature_store  # pylint: disable=g-import-not-at-top
-  offset = 0
-  if spec.name in feature_store.NO_SPLIT:
-    # One LA folder for all splits: number the rows on through the splits.
-    for name in ("train", "validation", "unseen"):
-      if name == split:
-        break
-      if name in builder.info.splits:
-        offset += builder.info.splits[name].num_examples
-  csv_out = feature_store.export_npz(
-      store_dir, flags.la_dir or os.path.join(flags.workdir, "latent_actions"),
-      _metadata_csv(flags, spec, split), dataset=spec.name,
-      split=feature_store.upstream_split_name(spec.name, split),
-      model=flags.model, identity_column=_identity_column(spec),
-      stride=spec.stride if spec.kind == "regression" else None,
-      name_offset=offset, dtype=config.extract.export_dtype,
-      process_index=jax.process_index(), process_count=jax.process_count())
-  multihost_utils.sync_global_devices("lary_export_written")
-  return csv_out
-
-
 def extract(flags, config: Config) -> int:
   """Extracts --model's features of --dataset (every split, or --split)."""
   from lary_jax import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
@@ -240,6 +198,7 @@ def extract(flags, config: Config) -> int:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from lary_jax import extract as extract_lib  # pylint: disable=g-import-not-at-top
+  from lary_jax import upstream_npz  # pylint: disable=g-import-not-at-top
   from lary_jax.encoders import registry  # pylint: disable=g-import-not-at-top
   from tfds_builders import metadata  # pylint: disable=g-import-not-at-top
   c = config.extract
@@ -259,6 +218,10 @@ def extract(flags, config: Config) -> int:
   encoder = registry.load(flags.model, flags.checkpoint,
                           dtype=getattr(jnp, c.compute_dtype),
                           **_encoder_options(c.encoder_options))
+  for spec, builder, mode, _ in jobs:  # before the first store is started
+    extract_lib.check_frame_keys(
+        extract_lib.frame_keys(encoder, mode, c.frames),
+        builder.info.features.keys(), spec.name)
   digest = extract_lib.checkpoint_digest(flags.checkpoint)
   for spec, builder, mode, split in jobs:
     store_dir = _store_dir(flags, spec.name, split)
@@ -275,7 +238,14 @@ def extract(flags, config: Config) -> int:
     if jax.process_index() == 0:
       print(f"{spec.name} {split}: {summary}")
     if flags.export_npz:
-      csv_out = _export(flags, config, spec, split, builder, store_dir)
+      csv_out = upstream_npz.export_split(
+          store_dir,
+          flags.la_dir or os.path.join(flags.workdir, "latent_actions"),
+          spec, split, model=flags.model,
+          split_sizes={s: i.num_examples
+                       for s, i in builder.info.splits.items()},
+          csv_path=flags.csv, metadata_dir=flags.metadata_dir,
+          data_dir=flags.data_dir, dtype=c.export_dtype)
       if jax.process_index() == 0:
         print(f"{spec.name} {split}: exported .npz files, CSV {csv_out}")
   return 0
@@ -283,7 +253,7 @@ def extract(flags, config: Config) -> int:
 
 def import_features(flags, config: Config) -> int:
   """Turns upstream's .npz files + LA CSV (--csv, --la_dir) into a store."""
-  from lary_jax import feature_store  # pylint: disable=g-import-not-at-top
+  from lary_jax import upstream_npz  # pylint: disable=g-import-not-at-top
   from tfds_builders import metadata  # pylint: disable=g-import-not-at-top
   from tfds_builders import prepare  # pylint: disable=g-import-not-at-top
   _require(flags, "model", "dataset", "split", "csv", "la_dir")
@@ -309,14 +279,143 @@ def import_features(flags, config: Config) -> int:
   fields = dict(model=flags.model, checkpoint=None, checkpoint_digest=None,
                 dataset=spec.name, tfds_name=metadata.tfds_name(spec),
                 split=flags.split, mode=mode, identity_key=identity_key)
-  manifest = feature_store.import_npz(
+  manifest = upstream_npz.import_npz(
       flags.csv, flags.la_dir, store_dir, dataset=spec.name,
-      split=feature_store.upstream_split_name(spec.name, flags.split),
-      model=flags.model, identity_column=_identity_column(spec),
+      split=upstream_npz.upstream_split_name(spec.name, flags.split),
+      model=flags.model,
+      identity_column=upstream_npz.identity_column(spec.kind),
       fields=fields, identities=identities, dtype=config.extract.dtype,
       shard_mb=config.extract.shard_mb)
   print(f"{spec.name} {flags.split}: imported {manifest['num_rows']} rows of "
         f"{manifest['token_shape']} -> {store_dir}")
+  return 0
+
+
+# -------------------------------------------------------------- the probes
+
+
+def _seeds(flags, default: int | None = None) -> list[int]:
+  """--seeds, else --seed, else `default` (when given) or --seed's 0."""
+  seed = flags.seed
+  if default is not None and not flags["seed"].present:
+    seed = default
+  text = flags.seeds if flags.seeds else str(seed)
+  try:
+    seeds = [int(t) for t in text.split(",") if t.strip()]
+  except ValueError:
+    raise LaryError(f"--seeds {text!r}: expected integers, e.g. 0,1,2") from None
+  if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+    raise LaryError(f"--seeds {text!r}: expected distinct non-negative "
+                    "integers")
+  return seeds
+
+
+def _feature_stores(flags, spec, builder) -> dict[str, str]:
+  from lary_jax import feature_store  # pylint: disable=g-import-not-at-top
+  stores = {}
+  for split in builder.info.splits:
+    store_dir = _store_dir(flags, spec.name, split)
+    if os.path.exists(os.path.join(store_dir, feature_store.MANIFEST)):
+      stores[split] = store_dir
+    elif os.path.isdir(store_dir):
+      raise LaryError(f"{store_dir} is an unfinished extraction; rerun "
+                      f"`extract --model {flags.model} --dataset {spec.name}` "
+                      "to finish it")
+  for split in ("train", "validation"):
+    if split not in stores:
+      raise LaryError(
+          f"no {flags.model} features of {spec.name} {split} in "
+          f"{_store_dir(flags, spec.name, split)}; run `python -m "
+          f"lary_jax.main extract --model {flags.model} --dataset "
+          f"{spec.name}` first")
+  return stores
+
+
+def classify(flags, config: Config) -> int:
+  """Trains and evaluates the attentive probes on stored features."""
+  _require(flags, "model", "dataset")
+  from lary_jax import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+  mesh_lib.initialize_distributed(flags.coordinator_address,
+                                  flags.num_processes, flags.process_id)
+  import jax  # pylint: disable=g-import-not-at-top
+  from lary_jax.probes import classify as classify_lib  # pylint: disable=g-import-not-at-top
+  from lary_jax.probes import train_classifier  # pylint: disable=g-import-not-at-top
+  from tfds_builders import metadata  # pylint: disable=g-import-not-at-top
+  c = config.classify
+  options = train_classifier.Options(
+      epochs=c.epochs, global_batch=c.global_batch, eval_batch=c.eval_batch,
+      label_smoothing=c.label_smoothing, compute_dtype=c.compute_dtype,
+      head_batch=c.head_batch, balanced=c.balanced,
+      read_threads=c.read_threads)
+  shape = classify_lib.ProbeShape(**c.probe.to_dict())
+  seeds = _seeds(flags)
+  for spec in metadata.resolve_datasets(flags.dataset, flags.stride):
+    if spec.kind != "classification":
+      raise LaryError(f"--dataset {spec.name} is a {spec.kind} dataset; "
+                      "classify takes human_1st, robot_1st or "
+                      "sim_classification")
+    builder = _prepared(spec, flags)
+    stores = _feature_stores(flags, spec, builder)
+    out_dir = os.path.join(flags.workdir, "classify", spec.name, flags.model)
+    summary = classify_lib.classify(
+        builder, stores, out_dir, seeds=seeds, holdout=c.holdout, shape=shape,
+        options=options, dim=flags.dim, classes=flags.classes,
+        fields={"model": flags.model, "dataset": spec.name})
+    if jax.process_index() == 0:
+      print(classify_lib.describe(summary, out_dir))
+  return 0
+
+
+def regress(flags, config: Config) -> int:
+  """Trains and evaluates an action decoder on stored pair features."""
+  _require(flags, "model", "dataset")
+  from lary_jax import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+  mesh_lib.initialize_distributed(flags.coordinator_address,
+                                  flags.num_processes, flags.process_id)
+  import jax  # pylint: disable=g-import-not-at-top
+  from lary_jax.probes import regress as regress_lib  # pylint: disable=g-import-not-at-top
+  from lary_jax.probes import train_regressor  # pylint: disable=g-import-not-at-top
+  from tfds_builders import metadata  # pylint: disable=g-import-not-at-top
+  c = config.regress
+  options = train_regressor.Options(
+      epochs=c.epochs, global_batch=c.global_batch, eval_batch=c.eval_batch,
+      lr=c.lr, weight_decay=c.weight_decay, warmup=c.warmup,
+      compute_dtype=c.compute_dtype, pool_grid=c.pool_grid,
+      shard_min_mb=c.shard_min_mb, read_threads=c.read_threads)
+  if flags.model_type == "mlp":
+    shape = dict(hidden=c.mlp_hidden, blocks=c.mlp_blocks)
+    factory = regress_lib.mlp(**shape)
+  else:
+    shape = dict(hidden=c.dit_hidden, depth=c.dit_depth,
+                 num_heads=c.dit_heads, clip_sample=c.dit_clip_sample)
+    factory = regress_lib.dit(**shape)
+  seeds = _seeds(flags, default=42)  # upstream's regression seed
+  for spec in metadata.resolve_datasets(flags.dataset, flags.stride):
+    if spec.kind != "regression" or spec.label_action:
+      raise LaryError(f"--dataset {spec.name} has no numeric action chunks; "
+                      "regress takes calvin, vlabench(_15/_30), agibotbeta, "
+                      "robocoin or sim_regression")
+    builder = _prepared(spec, flags)
+    stores = _feature_stores(flags, spec, builder)
+    out_dir = os.path.join(flags.workdir, "regress", spec.name, flags.model,
+                           f"{flags.model_type}_{flags.action_mode}")
+    summary = regress_lib.regress(
+        builder, spec, stores, out_dir, decoder_factory=factory,
+        model_type=flags.model_type, action_mode=flags.action_mode,
+        seeds=seeds, holdout=c.holdout, options=options,
+        fields={"model": flags.model, "dataset": spec.name},
+        decoder_shape=shape)
+    if jax.process_index() == 0:
+      print(regress_lib.describe(summary, out_dir))
+  return 0
+
+
+def report(flags, config: Config) -> int:  # pylint: disable=unused-argument
+  """Writes <workdir>/report.md and report.html from every result there."""
+  from lary_jax import report as report_lib  # pylint: disable=g-import-not-at-top
+  md_path, html_path = report_lib.write(flags.workdir,
+                                        published=flags.published)
+  print(f"report: {md_path} and {html_path}")
   return 0
 
 
@@ -328,4 +427,7 @@ COMMANDS: dict[str, Callable[[Any, Config], int]] = {
     "convert": convert,
     "extract": extract,
     "import": import_features,
+    "classify": classify,
+    "regress": regress,
+    "report": report,
 }

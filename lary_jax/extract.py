@@ -29,7 +29,7 @@ import math
 import os
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import grain
@@ -61,22 +61,68 @@ class Mode:
   frames: int  # frames per example
   identity_key: str  # record key naming the example
   unit: str  # what the progress bar counts
+  frame_keys: tuple[str, ...]  # record keys of the squashed 224 frames
 
-  def transforms(self) -> tuple[grain.transforms.Map, ...]:
+  def transforms(self, frame_keys: Sequence[str]
+                 ) -> tuple[grain.transforms.Map, ...]:
+    """Decodes `frame_keys` (this mode's, or a view's) into `frames`."""
     if self.kind == "classification":
-      decode = pl.DecodeFrames(key="frames", num_frames=self.frames,
-                               image_size=IMAGE_SIZE)
+      (key,) = frame_keys
+      decode = pl.DecodeFrames(key=key, num_frames=self.frames,
+                               image_size=IMAGE_SIZE, out_key="frames")
     else:
-      decode = pl.DecodePair(out_key="frames", image_size=IMAGE_SIZE)
+      src, tgt = frame_keys
+      decode = pl.DecodePair(src_key=src, tgt_key=tgt, out_key="frames",
+                             image_size=IMAGE_SIZE)
     return (decode, IdentityBytes(self.identity_key))
 
 
 MODES = {
     # The clip's 9 sampled frames.
-    "video": Mode("classification", 9, "video_path", "clip"),
+    "video": Mode("classification", 9, "video_path", "clip", ("frames",)),
     # The row's (source, target) image pair.
-    "image": Mode("regression", 2, "src_path", "pair"),
+    "image": Mode("regression", 2, "src_path", "pair",
+                  ("src_image", "tgt_image")),
 }
+# config.extract.frames: "model" reads the encoder's own view where it has
+# one (`Encoder.frames_view`), "squashed" the 224 x 224 frames for any model.
+FRAMES = ("model", "squashed")
+
+
+def frame_keys(encoder: Any, mode: str, frames: str = "model"
+               ) -> tuple[str, ...]:
+  """The record keys whose frames `encoder` reads in `mode`.
+
+  Args:
+    encoder: an `Encoder`; its `frames_view` (e.g. "vjepa2") picks the
+      `<key>_<view>` keys of a dataset prepared with that view.
+    mode: "video" or "image".
+    frames: "model" (the encoder's view) or "squashed" (the plain keys).
+
+  Returns:
+    ("frames",) or ("src_image", "tgt_image"), with the view's suffix.
+  """
+  if frames not in FRAMES:
+    raise LaryError(f"--config.extract.frames={frames!r}: expected one of "
+                    f"{list(FRAMES)}")
+  view = getattr(encoder, "frames_view", "") if frames == "model" else ""
+  return tuple(f"{k}_{view}" if view else k for k in MODES[mode].frame_keys)
+
+
+def check_frame_keys(keys: Sequence[str], available: Collection[str],
+                     dataset: str) -> None:
+  """Raises a LaryError naming both fixes if `dataset` lacks `keys`."""
+  missing = [k for k in keys if k not in available]
+  if not missing:
+    return
+  view = missing[0].rpartition("_")[2]
+  raise LaryError(
+      f"{dataset} has no {', '.join(missing)} (the {view} view of the "
+      "full-resolution frames this model reads); prepare it again with "
+      f"them: `python -m lary_jax.main prepare --dataset {dataset} "
+      f"--data_dir DATA_DIR --config.prepare.{view}_view=True "
+      "--config.prepare.overwrite=True`, or read the 224 squashed frames: "
+      "--config.extract.frames=squashed")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +136,7 @@ class Options:
   worker_count: int = 0
   read_threads: int = 4
   prefetch: int = 4
+  frames: str = "model"  # one of FRAMES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -351,10 +398,13 @@ class _ShardWriter:
 
 
 def _layout(fields: dict[str, Any], shape: Sequence[int], mode: str,
-            plan: Plan, options: Options) -> dict[str, Any]:
+            keys: Sequence[str], plan: Plan, options: Options
+            ) -> dict[str, Any]:
   return {
       **fields, "format": fs.FORMAT, "mode": mode,
       "identity_key": MODES[mode].identity_key, "token_shape": list(shape),
+      # Features of other stored frames are another run, never resumed.
+      "frame_keys": list(keys),
       "dtype": fs.storage_dtype(options.dtype).name,
       "num_rows": plan.num_rows, "global_batch": plan.global_batch,
       "micro_batch": options.micro_batch,
@@ -420,7 +470,8 @@ def extract_split(encoder: Any, source: Any, *, mode: str, store_dir: str,
     store_dir: the store directory (shared by all processes).
     fields: what the manifest says about the features (model, checkpoint,
       checkpoint_digest, dataset, tfds_name, split, ...).
-    options: batch sizes, storage dtype, shard size, input workers.
+    options: batch sizes, storage dtype, shard size, input workers, and
+      which stored frames the encoder reads (`frame_keys`).
     mesh: the device mesh (default `mesh.make_mesh()` over every device).
     progress: show a tqdm bar (default: on a terminal, in process 0).
 
@@ -437,9 +488,11 @@ def extract_split(encoder: Any, source: Any, *, mode: str, store_dir: str,
   if not num_rows:
     raise LaryError(f"{fields.get('dataset')} {fields.get('split')}: the "
                     "split has no records")
+  keys = frame_keys(encoder, mode, options.frames)
+  check_frame_keys(keys, source[0].keys(), fields.get("dataset", "the split"))
   shape = token_shape(encoder, mode)
   plan = make_plan(num_rows, shape, options)
-  layout = _layout(fields, shape, mode, plan, options)
+  layout = _layout(fields, shape, mode, keys, plan, options)
   _start_store(store_dir, layout)
 
   pending, reused = _pending_shards(store_dir, plan)
@@ -450,8 +503,8 @@ def extract_split(encoder: Any, source: Any, *, mode: str, store_dir: str,
   if jax.process_index() == 0 and pending.any() and os.path.exists(manifest):
     os.remove(manifest)  # no longer complete until the redone shards are in
   if pending.any():
-    _run(encoder, source, example, store_dir, plan, pending, options, dtype,
-         mesh, summary, progress)
+    _run(encoder, source, example, keys, store_dir, plan, pending, options,
+         dtype, mesh, summary, progress)
   multihost_utils.sync_global_devices("lary_extract_shards_written")
   if jax.process_index() == 0:
     stems = [fs.shard_stem(s, p) for s in range(plan.num_shards)
@@ -461,9 +514,9 @@ def extract_split(encoder: Any, source: Any, *, mode: str, store_dir: str,
   return summary
 
 
-def _run(encoder, source, example: Mode, store_dir: str, plan: Plan,
-         pending: np.ndarray, options: Options, dtype: np.dtype, mesh: Mesh,
-         summary: Summary, progress: bool | None) -> None:
+def _run(encoder, source, example: Mode, keys: Sequence[str], store_dir: str,
+         plan: Plan, pending: np.ndarray, options: Options, dtype: np.dtype,
+         mesh: Mesh, summary: Summary, progress: bool | None) -> None:
   """Computes the pending shards; writes those this process lacks."""
   me = jax.process_index()
   data = NamedSharding(mesh, P("data"))
@@ -478,8 +531,8 @@ def _run(encoder, source, example: Mode, store_dir: str, plan: Plan,
 
   shards = [int(s) for s in np.flatnonzero(pending)]
   steps = [step for s in shards for step in plan.steps(s)]
-  ds = pl.eval_dataset(source, example.transforms(), ("frames", "identity"),
-                       global_batch=plan.global_batch)
+  ds = pl.eval_dataset(source, example.transforms(keys),
+                       ("frames", "identity"), global_batch=plan.global_batch)
   iterator = pl.make_iterator(_Steps(ds, steps),
                               worker_count=options.worker_count,
                               read_threads=options.read_threads,

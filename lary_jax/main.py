@@ -21,6 +21,18 @@ Commands:
             --process_id
   import    turn upstream's .npz files and LA CSV (--csv, --la_dir) into a
             feature store (--model, --dataset, --split)
+  classify  train the five attentive probes on --model's stored features of a
+            classification --dataset; results in
+            <workdir>/classify/DATASET/MODEL (--seeds 0,1,2; --dim, --classes
+            are checked against the store and the dataset); resumes
+  regress   train an action decoder (--model_type mlp|dit, --action_mode
+            absolute|relative) on --model's stored pair features of a
+            regression --dataset; results in
+            <workdir>/regress/DATASET/MODEL/TYPE_MODE (--seeds); resumes
+  report    write <workdir>/report.md and a self-contained report.html from
+            every classify/regress result there: both selections with their
+            spread over seeds, charts, confusion matrices, per-dimension MSE;
+            --published CSV: published numbers beside ours
 
 `python -m lary_jax.main --help` lists every flag.
 """
@@ -74,6 +86,21 @@ flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of "
                     "process 0 (none on Cloud TPU: detected).")
 flags.DEFINE_integer("num_processes", None, "Multi-host: processes in the run.")
 flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
+flags.DEFINE_integer("dim", None, "classify: feature width (default: the "
+                     "store's; checked if given).")
+flags.DEFINE_integer("classes", None, "classify: number of classes (default: "
+                     "the dataset's; checked if given).")
+flags.DEFINE_enum("model_type", "mlp", ["mlp", "dit"],
+                  "regress: the action decoder.")
+flags.DEFINE_alias("model-type", "model_type")
+flags.DEFINE_enum("action_mode", "absolute", ["absolute", "relative"],
+                  "regress: the whole chunk, or its last minus first step.")
+flags.DEFINE_alias("action-mode", "action_mode")
+flags.DEFINE_string("seeds", None, "classify: comma-separated seeds, one run "
+                    "each, with mean and std over them (default --seed).")
+flags.DEFINE_string("published", None, "report: CSV of published numbers "
+                    "(task,dataset,model,metric,value[,split][,decoder]; "
+                    "lary_jax/report.py) shown beside ours.")
 
 
 def main(argv: list[str]) -> int:

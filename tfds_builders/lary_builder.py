@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 from typing import Any, Iterator
 
@@ -135,6 +136,18 @@ class LaryBuilder(tfds.core.GeneratorBasedBuilder):
   def spec(self) -> metadata.DatasetSpec:
     return self.builder_config.spec
 
+  def _with_vjepa2_view(self, key: str) -> bool:
+    """Whether the features include V-JEPA 2's view (`key` names one).
+
+    TFDS takes `info.features` from `_info()` even for a prepared dataset,
+    so a reader built with default options must learn from the prepared
+    `features.json` that the records hold the view.
+    """
+    if self._frame_options.vjepa2_view:
+      return True
+    data_dir = getattr(self, "_data_dir", None)  # set before `info` is built
+    return bool(data_dir) and key in prepared_features(os.fspath(data_dir))
+
   def _dataset_info(self, features: dict[str, Any]) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
         builder=self,
@@ -203,6 +216,7 @@ class LaryBuilder(tfds.core.GeneratorBasedBuilder):
     meta = self.info.metadata
     meta["frame_format"] = self._frame_options.frame_format
     meta["jpeg_quality"] = self._frame_options.jpeg_quality
+    meta["vjepa2_view"] = self._frame_options.vjepa2_view
     meta["bad_rows"] = len(self._bad_rows)
     meta["rows"] = {s: len(r) for s, r in self._rows.items()}
     if self._bad_rows:
@@ -219,6 +233,20 @@ class LaryBuilder(tfds.core.GeneratorBasedBuilder):
   def _refusal(self, bad: list[metadata.BadRow], when: str) -> str:
     return (f"{self.spec.name}: {len(bad)} bad row(s) found {when}; fix them, "
             "or pass --skip_bad_rows to leave them out:\n" + format_report(bad))
+
+
+def prepared_features(data_dir: str) -> set[str]:
+  """Top-level feature names in a prepared dataset's `features.json`."""
+  try:
+    with open(os.path.join(data_dir, "features.json")) as f:
+      saved = json.load(f)
+  except FileNotFoundError:
+    return set()
+  except (OSError, ValueError) as e:
+    raise LaryError(f"{data_dir}/features.json is unreadable ({e}); prepare "
+                    "the dataset again (--config.prepare.overwrite=True)"
+                    ) from None
+  return set(saved.get("featuresDict", {}).get("features", {}))
 
 
 def frames_feature(count: int | None = None) -> tfds.features.Tensor:

@@ -7,7 +7,8 @@
 
 or `python -m lary_jax.main prepare --dataset human_1st --data_dir DATA_DIR`.
 Each example is one clip: its 9 frames (ids from the CSV's `sample_indices`,
-else from the motion-guided sampler; 224x224 bicubic, encoded), the label
+else from the motion-guided sampler; 224x224 bicubic, encoded), with
+`vjepa2_view` also `frames_vjepa2` (V-JEPA 2's view of them), the label
 (class names = sorted actions of the train split), the action text, the
 source dataset and the row's identity (`video_path`). Every split's labels,
 in record order, are also in `info.metadata["labels"]` for balanced sampling.
@@ -30,13 +31,17 @@ class LaryClassification(lary_builder.LaryBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     text = tfds.features.Text()
-    return self._dataset_info({
+    features = {
         "frames": lary_builder.frames_feature(loaders.NUM_FRAMES),
         "label": tfds.features.ClassLabel(),
         "action": text,
         "dataset": text,
         "video_path": text,
-    })
+    }
+    view = "frames" + loaders.VJEPA2_SUFFIX
+    if self._with_vjepa2_view(view):
+      features[view] = lary_builder.frames_feature(loaders.NUM_FRAMES)
+    return self._dataset_info(features)
 
   def _finish_metadata(self, meta: tfds.core.MetadataDict) -> None:
     # Class-balanced sampling needs every label; reading them from the records

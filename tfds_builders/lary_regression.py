@@ -9,8 +9,10 @@
 
 or `python -m lary_jax.main prepare --dataset calvin --data_dir DATA_DIR`.
 Each example is one CSV row: the source and target frames (224x224, bicubic,
-encoded), the action chunk [stride, action_dim] (LIBERO: its direction label),
-the states where the CSV has them, and the row's identity (`src_path`).
+encoded; with `vjepa2_view` also `src_image_vjepa2` / `tgt_image_vjepa2`,
+V-JEPA 2's view of them), the action chunk [stride, action_dim] (LIBERO:
+its direction label), the states where the CSV has them, and the row's
+identity (`src_path`).
 The action statistics used for normalisation are stored in
 `info.metadata["action_stats"]` (see lary_jax/data/normalize.py).
 """
@@ -44,6 +46,9 @@ class LaryRegression(lary_builder.LaryBuilder):
         "dataset": text,
         "src_path": text,
     }
+    for key in ("src_image", "tgt_image"):
+      if self._with_vjepa2_view(key + loaders.VJEPA2_SUFFIX):
+        features[key + loaders.VJEPA2_SUFFIX] = lary_builder.frames_feature()
     if spec.label_action:
       features["action"] = text
       features["label"] = tfds.features.ClassLabel()

@@ -22,14 +22,23 @@ from tfds_builders import metadata
 
 FRAME_SIZE = (224, 224)
 NUM_FRAMES = 9
+# V-JEPA 2's view of the full-resolution frames (short side 256, centre crop
+# 224), stored beside the squashed frames under `<key>_vjepa2`.
+VJEPA2_SHORT_SIDE = 256
+VJEPA2_SUFFIX = "_vjepa2"
 
 
 @dataclasses.dataclass(frozen=True)
 class FrameOptions:
-  """How frames are stored: lossless PNG by default, JPEG as an option."""
+  """How frames are stored: lossless PNG by default, JPEG as an option.
+
+  `vjepa2_view` also stores V-JEPA 2's own view of every frame, which the
+  squashed 224 x 224 frames cannot give (it needs the full resolution).
+  """
 
   frame_format: str = "png"
   jpeg_quality: int = 95
+  vjepa2_view: bool = False
 
   def __post_init__(self):
     if self.frame_format not in ("png", "jpeg"):
@@ -66,12 +75,24 @@ class _Bad(Exception):
     self.reason, self.column = reason, column
 
 
-def _frame(path: str, column: str, options: FrameOptions) -> bytes:
+def _views(frames: np.ndarray, key: str, options: FrameOptions
+           ) -> dict[str, np.ndarray]:
+  """The stored views of full-resolution frames [T, H, W, 3], by key."""
+  views = {key: images.resize_bicubic(frames, FRAME_SIZE)}
+  if options.vjepa2_view:
+    views[key + VJEPA2_SUFFIX] = images.resize_short_side_center_crop(
+        frames, VJEPA2_SHORT_SIDE, FRAME_SIZE[0])
+  return views
+
+
+def _image_views(path: str, column: str, key: str,
+                 options: FrameOptions) -> dict[str, bytes]:
   try:
     img = images.load_image(path)
   except LaryError as e:
     raise _Bad(f"unreadable image ({column}): {e}", column) from None
-  return options.encode(images.resize_bicubic(img, FRAME_SIZE))
+  return {k: options.encode(v[0])
+          for k, v in _views(img[None], key, options).items()}
 
 
 def load_array(path: str, column: str) -> np.ndarray:
@@ -105,8 +126,8 @@ def load_action(spec: metadata.DatasetSpec, path: str) -> np.ndarray:
 def _load_pair(spec: metadata.DatasetSpec, row: metadata.Row,
                options: FrameOptions) -> Example:
   ex: Example = {
-      "src_image": _frame(row.paths["src_img"], "src_img", options),
-      "tgt_image": _frame(row.paths["tgt_img"], "tgt_img", options),
+      **_image_views(row.paths["src_img"], "src_img", "src_image", options),
+      **_image_views(row.paths["tgt_img"], "tgt_img", "tgt_image", options),
       "dataset": row.fields.get("dataset", spec.name),
       "src_path": row.fields["src_img"],
   }
@@ -135,9 +156,10 @@ def _load_clip(spec: metadata.DatasetSpec, row: metadata.Row,
     ids = sampler.sample_frame_ids(frames, NUM_FRAMES)
   # Like upstream, ids past the end of the video repeat the last frame.
   ids = np.clip(np.asarray(ids), 0, len(frames) - 1)
-  clip = images.resize_bicubic(frames[ids], FRAME_SIZE)
+  views = _views(frames[ids], "frames", options)
   return {
-      "frames": np.array([options.encode(f) for f in clip], dtype=object),
+      **{k: np.array([options.encode(f) for f in clip], dtype=object)
+         for k, clip in views.items()},
       "action": row.fields["action"],
       "dataset": row.fields.get("dataset", spec.name),
       "video_path": row.fields["video_path"],

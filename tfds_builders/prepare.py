@@ -27,10 +27,12 @@ class PrepareOptions:
   skip_bad_rows: bool = False
   allow_absolute_paths: bool = False
   overwrite: bool = False
+  vjepa2_view: bool = False
 
   @property
   def frames(self) -> loaders.FrameOptions:
-    return loaders.FrameOptions(self.frame_format, self.jpeg_quality)
+    return loaders.FrameOptions(self.frame_format, self.jpeg_quality,
+                                self.vjepa2_view)
 
 
 def check(spec: metadata.DatasetSpec, data_dir: str,
@@ -75,7 +77,8 @@ def prepare(spec: metadata.DatasetSpec, data_dir: str, tfds_dir: str,
 
   Raises:
     LaryError: bad rows (unless `options.skip_bad_rows`), or a finished
-      dataset that was prepared with other frame options.
+      dataset that was prepared with other frame options (format, quality
+      or `vjepa2_view`).
   """
   _require_dir(data_dir, "--data_dir")
   kwargs = dict(metadata_dir=metadata_dir, frame_options=options.frames,
@@ -99,6 +102,15 @@ def prepare(spec: metadata.DatasetSpec, data_dir: str, tfds_dir: str,
           f"{b.data_dir} was prepared with frame_format={found}, not "
           f"{wanted}; use another --tfds_dir or "
           "--config.prepare.overwrite=True")
+    # Datasets prepared before the option existed have no view.
+    found_view = bool(meta.get("vjepa2_view", False))
+    if found_view != options.vjepa2_view:
+      raise LaryError(
+          f"{b.data_dir} was prepared with vjepa2_view={found_view}, not "
+          f"{options.vjepa2_view}; pass --config.prepare.vjepa2_view="
+          f"{found_view} to use it as it is, or "
+          "--config.prepare.overwrite=True to prepare it again (or use "
+          "another --tfds_dir)")
     logging.info("%s is already prepared in %s", spec.name, b.data_dir)
     return b
   _remove_stale_incomplete(os.fspath(b.data_dir))

@@ -10,6 +10,9 @@ arithmetic is known:
 * `resize_linear` is OpenCV's 8-bit `INTER_LINEAR` path (11-bit weights, the
   `>> 4`, `>> 16`, `+ 2 >> 2` vertical pass, and the 2x2 box average that
   OpenCV substitutes for an exact 2x down-scale), bit-exact.
+* `resize_short_side_center_crop` is V-JEPA 2's evaluation view (bilinear
+  resize of the full-resolution frame to short side 256, centred 224 crop)
+  on top of `resize_linear`, bit-exact.
 * `resize_bicubic` matches what `cv2.resize(..., INTER_CUBIC)` returns for
   uint8 in the x86 wheels, which route 8-bit cubic resizing through Intel IPP
   rather than OpenCV's own fixed-point code (the two disagree by one level on
@@ -196,6 +199,43 @@ def resize_linear(
               for k in range(2))
     out = ((acc + 2) >> 2).clip(0, 255).astype(np.uint8)
   return out[..., 0] if squeeze else out
+
+
+def resize_short_side_center_crop(
+    frames: np.ndarray, short_side: int = 256, crop: int = 224
+) -> np.ndarray:
+  """V-JEPA 2's evaluation view: bilinear resize, then a centred square crop.
+
+  The resize keeps the aspect ratio and makes the short side `short_side`
+  (long side truncated, `int(short_side * long / short)`), with
+  `resize_linear`'s OpenCV arithmetic; it is skipped when the short side
+  already has that length. The crop starts at `round((side - crop) / 2)`
+  (Python rounding, half to even) on each axis. Bit-exact with upstream's
+  OpenCV transform.
+
+  Args:
+    frames: uint8 image [H, W, C] or batch [T, H, W, C], any size.
+    short_side: length of the short side after the resize.
+    crop: side of the square crop; at most `short_side`.
+
+  Returns:
+    uint8 [crop, crop, C] or [T, crop, crop, C].
+  """
+  if not 0 < crop <= short_side:
+    raise ValueError(f"crop {crop} must be in (0, short_side={short_side}]")
+  img = np.asarray(frames)
+  if img.dtype != np.uint8 or img.ndim not in (3, 4):
+    raise TypeError("expected uint8 [H, W, C] or [T, H, W, C], got "
+                    f"{img.dtype} {img.shape}")
+  h, w = img.shape[-3:-1]
+  if min(h, w) != short_side:
+    if w < h:
+      h, w = int(short_side * h / w), short_side
+    else:
+      h, w = short_side, int(short_side * w / h)
+    img = resize_linear(img, (h, w))
+  top, left = round((h - crop) / 2), round((w - crop) / 2)
+  return img[..., top:top + crop, left:left + crop, :]
 
 
 def rgb_to_grey(x: np.ndarray) -> np.ndarray:

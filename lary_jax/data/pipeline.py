@@ -59,11 +59,15 @@ def _decode(data: bytes, *, record: Record, key: str,
 
 @dataclasses.dataclass(frozen=True)
 class DecodeFrames(grain.transforms.Map):
-  """Decodes a clip's encoded frames into uint8 [num_frames, S, S, 3]."""
+  """Decodes a clip's encoded frames into uint8 [num_frames, S, S, 3].
+
+  The frames are read from `key` and written to `out_key` (default: `key`).
+  """
 
   key: str = "frames"
   num_frames: int = 9
   image_size: int = 224
+  out_key: str = ""
 
   def map(self, record: Record) -> Record:
     encoded = record[self.key]
@@ -75,7 +79,7 @@ class DecodeFrames(grain.transforms.Map):
         _decode(data, record=record, key=self.key, image_size=self.image_size)
         for data in encoded
     ])  # [T, S, S, 3]
-    return {**record, self.key: frames}
+    return {**record, self.out_key or self.key: frames}
 
 
 @dataclasses.dataclass(frozen=True)

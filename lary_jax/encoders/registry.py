@@ -51,6 +51,8 @@ _MODEL_MODULES: dict[str, tuple[ModuleType | None, str]] = {
 }
 # The shape `num_tokens` is measured on, per mode: a LARY clip has 9 frames.
 EXAMPLE_SHAPE = {"image": (224, 224, 3), "video": (9, 224, 224, 3)}
+# Stored frame views a prepared dataset can hold ("": the squashed frames).
+FRAMES_VIEWS = ("", "vjepa2")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -61,6 +63,8 @@ class Encoder:
   in [0, 1]. An image encoder given [B, T, H, W, 3] encodes every frame and
   returns [B, T, N, D]. `apply(params, images)` is the same pure function
   for callers that place `params` themselves (e.g. replicated on a mesh).
+  `frames_view` names the stored frames extraction feeds it: "" the 224
+  squashed frames, "vjepa2" V-JEPA 2's crop of the full-resolution frames.
   """
 
   name: str
@@ -69,6 +73,7 @@ class Encoder:
   mode: str
   params: Any
   static: tuple[Any, ...]  # hashable (graphdef, preprocess, select, ...)
+  frames_view: str = ""
 
   def apply(self, params: Any, images: jax.Array) -> jax.Array:
     return _encode(*self.static, params, images)
@@ -102,7 +107,7 @@ def make_encoder(name: str, model: nnx.Module, *,
                  preprocess: Callable[[jax.Array], jax.Array] | None = None,
                  select_tokens: Callable[[jax.Array, dict], jax.Array]
                  | None = None,
-                 mode: str = "image") -> Encoder:
+                 mode: str = "image", frames_view: str = "") -> Encoder:
   """Wraps an NNX model with the encoder contract into an `Encoder`.
 
   Args:
@@ -111,6 +116,8 @@ def make_encoder(name: str, model: nnx.Module, *,
     preprocess: images -> model input; default uint8 -> [0, 1] float32.
     select_tokens: (tokens, out) -> [B, N, D]; default the tokens.
     mode: "image" or "video".
+    frames_view: the stored frames the model reads ("": squashed 224,
+      "vjepa2": V-JEPA 2's view; see `Encoder`).
 
   Returns:
     The Encoder, with `dim` and `num_tokens` measured on EXAMPLE_SHAPE.
@@ -118,13 +125,17 @@ def make_encoder(name: str, model: nnx.Module, *,
   if mode not in EXAMPLE_SHAPE:
     raise LaryError(f"encoder {name!r}: mode={mode!r}, expected one of "
                     f"{sorted(EXAMPLE_SHAPE)}")
+  if frames_view not in FRAMES_VIEWS:
+    raise LaryError(f"encoder {name!r}: frames_view={frames_view!r}, "
+                    f"expected one of {FRAMES_VIEWS}")
   graphdef, params = nnx.split(model)
-  static = (graphdef, preprocess or vit_layers.to_unit_float, select_tokens, mode, name)
+  static = (graphdef, preprocess or vit_layers.to_unit_float, select_tokens,
+            mode, name)
   example = jax.ShapeDtypeStruct((1, *EXAMPLE_SHAPE[mode]), jnp.uint8)
   shape = jax.eval_shape(functools.partial(_encode, *static), params,
                          example).shape
   return Encoder(name=name, dim=shape[-1], num_tokens=shape[-2], mode=mode,
-                 params=params, static=static)
+                 params=params, static=static, frames_view=frames_view)
 
 
 class Factory(Protocol):
@@ -164,7 +175,8 @@ def _checkpoint_factory(name: str) -> Factory:
     model = convert.build(module.Model, cfg, params, dtype=dtype)
     return make_encoder(name, model, preprocess=module.preprocess,
                         select_tokens=module.select_tokens,
-                        mode=_MODEL_MODULES[name][1])
+                        mode=_MODEL_MODULES[name][1],
+                        frames_view=getattr(module, "FRAMES_VIEW", ""))
 
   return factory
 

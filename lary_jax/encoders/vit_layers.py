@@ -193,7 +193,9 @@ def blocked_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
       return jnp.einsum("hqk,hkd->hqd", probs, vg,
                         preferred_element_type=jnp.float32).astype(vg.dtype)
 
-    out = jax.lax.map(one_chunk, qg)  # [chunks, g, rows, Dh]
+    # Under a gradient (the probes), recompute each chunk's probabilities
+    # rather than keep all [B, H, N, N] of them for the backward pass.
+    out = jax.lax.map(jax.checkpoint(one_chunk), qg)  # [chunks, g, rows, Dh]
     return out.transpose(1, 0, 2, 3).reshape(g, chunks * rows, dh)[:, :n]
 
   out = jax.lax.map(one_group, (heads_major(q), heads_major(k),

@@ -10,11 +10,13 @@ What upstream LARY does, and what this module does at each step:
    (offsets `round((side - 224) / 2)`), `/255`, ImageNet mean/std.
    Here `upstream_view` is the resize and crop (bit-exact OpenCV arithmetic,
    `lary_jax.data.images.resize_linear`) and `preprocess` the scaling and
-   normalisation. Where this cannot follow upstream: the encoder contract
-   hands every encoder frames already resized to 224 x 224 (bicubic, aspect
-   not kept, as for the DINO/SigLIP paths), so unless extraction calls
-   `upstream_view` on the full-resolution frames, V-JEPA 2 sees the whole
-   frame squashed instead of upstream's centre crop.
+   normalisation. The encoder contract hands every encoder 224 x 224
+   frames; a dataset prepared with `--config.prepare.vjepa2_view=True`
+   stores this view of the full-resolution frames beside the squashed ones
+   (bicubic, aspect not kept, as for the DINO/SigLIP paths), and extraction
+   reads it for this model (`FRAMES_VIEW`). From the squashed frames
+   (`--config.extract.frames=squashed`, or a dataset prepared without the
+   view) V-JEPA 2 sees the whole frame instead of upstream's centre crop.
 2. Tubelets. The 3-D patch embedding (a strided Conv3d upstream) cuts the
    clip into tubelets of 2 frames x 16 x 16 pixels. A 9-frame clip gives 4
    tubelets from frames (0, 1), (2, 3), (4, 5), (6, 7); the 9th frame falls
@@ -61,6 +63,9 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CROP = 224
 SHORT_SIDE = int(CROP * 256 / 224)
+# The stored frames extraction reads for this model: prepared datasets hold
+# `upstream_view` of the full-resolution frames under `*_vjepa2` keys.
+FRAMES_VIEW = "vjepa2"
 
 # Heads per width of the released checkpoints (the weights do not say).
 _HEADS_BY_WIDTH = {1024: 16, 1280: 16, 1408: 22}
@@ -238,22 +243,14 @@ def upstream_view(frames: np.ndarray) -> np.ndarray:
 
   Returns:
     uint8 [T, 224, 224, 3]: bilinear resize (OpenCV arithmetic) so the short
-    side is 256, aspect kept, then the centred 224 x 224 crop.
+    side is 256, aspect kept, then the centred 224 x 224 crop (see
+    `lary_jax.data.images.resize_short_side_center_crop`).
   """
   frames = np.asarray(frames)
   if frames.ndim != 4 or frames.dtype != np.uint8 or frames.shape[-1] != 3:
     raise LaryError(f"upstream_view expects uint8 frames [T, H, W, 3], got "
                     f"{frames.dtype} {frames.shape}")
-  h, w = frames.shape[1:3]
-  if min(h, w) != SHORT_SIDE:  # upstream skips the resize in this case
-    if w < h:
-      size = (int(SHORT_SIDE * h / w), SHORT_SIDE)
-    else:
-      size = (SHORT_SIDE, int(SHORT_SIDE * w / h))
-    frames = image_ops.resize_linear(frames, size)
-    h, w = size
-  top, left = round((h - CROP) / 2), round((w - CROP) / 2)
-  return frames[:, top:top + CROP, left:left + CROP]
+  return image_ops.resize_short_side_center_crop(frames, SHORT_SIDE, CROP)
 
 
 def preprocess(images: jax.Array | np.ndarray) -> jax.Array:

@@ -127,6 +127,38 @@ def test_resize_rejects_wrong_dtype():
     images.resize_bicubic(np.zeros((4, 4, 3), np.float32))
 
 
+# (H, W) of full-resolution frames: landscape, portrait, short side already
+# 256 (no resize), and long sides whose crop offset is a .5 tie (455 -> 116,
+# 457 -> 116: Python rounds half to even, as upstream's `round`).
+@pytest.mark.parametrize("hw", [(360, 640), (480, 270), (256, 300),
+                                (360, 641), (643, 360), (224, 224)])
+def test_resize_short_side_center_crop_equals_cv2(hw):
+  h, w = hw
+  frames = _random((2, h, w, 3), seed=w)
+  got = images.resize_short_side_center_crop(frames)
+  if min(h, w) == 256:
+    want = frames
+  else:
+    size = (256, int(256 * h / w)) if w < h else (int(256 * w / h), 256)
+    want = np.stack([cv2.resize(f, size, interpolation=cv2.INTER_LINEAR)
+                     for f in frames])
+  top = round((want.shape[1] - 224) / 2)
+  left = round((want.shape[2] - 224) / 2)
+  np.testing.assert_array_equal(got, want[:, top:top + 224, left:left + 224])
+  # One image [H, W, 3] is the same as a batch of one.
+  np.testing.assert_array_equal(
+      images.resize_short_side_center_crop(frames[1]), got[1])
+
+
+def test_resize_short_side_center_crop_rejects_bad_input():
+  with pytest.raises(TypeError, match="expected uint8"):
+    images.resize_short_side_center_crop(np.zeros((4, 300, 300, 3)))
+  with pytest.raises(ValueError, match="crop 300 must be in"):
+    images.resize_short_side_center_crop(_random((300, 300, 3)), crop=300)
+  out = images.resize_short_side_center_crop(_random((40, 60, 3)), 32, 16)
+  assert out.shape == (16, 16, 3)
+
+
 def test_rgb_to_grey_equals_cv2_on_every_colour():
   levels = np.arange(256, dtype=np.uint8)
   every = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), -1)

@@ -45,6 +45,11 @@ def test_decode_frames_and_pair_return_the_stored_pixels():
   frames = pl.DecodeFrames(image_size=S).map(clip)["frames"]
   assert frames.dtype == np.uint8 and frames.shape == (9, S, S, 3)
   np.testing.assert_array_equal(frames[4], fr.pixels(0, 4))
+  # Another stored view decodes into the key the batch reads.
+  view = clip | {"frames_view": clip["frames"][::-1]}
+  out = pl.DecodeFrames(key="frames_view", image_size=S,
+                        out_key="frames").map(view)
+  np.testing.assert_array_equal(out["frames"], frames[::-1])
 
   pair = fr.regression_records(1)[0] | {"index": 0}
   out = pl.DecodePair(image_size=S).map(pair)

@@ -99,6 +99,10 @@ def test_register_plugs_in_a_user_encoder(monkeypatch):
   images = np.full((4, 224, 224, 3), 51, np.uint8)
   np.testing.assert_allclose(enc(images), np.full((4, 1, 3), 0.4), atol=1e-6)
   assert (enc.dim, enc.num_tokens, enc.mode) == (3, 1, "image")
+  assert enc.frames_view == ""  # the squashed 224 frames
   with pytest.raises(LaryError, match="built in"):
     encoders.register("dinov2", factory)
+  with pytest.raises(LaryError, match="frames_view='crop', expected one of"):
+    encoders.make_encoder("colour", _MeanColour(nnx.Rngs(0)),
+                          frames_view="crop")
 

@@ -93,6 +93,7 @@ def test_converted_encoder_matches_transformers(tmp_path):
   out = convert.convert("vjepa2", str(tmp_path / "hf"), str(tmp_path / "o"))
   enc = encoders.load("vjepa2", out)
   assert (enc.dim, enc.mode, enc.num_tokens) == (48, "video", 784)
+  assert enc.frames_view == "vjepa2"  # extraction reads the stored crop
   # A LARY clip: 9 frames -> 4 tubelets (the 9th frame is dropped) x 196.
   clips = _clips((2, 9, 224, 224, 3))
   got, want = np.asarray(enc(clips)), _hf_tokens(model, clips)

@@ -1,0 +1,1 @@
+"""Probes on frozen features: the attentive classifier, regression heads."""

@@ -1,0 +1,189 @@
+"""LARY's attentive classification probe, one head (Flax NNX).
+
+  tokens [B, T, N, D] (or [B, N, D])
+  -> Linear(D, 768) -> LayerNorm -> exact GELU          (the projector)
+  -> + learned temporal embedding [T, 768], T*N tokens
+  -> 3 pre-norm self-attention blocks
+  -> cross-attention block: one learned query reads the tokens
+  -> Linear(768, K) logits
+
+Shapes and initialisation follow upstream's `FeatureEvaluator`: trunc-normal
+(std 0.02, cut at +-2 absolute, so in effect a normal) for every Linear of
+the projector and pooler and for the query and temporal embedding; the
+attention output projection and fc2 of self-attention block i, and the
+cross-attention fc2 after the last block, divided by sqrt(2 (i + 1)); the
+classifier Linear keeps PyTorch's default (uniform +-1/sqrt(768)), because
+upstream never re-initialises it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from lary_jax.encoders import vit_layers
+from lary_jax.errors import LaryError
+
+EPS = 1e-5  # torch.nn.LayerNorm's default, which upstream uses
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """Probe shape. The defaults are upstream's (PROTOCOL.md)."""
+
+  dim: int  # input feature width D
+  num_classes: int
+  model_dim: int = 768
+  num_heads: int = 16
+  depth: int = 4  # self-attention blocks + the cross-attention block
+  mlp_ratio: float = 4.0
+  max_frames: int = 128  # temporal embedding rows
+  pool_grid: int = 0  # >0: average each frame's N tokens to a g x g grid
+
+  def __post_init__(self):
+    if self.model_dim % self.num_heads:
+      raise LaryError(f"probe model_dim {self.model_dim} is not a multiple "
+                      f"of num_heads {self.num_heads}")
+    if self.depth < 1:
+      raise LaryError(f"probe depth {self.depth}: expected >= 1")
+
+
+def _normal_init(key, shape, dtype=jnp.float32):
+  # Upstream's trunc_normal_(std=0.02) cuts at +-2 absolute, i.e. 100 std.
+  return 0.02 * jax.random.truncated_normal(key, -100.0, 100.0, shape, dtype)
+
+
+def _torch_default_init(fan_in: int):
+  bound = 1.0 / math.sqrt(fan_in)
+  return nnx.initializers.uniform(2 * bound), bound
+
+
+def _linear(din: int, dout: int, dtype, rngs: nnx.Rngs,
+            scale: float = 1.0) -> nnx.Linear:
+  init = _normal_init
+  if scale != 1.0:
+    init = lambda key, shape, dtype=jnp.float32: _normal_init(
+        key, shape, dtype) / scale
+  return nnx.Linear(din, dout, dtype=dtype, param_dtype=jnp.float32,
+                    kernel_init=init, rngs=rngs)
+
+
+class CrossAttentionBlock(nnx.Module):
+  """q + xattn(q, norm1(x)), then q + mlp(norm2(q)); no output projection."""
+
+  def __init__(self, dim: int, num_heads: int, hidden: int, *, fc2_scale: float,
+               dtype, rngs: nnx.Rngs):
+    self.num_heads = num_heads
+    self.norm1 = vit_layers.layer_norm(dim, EPS, dtype=dtype, rngs=rngs)
+    self.q = _linear(dim, dim, dtype, rngs)
+    self.kv = _linear(dim, 2 * dim, dtype, rngs)
+    self.norm2 = vit_layers.layer_norm(dim, EPS, dtype=dtype, rngs=rngs)
+    self.mlp = vit_layers.Mlp(dim, hidden, dtype=dtype, rngs=rngs)
+    self.mlp.fc1 = _linear(dim, hidden, dtype, rngs)
+    self.mlp.fc2 = _linear(hidden, dim, dtype, rngs, scale=fc2_scale)
+
+  def __call__(self, query: jax.Array, x: jax.Array) -> jax.Array:
+    b, n, d = x.shape
+    h = self.num_heads
+    q = self.q(query).reshape(b, -1, h, d // h)  # [B, 1, H, Dh]
+    k, v = jnp.split(self.kv(self.norm1(x)).reshape(b, n, 2 * h, d // h), 2,
+                     axis=2)
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k,
+                        preferred_element_type=jnp.float32) * (d // h)**-0.5
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    y = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(query.shape)
+    query = query + y
+    return query + self.mlp(self.norm2(query))
+
+
+class AttentiveProbe(nnx.Module):
+  """One attentive probe: tokens -> class logits (float32)."""
+
+  def __init__(self, config: Config, *, dtype=jnp.float32, rngs: nnx.Rngs):
+    c = self.config = config
+    d, hidden = c.model_dim, int(c.model_dim * c.mlp_ratio)
+    self.dtype = dtype
+    self.proj = _linear(c.dim, d, dtype, rngs)
+    self.proj_norm = vit_layers.layer_norm(d, EPS, dtype=dtype, rngs=rngs)
+    self.temporal_embed = nnx.Param(_normal_init(rngs.params(),
+                                                 (c.max_frames, d)))
+    self.query = nnx.Param(_normal_init(rngs.params(), (1, d)))
+    blocks = []
+    for i in range(c.depth - 1):
+      block = vit_layers.Block(d, c.num_heads, hidden, eps=EPS, dtype=dtype,
+                               rngs=rngs)
+      # Upstream re-draws every Linear, then rescales the residual outputs.
+      scale = math.sqrt(2.0 * (i + 1))
+      block.attn.qkv = _linear(d, 3 * d, dtype, rngs)
+      block.attn.proj = _linear(d, d, dtype, rngs, scale=scale)
+      block.mlp.fc1 = _linear(d, hidden, dtype, rngs)
+      block.mlp.fc2 = _linear(hidden, d, dtype, rngs, scale=scale)
+      blocks.append(block)
+    self.blocks = nnx.List(blocks)
+    self.cross = CrossAttentionBlock(d, c.num_heads, hidden,
+                                     fc2_scale=math.sqrt(2.0 * max(
+                                         c.depth - 1, 1)),
+                                     dtype=dtype, rngs=rngs)
+    init, bound = _torch_default_init(d)
+    self.head = nnx.Linear(
+        d, c.num_classes, dtype=dtype, param_dtype=jnp.float32,
+        kernel_init=lambda k, s, t=jnp.float32: init(k, s, t) - bound,
+        bias_init=lambda k, s, t=jnp.float32: init(k, s, t) - bound,
+        rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """[B, T, N, D] or [B, N, D] features -> [B, num_classes] float32."""
+    c = self.config
+    if x.shape[-1] != c.dim:
+      raise LaryError(f"probe built for dim {c.dim}, features have "
+                      f"{x.shape[-1]}")
+    video = x.ndim == 4
+    if x.ndim == 3:
+      x = x[:, None]
+    if x.ndim != 4:
+      raise LaryError(f"probe input must be [B, N, D] or [B, T, N, D], got "
+                      f"{x.shape}")
+    if x.shape[1] > c.max_frames:
+      raise LaryError(f"{x.shape[1]} frames > the probe's max_frames "
+                      f"{c.max_frames}")
+    if c.pool_grid:
+      x = pool_tokens(x, c.pool_grid)
+    x = x.astype(self.dtype)
+    x = vit_layers.gelu_erf(self.proj_norm(self.proj(x)))
+    b, t, n, d = x.shape
+    if video:  # upstream adds it to [B, T, N, D] input only
+      x = x + self.temporal_embed[:t][None, :, None].astype(x.dtype)
+    x = x.reshape(b, t * n, d)
+    for block in self.blocks:
+      x = block(x)
+    query = jnp.broadcast_to(self.query[...].astype(x.dtype), (b, 1, d))
+    pooled = self.cross(query, x)[:, 0]
+    return self.head(pooled).astype(jnp.float32)
+
+
+def pool_tokens(x: jax.Array, grid: int) -> jax.Array:
+  """Averages each frame's square token grid to grid x grid cells.
+
+  Args:
+    x: [B, T, N, D] with N a square (s x s tokens, row major).
+    grid: output side g <= s; cells as torch's AdaptiveAvgPool2d.
+
+  Returns:
+    [B, T, g * g, D].
+  """
+  b, t, n, d = x.shape
+  s = math.isqrt(n)
+  if s * s != n or not 0 < grid <= s:
+    raise LaryError(f"pool_grid={grid}: needs a square token grid of side "
+                    f">= {grid}, got {n} tokens")
+  x = x.reshape(b, t, s, s, d)
+  starts = [i * s // grid for i in range(grid)]
+  ends = [-(-(i + 1) * s // grid) for i in range(grid)]
+  rows = jnp.stack([x[:, :, a:e].mean(2) for a, e in zip(starts, ends)], 2)
+  cells = jnp.stack([rows[:, :, :, a:e].mean(3)
+                     for a, e in zip(starts, ends)], 3)
+  return cells.reshape(b, t, grid * grid, d)

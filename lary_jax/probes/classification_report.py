@@ -1,0 +1,178 @@
+"""What a classification run leaves in its folder, from its predictions.
+
+Per seed: `results.json` (top-1/top-5 of every head, epoch and split; the
+upstream-style number; the honest number), `per_class_<selection>.csv`,
+`confusion_<selection>.csv` and `.png` (rows = true class). Over seeds:
+`results.json` with mean and standard deviation.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from lary_jax import feature_store as fs
+from lary_jax import metrics
+
+VALIDATION, HOLDOUT = "validation", "train_holdout"
+UPSTREAM = ("upstream_style",
+            "head and epoch with the best validation top-1, chosen on the "
+            "validation set itself (how upstream reports; optimistic)")
+HONEST = ("honest",
+          "head and epoch with the best top-1 on a held-out slice of train "
+          "(never trained on), reported on validation")
+
+
+def _scores(topk: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+  """[E, H, N, k'] predictions -> [E, H] top-k accuracy."""
+  hit = (topk[..., :k] == labels[None, None, :, None]).any(-1)
+  return hit.mean(-1)
+
+
+def _selection(history: Mapping[str, np.ndarray],
+               labels: Mapping[str, np.ndarray], on: str,
+               heads: Sequence[Mapping[str, float]], how: str
+               ) -> dict[str, Any]:
+  epoch, head = metrics.select_best(_scores(history[on], labels[on], 1))
+  out = {"how": how, "selected_on": on, "epoch": epoch + 1, "head": head,
+         **heads[head]}
+  for split, topk in history.items():
+    if split == HOLDOUT and on != HOLDOUT:
+      continue
+    out[split] = {
+        "top1": metrics.topk_accuracy(topk[epoch, head], labels[split], 1),
+        "top5": metrics.topk_accuracy(topk[epoch, head], labels[split], 5)}
+  return out
+
+
+def summarise(history: Mapping[str, np.ndarray],
+              labels: Mapping[str, np.ndarray],
+              heads: Sequence[Mapping[str, float]]) -> dict[str, Any]:
+  """Per-epoch scores and the two selected numbers of one seed."""
+  epochs = next(iter(history.values())).shape[0]
+  table = [{"epoch": e + 1,
+            **{split: {"top1": _scores(h, labels[split], 1)[e].tolist(),
+                       "top5": _scores(h, labels[split], 5)[e].tolist()}
+               for split, h in history.items()}}
+           for e in range(epochs)]
+  out = {"heads": list(heads), "epochs": table,
+         UPSTREAM[0]: _selection(history, labels, VALIDATION, heads,
+                                 UPSTREAM[1])}
+  if HOLDOUT in history:
+    out[HONEST[0]] = _selection(history, labels, HOLDOUT, heads, HONEST[1])
+  return out
+
+
+def write_seed(out_dir: str, history: Mapping[str, np.ndarray],
+               labels: Mapping[str, np.ndarray],
+               heads: Sequence[Mapping[str, float]],
+               class_names: Sequence[str], fields: Mapping[str, Any],
+               sources: Sequence[str] | None = None) -> dict[str, Any]:
+  """Writes one seed's results.json, per-class CSVs and confusion matrices.
+
+  Args:
+    out_dir: the seed's folder.
+    history: split -> [E, H, N, k] predictions.
+    labels: split -> [N] true classes.
+    heads: the heads' hyper-parameters.
+    class_names: label id -> name.
+    fields: what the run was (model, dataset, seed, ...), copied in.
+    sources: the validation records' source dataset, for per-source top-1.
+
+  Returns:
+    The results dict written to results.json.
+  """
+  results = {**fields, "num_classes": len(class_names),
+             "examples": {s: int(len(v)) for s, v in labels.items()},
+             **summarise(history, labels, heads)}
+  for name, _ in (UPSTREAM, HONEST):
+    if name not in results:
+      continue
+    chosen = results[name]
+    top = history[VALIDATION][chosen["epoch"] - 1, chosen["head"]]
+    cm = metrics.confusion_matrix(labels[VALIDATION], top[:, 0],
+                                  len(class_names))
+    _write_per_class(os.path.join(out_dir, f"per_class_{name}.csv"), cm,
+                     class_names)
+    _write_confusion(os.path.join(out_dir, f"confusion_{name}"), cm,
+                     class_names, f"{fields.get('model')} on "
+                     f"{fields.get('dataset')} validation ({name})")
+    if sources is not None:
+      chosen["per_source_dataset"] = metrics.group_accuracy(
+          top, labels[VALIDATION], sources)
+  fs.write_json(os.path.join(out_dir, "results.json"), results)
+  return results
+
+
+def write_summary(out_dir: str, per_seed: Mapping[int, Mapping[str, Any]],
+                  fields: Mapping[str, Any]) -> dict[str, Any]:
+  """results.json over seeds: each seed's numbers, their mean and std."""
+  out: dict[str, Any] = {**fields, "seeds": sorted(per_seed)}
+  for name, how in (UPSTREAM, HONEST):
+    runs = [r[name] for r in per_seed.values() if name in r]
+    if not runs:
+      continue
+    out[name] = {"how": how}
+    for split in runs[0]:
+      if not isinstance(runs[0][split], dict) or split == HOLDOUT:
+        continue
+      if "top1" not in runs[0][split]:
+        continue
+      out[name][split] = {
+          k: metrics.mean_std([r[split][k] for r in runs])
+          for k in ("top1", "top5")}
+    out[name]["per_seed"] = {
+        str(s): {"epoch": r[name]["epoch"], "head": r[name]["head"],
+                 "validation_top1": r[name][VALIDATION]["top1"]}
+        for s, r in per_seed.items()}
+  fs.write_json(os.path.join(out_dir, "results.json"), out)
+  return out
+
+
+def _write_per_class(path: str, cm: np.ndarray,
+                     class_names: Sequence[str]) -> None:
+  scores = metrics.per_class_scores(cm)
+  buf = io.StringIO()
+  w = csv.writer(buf)
+  w.writerow(["class_id", "class", "support", "precision", "recall", "f1"])
+  for i, name in enumerate(class_names):
+    w.writerow([i, name, int(scores["support"][i]),
+                f"{scores['precision'][i]:.6f}", f"{scores['recall'][i]:.6f}",
+                f"{scores['f1'][i]:.6f}"])
+  fs.write_atomic(path, buf.getvalue().encode())
+
+
+def _write_confusion(stem: str, cm: np.ndarray, class_names: Sequence[str],
+                     title: str) -> None:
+  buf = io.StringIO()
+  w = csv.writer(buf)
+  w.writerow(["true \\ predicted", *class_names])
+  for name, row in zip(class_names, cm):
+    w.writerow([name, *row.tolist()])
+  fs.write_atomic(stem + ".csv", buf.getvalue().encode())
+
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  k = len(class_names)
+  side = min(4 + 0.18 * k, 30)
+  fig, ax = plt.subplots(figsize=(side, side))
+  rows = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+  ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
+  ticks = np.arange(k)
+  labels = class_names if k <= 60 else [str(i) for i in ticks]
+  ax.set_xticks(ticks, labels, rotation=90, fontsize=6)
+  ax.set_yticks(ticks, labels, fontsize=6)
+  ax.set_xlabel("predicted class")
+  ax.set_ylabel("true class")
+  ax.set_title(title + "; rows sum to 1", fontsize=8)
+  fig.tight_layout()
+  png = io.BytesIO()
+  fig.savefig(png, format="png", dpi=120)
+  plt.close(fig)
+  fs.write_atomic(stem + ".png", png.getvalue())

@@ -1,0 +1,189 @@
+"""The `classify` stage: stored features + prepared labels -> probe results.
+
+  feature stores (train, validation, unseen)  +  the TFDS dataset's labels
+  -> train minus a held-out slice: the five probes (`train_classifier`)
+  -> predictions per epoch -> results per seed -> mean/std over seeds
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from lary_jax import feature_store as fs
+from lary_jax import metrics
+from lary_jax.errors import LaryError
+from lary_jax.probes import attentive_probe
+from lary_jax.probes import classification_report as report
+from lary_jax.probes import multi_head as mh
+from lary_jax.probes import run_state
+from lary_jax.probes import train_classifier as tc
+
+TRAIN = "train"
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeShape:
+  """The probe's widths (config section `classify.probe`)."""
+
+  model_dim: int = 768
+  num_heads: int = 16
+  depth: int = 4
+  pool_grid: int = 0  # 0: every token (upstream); g: g x g cells per frame
+
+
+class _Labelled:
+  """Feature rows joined with their labels; labels as int32, the dtype the
+  device computes with."""
+
+  def __init__(self, joined: fs.JoinedSource):
+    self.joined = joined
+
+  def __len__(self) -> int:
+    return len(self.joined)
+
+  def __getitem__(self, i: int) -> dict[str, Any]:
+    record = self.joined[i]
+    return {**record, "label": np.int32(record["label"])}
+
+
+def _labels(builder: Any, split: str) -> np.ndarray:
+  meta = builder.info.metadata.get("labels") or {}
+  if split not in meta:
+    raise LaryError(f"{builder.data_dir}: no labels of split {split} in its "
+                    "metadata; prepare the dataset again")
+  return np.asarray(meta[split], np.int64)
+
+
+def _check_classes(labels: Mapping[str, np.ndarray],
+                   names: Sequence[str]) -> None:
+  seen = set(np.unique(labels[TRAIN]).tolist())
+  for split, y in labels.items():
+    missing = sorted(set(np.unique(y).tolist()) - seen)
+    if missing:
+      raise LaryError(
+          f"{split} has classes the training split never shows: "
+          f"{[names[i] for i in missing]}; a probe cannot learn them (labels "
+          "map once, from the training split)")
+
+
+def classify(builder: Any, stores: Mapping[str, str], out_dir: str, *,
+             fields: Mapping[str, Any], seeds: Sequence[int],
+             holdout: float, shape: ProbeShape = ProbeShape(),
+             options: tc.Options = tc.Options(), dim: int | None = None,
+             classes: int | None = None, mesh: Any = None,
+             progress: bool | None = None) -> dict[str, Any]:
+  """Trains and evaluates the probes for every seed; writes the results.
+
+  Args:
+    builder: the prepared TFDS classification builder (labels, records).
+    stores: split -> feature store of that split ("train" required;
+      "validation" required; "unseen" optional).
+    out_dir: results folder; each seed trains in `seed_<s>/`.
+    fields: what the run is (model, dataset, ...), copied into results.
+    seeds: one run per seed.
+    holdout: fraction of train held out for the honest selection (0: none).
+    shape: the probe's widths.
+    options: training options.
+    dim: expected feature width (checked against the store) or None.
+    classes: expected class count (checked against the dataset) or None.
+    mesh: device mesh.
+    progress: tqdm bars.
+
+  Returns:
+    The summary written to `out_dir/results.json`.
+  """
+  for split in (TRAIN, report.VALIDATION):
+    if split not in stores:
+      raise LaryError(f"classify needs features of the {split} split; run "
+                      "`extract` on it first")
+  names = builder.info.features["label"].names
+  if classes is not None and classes != len(names):
+    raise LaryError(f"--classes {classes}, but {builder.data_dir} has "
+                    f"{len(names)} classes")
+  sources, labels = {}, {}
+  for split, store_dir in stores.items():
+    feats = fs.FeatureSource(store_dir)
+    records = builder.as_data_source()[split]
+    sources[split] = _Labelled(fs.JoinedSource(feats, records, ("label",)))
+    labels[split] = _labels(builder, split)
+    if len(labels[split]) != len(feats):
+      raise LaryError(f"{store_dir}: {len(feats)} feature rows, but the "
+                      f"{split} split has {len(labels[split])} labels; "
+                      "extract again")
+    token_shape = feats.token_shape
+    if dim is not None and token_shape[-1] != dim:
+      raise LaryError(f"--dim {dim}, but {store_dir} holds features of "
+                      f"width {token_shape[-1]} (shape {token_shape})")
+  _check_classes(labels, names)
+  probe = attentive_probe.Config(
+      dim=token_shape[-1], num_classes=len(names),
+      model_dim=shape.model_dim, num_heads=shape.num_heads, depth=shape.depth,
+      pool_grid=shape.pool_grid)
+  sources_of_val = None
+  records = builder.as_data_source()[report.VALIDATION]
+  if "dataset" in builder.info.features:
+    sources_of_val = [_text(records[i]["dataset"])
+                      for i in range(len(records))]
+
+  per_seed = {}
+  for seed in seeds:
+    train_ids, held_ids = metrics.stratified_holdout(labels[TRAIN], holdout,
+                                                     seed)
+    train = tc.Split(tc.Rows(sources[TRAIN], train_ids),
+                     labels[TRAIN][train_ids])
+    evals = {s: tc.Split(src, labels[s]) for s, src in sources.items()
+             if s != TRAIN}
+    if len(held_ids):
+      evals[report.HOLDOUT] = tc.Split(tc.Rows(sources[TRAIN], held_ids),
+                                       labels[TRAIN][held_ids])
+    seed_dir = os.path.join(out_dir, f"seed_{seed}")
+    history = tc.train(probe, train, evals, seed_dir, seed=seed,
+                       options=options, mesh=mesh, progress=progress,
+                       inputs={**_digests(stores), "holdout": holdout})
+    run_fields = {**fields, "seed": seed, "holdout_fraction": holdout,
+                  "probe": dataclasses.asdict(probe),
+                  "training": _options_dict(options)}
+    per_seed[seed] = report.write_seed(
+        seed_dir, history, {s: e.labels for s, e in evals.items()},
+        mh.head_table(mh.StepOptions(heads=tuple(options.heads))), names,
+        run_fields, sources_of_val)
+  return report.write_summary(out_dir, per_seed, {
+      **fields, "holdout_fraction": holdout, "num_classes": len(names)})
+
+
+def _digests(stores: Mapping[str, str]) -> dict[str, str]:
+  """Each split's store manifest digest: other features, another run."""
+  return {split: run_state.digest_file(os.path.join(d, fs.MANIFEST))
+          for split, d in stores.items()}
+
+
+def _options_dict(options: tc.Options) -> dict[str, Any]:
+  out = dataclasses.asdict(options)
+  out["heads"] = [list(h) for h in options.heads]
+  return out
+
+
+def _text(value: Any) -> str:
+  return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def describe(summary: Mapping[str, Any], out_dir: str) -> str:
+  """A few lines for the terminal: both numbers, with their spread."""
+  lines = [f"{summary.get('dataset')} {summary.get('model')}: seeds "
+           f"{summary['seeds']} -> {out_dir}/results.json"]
+  for name, label in ((report.UPSTREAM[0], "upstream-style (chosen on val)"),
+                      (report.HONEST[0], "honest (chosen on train holdout)")):
+    if name not in summary:
+      continue
+    for split, scores in summary[name].items():
+      if not isinstance(scores, dict) or "top1" not in scores:
+        continue
+      t1, t5 = scores["top1"], scores["top5"]
+      lines.append(f"  {label:34s} {split:10s} top-1 {t1['mean']:.3f} "
+                   f"+- {t1['std']:.3f}  top-5 {t5['mean']:.3f}")
+  return "\n".join(lines)

@@ -1,0 +1,188 @@
+"""The five attentive probes, trained side by side in one jitted step.
+
+Each head has its own parameters and its own AdamW (upstream's (lr, weight
+decay) pairs), all heads see the same batch. Parameters are stacked on a
+leading head axis and the step runs the heads with `lax.map`: `head_batch`
+heads at a time (1 = one after another, the least memory; 5 = all vmapped,
+which holds five heads' activations at once). The batch is split over the
+`data` mesh axis; the global batch is fixed, so the numbers do not depend on
+how many devices computed them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from lary_jax.errors import LaryError
+from lary_jax.probes import attentive_probe
+
+# Upstream's five (learning rate, weight decay) probes.
+HEADS = ((5e-3, 0.01), (3e-3, 0.1), (1e-3, 0.4), (3e-4, 0.8), (1e-4, 0.01))
+TOP_K = 5
+
+Params = Any  # a stacked nnx.State: every leaf [num_heads, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class StepOptions:
+  """What one training step does (config section `classify`)."""
+
+  heads: tuple[tuple[float, float], ...] = HEADS
+  total_steps: int = 1  # the cosine reaches 0 at the last step
+  label_smoothing: float = 0.1
+  b1: float = 0.9
+  b2: float = 0.999
+  eps: float = 1e-8
+  compute_dtype: str = "bfloat16"
+  head_batch: int = 1
+
+
+def compute_dtype(name: str) -> Any:
+  """"auto" -> bfloat16 on GPU/TPU, float32 on CPU (where bf16 is slower)."""
+  if name == "auto":
+    return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
+  if name not in ("float32", "bfloat16"):
+    raise LaryError(f"compute_dtype {name!r}: expected auto, float32 or "
+                    "bfloat16")
+  return getattr(jnp, name)
+
+
+def lr_scale(step: jax.Array, total_steps: int) -> jax.Array:
+  """Cosine factor of update `step` (0-based): 1 -> 0, no warm-up.
+
+  Upstream advances its scheduler before each update, so update s uses
+  the value at (s + 1) / total_steps and the last update's is exactly 0.
+  """
+  progress = jnp.minimum(step + 1, total_steps) / total_steps
+  return 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
+
+
+def init_heads(config: attentive_probe.Config, num_heads: int, seed: int,
+               dtype: Any = jnp.float32) -> tuple[nnx.GraphDef, Params]:
+  """Draws `num_heads` probes and stacks their parameters.
+
+  Returns:
+    (graphdef computing in `dtype`, parameters [num_heads, ...] float32).
+  """
+  key = jax.random.key(seed)
+  states = []
+  graphdef = None
+  for h in range(num_heads):
+    model = attentive_probe.AttentiveProbe(
+        config, dtype=dtype, rngs=nnx.Rngs(params=jax.random.fold_in(key, h)))
+    graphdef, state = nnx.split(model)
+    states.append(state)
+  return graphdef, jax.tree.map(lambda *x: jnp.stack(x), *states)
+
+
+def graphdef_for(config: attentive_probe.Config, dtype: Any) -> nnx.GraphDef:
+  """The graphdef of a probe computing in `dtype` (no parameters drawn)."""
+  model = nnx.eval_shape(lambda: attentive_probe.AttentiveProbe(
+      config, dtype=dtype, rngs=nnx.Rngs(0)))
+  return nnx.split(model)[0]
+
+
+def _adamw(options: StepOptions, lr: jax.Array, wd: jax.Array
+           ) -> optax.GradientTransformation:
+  # Decay on every parameter, as upstream (one param group per head).
+  return optax.adamw(lr, b1=options.b1, b2=options.b2, eps=options.eps,
+                     weight_decay=wd)
+
+
+def init_optimizer(params: Params, options: StepOptions) -> Any:
+  """Stacked AdamW states, one per head."""
+  return jax.vmap(lambda p: _adamw(options, 0.0, 0.0).init(p))(params)
+
+
+def loss_and_logits(graphdef: nnx.GraphDef, params: Any, features: jax.Array,
+                    labels: jax.Array, label_smoothing: float
+                    ) -> tuple[jax.Array, jax.Array]:
+  """Mean label-smoothed cross-entropy of one head, and its logits."""
+  logits = nnx.merge(graphdef, params)(features)
+  targets = optax.smooth_labels(
+      jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+  return optax.softmax_cross_entropy(logits, targets).mean(), logits
+
+
+def make_train_step(graphdef: nnx.GraphDef, options: StepOptions
+                    ) -> Callable[..., tuple[Any, ...]]:
+  """The jitted step.
+
+  step(params, opt_state, step, features, labels) ->
+      (params, opt_state, loss [H], correct [H], finite [H])
+
+  A head whose loss or logits are not finite skips its update (upstream
+  skips it too) and says so in `finite`.
+  """
+  lrs = jnp.asarray([h[0] for h in options.heads], jnp.float32)
+  wds = jnp.asarray([h[1] for h in options.heads], jnp.float32)
+  if options.total_steps < 1:
+    raise LaryError(f"total_steps {options.total_steps}: expected >= 1")
+
+  def step_fn(params, opt_state, step, features, labels):
+    scale = lr_scale(step, options.total_steps)
+
+    def one_head(args):
+      p, state, lr, wd = args
+      (loss, logits), grads = jax.value_and_grad(
+          loss_and_logits, argnums=1, has_aux=True)(
+              graphdef, p, features, labels, options.label_smoothing)
+      updates, new_state = _adamw(options, lr * scale, wd).update(
+          grads, state, p)
+      new_p = optax.apply_updates(p, updates)
+      finite = jnp.isfinite(loss) & jnp.isfinite(logits).all()
+      keep = lambda new, old: jax.tree.map(
+          lambda a, b: jnp.where(finite, a, b), new, old)
+      correct = (logits.argmax(-1) == labels).sum()
+      return keep(new_p, p), keep(new_state, state), loss, correct, finite
+
+    return jax.lax.map(one_head, (params, opt_state, lrs, wds),
+                       batch_size=_head_batch(options, len(options.heads)))
+
+  return jax.jit(step_fn, donate_argnums=(0, 1))
+
+
+def make_eval_step(graphdef: nnx.GraphDef, num_classes: int,
+                   head_batch: int = 1) -> Callable[..., jax.Array]:
+  """step(params, features) -> top-k class ids [H, B, k], best first."""
+  k = min(TOP_K, num_classes)
+
+  def step_fn(params, features):
+    def one_head(p):
+      logits = nnx.merge(graphdef, p)(features)
+      return jax.lax.top_k(logits, k)[1].astype(jnp.int32)
+    num_heads = jax.tree.leaves(params)[0].shape[0]
+    return jax.lax.map(one_head, params,
+                       batch_size=min(max(head_batch, 1), num_heads))
+
+  return jax.jit(step_fn)
+
+
+def _head_batch(options: StepOptions, num_heads: int) -> int:
+  if options.head_batch < 1:
+    raise LaryError(f"head_batch {options.head_batch}: expected >= 1")
+  return min(options.head_batch, num_heads)
+
+
+def steps_per_epoch(num_examples: int, global_batch: int) -> int:
+  """Training steps of one epoch: ceil(N / B), at least one."""
+  return max(1, math.ceil(num_examples / global_batch))
+
+
+def head_table(options: StepOptions) -> list[dict[str, float]]:
+  """The heads' hyper-parameters, for results files."""
+  return [{"lr": float(lr), "weight_decay": float(wd)}
+          for lr, wd in options.heads]
+
+
+def unstack(params: Params, head: int) -> Any:
+  """One head's parameters out of the stack."""
+  return jax.tree.map(lambda x: np.asarray(x[head]), params)

@@ -1,0 +1,217 @@
+"""The `regress` stage: stored pair features + prepared actions -> results.
+
+  feature stores (train, validation, unseen) + the TFDS dataset's actions
+  -> targets: absolute chunk or last - first (relative), normalised with
+     the dataset's statistics (fixed, or per robot type)
+  -> train minus a held-out slice: one decoder per seed (`train_regressor`)
+  -> predictions per epoch -> results per seed -> mean/std over seeds
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from lary_jax import feature_store as fs
+from lary_jax import metrics
+from lary_jax.data import normalize
+from lary_jax.errors import LaryError
+from lary_jax.probes import action_dims
+from lary_jax.probes import mlp_decoder
+from lary_jax.probes import regression_report as report
+from lary_jax.probes import run_state
+from lary_jax.probes import train_regressor as tr
+
+TRAIN = "train"
+
+
+def mlp(hidden: int = 4096, blocks: int = 2):
+  """Upstream's MLP decoder: factory(steps, action_dim) -> Decoder."""
+  def factory(steps: int, action_dim: int) -> tr.Decoder:
+    def make(input_dim, seed, dtype):
+      return mlp_decoder.make(mlp_decoder.Config(
+          input_dim, steps * action_dim, hidden=hidden, blocks=blocks),
+                              seed=seed, dtype=dtype)
+    return tr.decoder_from_module("mlp", mlp_decoder, make)
+  return factory
+
+
+def dit(hidden: int = 512, depth: int = 6, num_heads: int = 8,
+        clip_sample: bool = True):
+  """Upstream's DiT decoder (DDPM, 500 sampling steps): factory(steps,
+  action_dim) -> Decoder."""
+  from lary_jax.probes import dit_decoder  # pylint: disable=g-import-not-at-top
+
+  def factory(steps: int, action_dim: int) -> tr.Decoder:
+    def make(input_dim, seed, dtype):
+      return dit_decoder.make(dit_decoder.Config(
+          latent_dim=input_dim, action_dim=action_dim, steps=steps,
+          hidden=hidden, depth=depth, num_heads=num_heads,
+          clip_sample=clip_sample), seed=seed,
+                              dtype=dtype)
+    return tr.decoder_from_module("dit", dit_decoder, make)
+  return factory
+
+
+class _Rows:
+  """Store rows with their targets: {"features", "target"}."""
+
+  def __init__(self, features: fs.FeatureSource, targets: np.ndarray,
+               ids: np.ndarray | None = None):
+    self.features, self.targets = features, targets
+    self.ids = np.arange(len(targets)) if ids is None else np.asarray(ids)
+
+  def __len__(self) -> int:
+    return len(self.ids)
+
+  def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+    j = int(self.ids[i])
+    return {"features": self.features.features(j),
+            "target": self.targets[j]}
+
+
+def read_targets(builder: Any, split: str, stats: normalize.ActionStats,
+                 relative: bool, identities: Sequence[str]
+                 ) -> report.Targets:
+  """Normalised targets of a split, checked against the store's rows."""
+  records = builder.as_data_source()[split]
+  if len(records) != len(identities):
+    raise LaryError(f"{split}: {len(identities)} feature rows for "
+                    f"{len(records)} records; extract again")
+  chunks, means, stds = [], [], []
+  for i in range(len(records)):
+    r = records[i]
+    path = r["src_path"]
+    path = path.decode() if isinstance(path, bytes) else str(path)
+    if path != identities[i]:
+      raise LaryError(
+          f"{split} record {i} is {path!r} but the features are of "
+          f"{identities[i]!r}; the dataset was prepared again since "
+          "extraction: extract again")
+    action = np.asarray(r["action"], np.float32)
+    if relative:
+      action = normalize.relative_target(action)
+    mean, std = stats.lookup(r.get("robot_type", b""))
+    chunks.append(normalize.normalize(action, mean, std))
+    means.append(mean)
+    stds.append(std)
+  return report.Targets(np.stack(chunks).astype(np.float32),
+                        np.stack(means), np.stack(stds))
+
+
+def regress(builder: Any, spec: Any, stores: Mapping[str, str],
+            out_dir: str, *, decoder_factory: Any, model_type: str,
+            action_mode: str, fields: Mapping[str, Any],
+            seeds: Sequence[int], holdout: float,
+            options: tr.Options = tr.Options(), mesh: Any = None,
+            progress: bool | None = None,
+            decoder_shape: Mapping[str, Any] | None = None) -> dict[str, Any]:
+  """Trains and evaluates one decoder per seed; writes the results.
+
+  Args:
+    builder: the prepared TFDS regression builder.
+    spec: its `DatasetSpec` (name, stride, action_dim).
+    stores: split -> feature store ("train" and "validation" required).
+    out_dir: results folder; each seed trains in `seed_<s>/`.
+    decoder_factory: `mlp()` or `dit()`.
+    model_type: "mlp" or "dit".
+    action_mode: "absolute" or "relative".
+    fields: what the run is, copied into results.
+    seeds: one run per seed.
+    holdout: fraction of train held out for the honest selection.
+    options: training options.
+    mesh: device mesh.
+    progress: tqdm bars.
+    decoder_shape: the decoder's widths, recorded with the run.
+
+  Returns:
+    The summary written to `out_dir/results.json`.
+  """
+  for split in (TRAIN, report.VALIDATION):
+    if split not in stores:
+      raise LaryError(f"regress needs features of the {split} split; run "
+                      "`extract` on it first")
+  if "action_stats" not in builder.info.metadata:
+    raise LaryError(f"{builder.data_dir} has no action statistics; is it a "
+                    "regression dataset with numeric actions?")
+  relative = action_mode == "relative"
+  stats = normalize.ActionStats.from_metadata(
+      builder.info.metadata["action_stats"], action_mode)
+  steps = 1 if relative else spec.stride
+  labels = action_dims.labels(spec.name, stats.dim)
+  groups = action_dims.groups(spec.name, stats.dim)
+  features, targets = {}, {}
+  for split, store_dir in stores.items():
+    features[split] = fs.FeatureSource(store_dir)
+    targets[split] = read_targets(builder, split, stats, relative,
+                                  features[split].identities)
+  token_shape = features[TRAIN].token_shape
+  decoder = decoder_factory(steps, stats.dim)
+  flat = {s: t.normalised.reshape(len(t.normalised), -1)
+          for s, t in targets.items()}
+  per_seed = {}
+  for seed in seeds:
+    n = len(flat[TRAIN])
+    train_ids, held_ids = metrics.stratified_holdout(np.zeros(n), holdout,
+                                                     seed)
+    evals = {s: tr.Split(_Rows(features[s], flat[s]))
+             for s in stores if s != TRAIN}
+    seed_targets = {s: targets[s] for s in evals}
+    if len(held_ids):
+      evals[report.HOLDOUT] = tr.Split(_Rows(features[TRAIN], flat[TRAIN],
+                                             held_ids))
+      seed_targets[report.HOLDOUT] = targets[TRAIN].subset(held_ids)
+    seed_dir = os.path.join(out_dir, f"seed_{seed}")
+    history = tr.train(decoder, token_shape,
+                       tr.Split(_Rows(features[TRAIN], flat[TRAIN],
+                                      train_ids)),
+                       evals, seed_dir, seed=seed, options=options,
+                       mesh=mesh, progress=progress,
+                       inputs={**{s: run_state.digest_file(os.path.join(
+                           d, fs.MANIFEST)) for s, d in stores.items()},
+                               "holdout": holdout, "action_mode": action_mode,
+                               "decoder_shape": decoder_shape})
+    run_fields = {**fields, "seed": seed, "holdout_fraction": holdout,
+                  "model_type": model_type, "action_mode": action_mode,
+                  "steps": steps, "action_dim": stats.dim,
+                  "token_shape": list(token_shape),
+                  "training": dataclasses.asdict(options),
+                  "decoder_shape": dict(decoder_shape or {}),
+                  "floor": mean_floor(targets[TRAIN].subset(train_ids),
+                                      seed_targets, labels, groups)}
+    per_seed[seed] = report.write_seed(seed_dir, history, seed_targets,
+                                       labels, groups, run_fields)
+  summary_fields = {**fields, "model_type": model_type,
+                    "action_mode": action_mode, "holdout_fraction": holdout,
+                    "floor": next(iter(per_seed.values()))["floor"]}
+  return report.write_summary(out_dir, per_seed, summary_fields)
+
+
+def mean_floor(train: report.Targets, targets: Mapping[str, report.Targets],
+               labels, groups) -> dict[str, float]:
+  """MSE of always predicting the training targets' mean, per split."""
+  mean = train.normalised.mean(0).reshape(-1)
+  return {s: report.split_metrics(np.broadcast_to(mean, (len(t.normalised),
+                                                         mean.size)),
+                                  t, labels, groups)["mse"]
+          for s, t in targets.items() if s != report.HOLDOUT}
+
+
+def describe(summary: Mapping[str, Any], out_dir: str) -> str:
+  """A few lines for the terminal: both selections and the mean floor."""
+  lines = [f"{summary.get('dataset')} {summary.get('model')} "
+           f"{summary.get('model_type')} {summary.get('action_mode')}: seeds "
+           f"{summary['seeds']} -> {out_dir}/results.json"]
+  for name, label in ((report.UPSTREAM[0], "upstream-style (chosen on val)"),
+                      (report.HONEST[0], "honest (chosen on train holdout)")):
+    for split, scores in summary.get(name, {}).items():
+      if isinstance(scores, dict) and "mse" in scores:
+        m = scores["mse"]
+        lines.append(f"  {label:34s} {split:10s} MSE {m['mean']:.4f} +- "
+                     f"{m['std']:.4f}  (predict-the-mean "
+                     f"{summary['floor'].get(split, float('nan')):.4f})")
+  return "\n".join(lines)

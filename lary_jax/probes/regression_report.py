@@ -1,0 +1,205 @@
+"""What a regression run leaves in its folder, from its predictions.
+
+Per seed: `results.json` (MSE per epoch and split, normalised and in the
+robot's units, per dimension and group; the epoch chosen on validation as
+upstream does, and the honest one chosen on a held-out slice of train),
+`best_result.csv` in upstream's columns (its `best_epoch` 0-based, as
+upstream writes it), and `trajectories_<split>.png` (predicted vs true per
+dimension). Over seeds: `results.json` with mean and standard deviation.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from lary_jax import feature_store as fs
+from lary_jax import metrics
+
+VALIDATION, UNSEEN, HOLDOUT = "validation", "unseen", "train_holdout"
+UPSTREAM = ("upstream_style",
+            "epoch with the lowest validation MSE, chosen on the validation "
+            "set itself (how upstream reports; optimistic)")
+HONEST = ("honest",
+          "epoch with the lowest MSE on a held-out slice of train (never "
+          "trained on), reported on validation and unseen")
+
+
+@dataclasses.dataclass(frozen=True)
+class Targets:
+  """One split's targets: normalised [N, S, A], each row's mean/std [N, A]."""
+
+  normalised: np.ndarray
+  mean: np.ndarray
+  std: np.ndarray
+
+  def subset(self, ids: np.ndarray) -> Targets:
+    return Targets(self.normalised[ids], self.mean[ids], self.std[ids])
+
+
+def split_metrics(prediction: np.ndarray, targets: Targets,
+                  labels: Sequence[str],
+                  groups: Mapping[str, Sequence[int]]) -> dict[str, Any]:
+  """MSE of one split's [N, S * A] normalised predictions.
+
+  Returns:
+    mse (normalised, over the whole chunk), huber (delta 1), mse per
+    dimension and per group, and the same MSEs in the robot's units.
+  """
+  true = targets.normalised
+  pred = prediction.reshape(true.shape).astype(np.float64)
+  err = pred - true
+  sq = err**2
+  units = (err * targets.std[:, None]) ** 2
+  absolute = np.abs(err)
+  huber = np.where(absolute <= 1, 0.5 * sq, absolute - 0.5)
+  return {
+      "mse": float(sq.mean()),
+      "huber": float(huber.mean()),
+      "mse_per_dim": {k: float(sq[..., i].mean()) for i, k in
+                      enumerate(labels)},
+      "mse_groups": {g: float(sq[..., list(ix)].mean())
+                     for g, ix in groups.items()},
+      "mse_units": float(units.mean()),
+      "mse_units_per_dim": {k: float(units[..., i].mean()) for i, k in
+                            enumerate(labels)},
+  }
+
+
+def _select(history: Mapping[str, np.ndarray], targets: Mapping[str, Targets],
+            on: str, how: str, labels, groups) -> dict[str, Any]:
+  mse = [split_metrics(p, targets[on], labels, groups)["mse"]
+         for p in history[on]]
+  epoch = int(np.argmin(mse))
+  out = {"how": how, "selected_on": on, "epoch": epoch + 1,
+         "train_loss": float(history["train_loss"][epoch])}
+  for split in targets:
+    if split == HOLDOUT and on != HOLDOUT:
+      continue
+    out[split] = split_metrics(history[split][epoch], targets[split], labels,
+                               groups)
+  return out
+
+
+def write_seed(out_dir: str, history: Mapping[str, np.ndarray],
+               targets: Mapping[str, Targets], labels: Sequence[str],
+               groups: Mapping[str, Sequence[int]],
+               fields: Mapping[str, Any]) -> dict[str, Any]:
+  """Writes one seed's results.json, best_result.csv and trajectory plots.
+
+  Args:
+    out_dir: the seed's folder.
+    history: split -> [E, N, S * A] predictions, and `train_loss` [E].
+    targets: split -> its targets.
+    labels: action dimension names.
+    groups: group -> dimension indices.
+    fields: what the run was (model, dataset, ...), copied in.
+
+  Returns:
+    The results written to results.json.
+  """
+  epochs = len(history["train_loss"])
+  table = [{"epoch": e + 1, "train_loss": float(history["train_loss"][e]),
+            **{s: split_metrics(history[s][e], t, labels, groups)
+               for s, t in targets.items()}} for e in range(epochs)]
+  results = {**fields, "examples": {s: len(t.normalised)
+                                    for s, t in targets.items()},
+             "dim_labels": list(labels),
+             "groups": {g: list(ix) for g, ix in groups.items()},
+             "epochs": table,
+             UPSTREAM[0]: _select(history, targets, VALIDATION, UPSTREAM[1],
+                                  labels, groups)}
+  if HOLDOUT in targets:
+    results[HONEST[0]] = _select(history, targets, HOLDOUT, HONEST[1],
+                                 labels, groups)
+  fs.write_json(os.path.join(out_dir, "results.json"), results)
+  _write_best_result(os.path.join(out_dir, "best_result.csv"),
+                     results[UPSTREAM[0]])
+  chosen = results.get(HONEST[0], results[UPSTREAM[0]])["epoch"] - 1
+  for split in (VALIDATION, UNSEEN):
+    if split in targets:
+      _plot_trajectories(
+          os.path.join(out_dir, f"trajectories_{split}.png"),
+          history[split][chosen], targets[split], labels,
+          f"{fields.get('model')} on {fields.get('dataset')} {split}, epoch "
+          f"{chosen + 1}")
+  return results
+
+
+def _write_best_result(path: str, best: Mapping[str, Any]) -> None:
+  """Upstream's best_result.csv columns for the validation-chosen epoch."""
+  row = {"best_epoch": best["epoch"] - 1, "train_loss": best["train_loss"]}
+  for split, prefix in ((VALIDATION, "val_seen"), (UNSEEN, "val_unseen")):
+    if split not in best:
+      continue
+    m = best[split]
+    row[f"{prefix}_loss"] = m["huber"]
+    row[f"{prefix}_mse"] = m["mse"]
+    row.update({f"{prefix}_mse_{k}": v for k, v in m["mse_per_dim"].items()})
+    row.update({f"{prefix}_mse_{k}": v for k, v in m["mse_groups"].items()})
+  buf = io.StringIO()
+  w = csv.writer(buf)
+  w.writerow(list(row))
+  w.writerow([f"{v:.8g}" if isinstance(v, float) else v for v in row.values()])
+  fs.write_atomic(path, buf.getvalue().encode())
+
+
+def _plot_trajectories(path: str, prediction: np.ndarray, targets: Targets,
+                       labels: Sequence[str], title: str,
+                       examples: int = 4) -> None:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  true = targets.normalised
+  pred = prediction.reshape(true.shape)
+  n = min(examples, len(true))
+  dims = true.shape[-1]
+  fig, axes = plt.subplots(n, dims, figsize=(2.2 * dims, 1.9 * n),
+                           squeeze=False)
+  steps = np.arange(true.shape[1])
+  for i in range(n):
+    mean, std = targets.mean[i], targets.std[i]
+    for d in range(dims):
+      ax = axes[i, d]
+      ax.plot(steps, true[i, :, d] * std[d] + mean[d], "o-", color="black",
+              label="true", markersize=3)
+      ax.plot(steps, pred[i, :, d] * std[d] + mean[d], "s--",
+              color="tab:red", label="predicted", markersize=3)
+      if i == 0:
+        ax.set_title(labels[d], fontsize=8)
+      ax.tick_params(labelsize=6)
+  axes[0, 0].legend(fontsize=6)
+  fig.suptitle(title + " (robot units; x: step in the chunk)", fontsize=9)
+  fig.tight_layout()
+  png = io.BytesIO()
+  fig.savefig(png, format="png", dpi=100)
+  plt.close(fig)
+  fs.write_atomic(path, png.getvalue())
+
+
+def write_summary(out_dir: str, per_seed: Mapping[int, Mapping[str, Any]],
+                  fields: Mapping[str, Any]) -> dict[str, Any]:
+  """results.json over seeds: each seed's MSEs, their mean and std."""
+  out: dict[str, Any] = {**fields, "seeds": sorted(per_seed)}
+  for name, how in (UPSTREAM, HONEST):
+    runs = [r[name] for r in per_seed.values() if name in r]
+    if not runs:
+      continue
+    out[name] = {"how": how}
+    for split in (VALIDATION, UNSEEN):
+      if split in runs[0]:
+        out[name][split] = {
+            k: metrics.mean_std([r[split][k] for r in runs])
+            for k in ("mse", "mse_units")}
+    out[name]["per_seed"] = {
+        str(s): {"epoch": r[name]["epoch"],
+                 "validation_mse": r[name][VALIDATION]["mse"]}
+        for s, r in per_seed.items() if name in r}
+  fs.write_json(os.path.join(out_dir, "results.json"), out)
+  return out

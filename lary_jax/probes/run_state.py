@@ -1,0 +1,116 @@
+"""What a probe run keeps on disk to survive interruption.
+
+`<workdir>/evals/epoch_EEE.npz` holds each finished epoch's predictions
+(written atomically), `<workdir>/checkpoints/` the orbax checkpoint of the
+parameters and optimizer state after the last finished epoch. A restarted
+run restores the checkpoint and goes on from the next epoch; because batch
+order and random draws are pure functions of (seed, step), it ends with the
+numbers of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import signal
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import orbax.checkpoint as ocp
+
+from lary_jax import feature_store as fs
+from lary_jax.errors import LaryError
+
+# Test hook: the process SIGKILLs itself once this many epochs are saved.
+KILL_AFTER_EPOCHS_ENV = "LARY_PROBE_KILL_AFTER_EPOCHS"
+
+
+SETTINGS = "run.json"
+
+
+def digest_file(path: str) -> str:
+  """SHA-256 of a small file (e.g. a feature store's manifest)."""
+  with open(path, "rb") as f:
+    return hashlib.sha256(f.read()).hexdigest()
+
+
+def claim(workdir: str, settings: Mapping[str, Any]) -> None:
+  """Records what this run is; refuses a folder holding another run.
+
+  A checkpoint is only resumed by the run that wrote it: same options, same
+  probe, same features (their manifests' digests), same seed.
+  """
+  settings = json.loads(json.dumps(settings, default=str))
+  path = os.path.join(workdir, SETTINGS)
+  found = fs.read_json(path)
+  if found is None:
+    os.makedirs(workdir, exist_ok=True)
+    fs.write_json(path, settings)
+    return
+  if found != settings:
+    keys = sorted(k for k in set(found) | set(settings)
+                  if found.get(k) != settings.get(k))
+    raise LaryError(
+        f"{workdir} holds a run with other settings (differing: {keys}); "
+        "use another --workdir, or delete that folder to start over")
+
+
+def epoch_file(workdir: str, epoch: int) -> str:
+  return os.path.join(workdir, "evals", f"epoch_{epoch:03d}.npz")
+
+
+def write_epoch(workdir: str, epoch: int,
+                arrays: Mapping[str, np.ndarray]) -> None:
+  """Writes epoch `epoch`'s (0-based) predictions atomically."""
+  buf = io.BytesIO()
+  np.savez(buf, **arrays)
+  path = epoch_file(workdir, epoch)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  fs.write_atomic(path, buf.getvalue())
+
+
+def read_history(workdir: str, epochs: int) -> dict[str, np.ndarray]:
+  """Every epoch's predictions stacked: name -> [epochs, ...]."""
+  per_epoch = []
+  for e in range(epochs):
+    path = epoch_file(workdir, e)
+    if not os.path.exists(path):
+      raise LaryError(f"{path} is missing; rerun the same command to "
+                      "finish training")
+    with np.load(path, allow_pickle=False) as z:
+      per_epoch.append({k: z[k] for k in z.files})
+  return {k: np.stack([p[k] for p in per_epoch]) for k in per_epoch[0]}
+
+
+class Checkpoints:
+  """The orbax checkpoint of a run, numbered by finished epochs."""
+
+  def __init__(self, workdir: str):
+    self._manager = ocp.CheckpointManager(
+        os.path.abspath(os.path.join(workdir, "checkpoints")),
+        options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
+
+  def restore(self, state: Any) -> tuple[int, Any]:
+    """(finished epochs, state) from the latest checkpoint, or (0, state).
+
+    `state` is the freshly initialised pytree; restored arrays take its
+    shapes, dtypes and shardings.
+    """
+    epochs = self._manager.latest_step() or 0
+    if not epochs:
+      return 0, state
+    return epochs, self._manager.restore(
+        epochs, args=ocp.args.StandardRestore(state))
+
+  def save(self, epochs: int, state: Any) -> None:
+    """Saves after `epochs` finished epochs and waits until it is on disk."""
+    self._manager.save(epochs, args=ocp.args.StandardSave(state))
+    self._manager.wait_until_finished()
+    if os.environ.get(KILL_AFTER_EPOCHS_ENV) == str(epochs):
+      os.kill(os.getpid(), signal.SIGKILL)
+
+  def close(self) -> None:
+    self._manager.close()

@@ -1,0 +1,194 @@
+"""Training the five attentive probes on stored features, epoch by epoch.
+
+  train records (features + label), class-balanced draws, fixed global batch
+  -> `multi_head` step on the `data` mesh, every head on the same batch
+  -> after each epoch: float32 top-k predictions of every head on every
+     evaluated split (each example exactly once), written atomically
+  -> orbax checkpoint of parameters and optimizer states (`run_state`)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from lary_jax import mesh as mesh_lib
+from lary_jax.data import pipeline as pl
+from lary_jax.errors import LaryError
+from lary_jax.probes import attentive_probe
+from lary_jax.probes import multi_head as mh
+from lary_jax.probes import run_state
+
+_log = logging.getLogger(__name__)
+KEYS = ("features", "label")
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+  """Training options (config section `classify`)."""
+
+  epochs: int = 20
+  global_batch: int = 256
+  eval_batch: int = 256
+  heads: tuple[tuple[float, float], ...] = mh.HEADS
+  label_smoothing: float = 0.1
+  compute_dtype: str = "auto"  # bf16 on GPU/TPU, fp32 on CPU
+  head_batch: int = 1  # heads run at once (1: least memory)
+  balanced: bool = True  # class-balanced draws with replacement
+  read_threads: int = 4
+  prefetch: int = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  """Random-access records with `features` and `label`, and the labels."""
+
+  source: Any
+  labels: np.ndarray
+
+
+class Rows:
+  """The records `ids` of a source, renumbered 0..len(ids)-1."""
+
+  def __init__(self, source: Any, ids: np.ndarray):
+    self.source, self.ids = source, np.asarray(ids, np.int64)
+
+  def __len__(self) -> int:
+    return len(self.ids)
+
+  def __getitem__(self, i: int) -> Any:
+    return self.source[int(self.ids[i])]
+
+
+def train(probe: attentive_probe.Config, train_split: Split,
+          evals: Mapping[str, Split], workdir: str, *, seed: int,
+          options: Options = Options(), mesh: Mesh | None = None,
+          progress: bool | None = None,
+          inputs: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
+  """Trains the heads (resuming what `workdir` holds) and evaluates them.
+
+  Args:
+    probe: the probe's shape (dim, classes, widths).
+    train_split: the training records.
+    evals: split name -> records evaluated after every epoch.
+    workdir: this run's folder (checkpoints/, evals/).
+    seed: initialisation and batch-order seed.
+    options: training options.
+    mesh: device mesh (default: every device on a `data` axis).
+    progress: show a tqdm bar (default: on a terminal, in process 0).
+    inputs: what identifies the data (e.g. the stores' manifest digests);
+      with the rest, a folder holding another run is refused.
+
+  Returns:
+    split -> top-k predictions [epochs, heads, N, k] (int32, best first).
+  """
+  mesh = mesh or mesh_lib.make_mesh()
+  n_dev = mesh.devices.size
+  for name, batch in (("global_batch", options.global_batch),
+                      ("eval_batch", options.eval_batch)):
+    if batch % n_dev or batch % jax.process_count():
+      raise LaryError(f"classify.{name}={batch} must be a multiple of the "
+                      f"{n_dev} devices")
+  per_epoch = mh.steps_per_epoch(len(train_split.source), options.global_batch)
+  total = options.epochs * per_epoch
+  step_options = mh.StepOptions(
+      heads=tuple(options.heads), total_steps=total,
+      label_smoothing=options.label_smoothing,
+      compute_dtype=options.compute_dtype, head_batch=options.head_batch)
+  dtype = mh.compute_dtype(options.compute_dtype)
+  graphdef, params = mh.init_heads(probe, len(options.heads), seed, dtype)
+  eval_graphdef = mh.graphdef_for(probe, jnp.float32)
+  opt_state = mh.init_optimizer(params, step_options)
+  replicated = NamedSharding(mesh, P())
+  params, opt_state = jax.device_put((params, opt_state), replicated)
+
+  if jax.process_index() == 0:
+    run_state.claim(workdir, {
+        "probe": dataclasses.asdict(probe), "seed": seed,
+        "options": dataclasses.asdict(options), "inputs": inputs or {},
+        "examples": {"train": len(train_split.source),
+                     **{k: len(v.source) for k, v in evals.items()}}})
+  checkpoints = run_state.Checkpoints(workdir)
+  start_epoch, state = checkpoints.restore(
+      {"params": params, "opt_state": opt_state})
+  params, opt_state = state["params"], state["opt_state"]
+  if start_epoch:
+    _log.info("%s: resumed after epoch %d", workdir, start_epoch)
+
+  train_step = mh.make_train_step(graphdef, step_options)
+  eval_step = mh.make_eval_step(eval_graphdef, probe.num_classes,
+                                options.head_batch)
+  batches = pl.train_dataset(
+      train_split.source, (), KEYS, global_batch=options.global_batch,
+      seed=seed, labels=train_split.labels if options.balanced else None)
+  start = start_epoch * per_epoch
+  iterator = pl.make_iterator(batches[start:total],
+                              read_threads=options.read_threads,
+                              prefetch=options.prefetch)
+  show = progress if progress is not None else None
+  if jax.process_index() != 0:
+    show = False
+  bar = tqdm.tqdm(total=total, initial=start, unit="step",
+                  desc=f"classify {os.path.basename(workdir)}",
+                  disable=None if show is None else not show)
+  for epoch in range(start_epoch, options.epochs):
+    losses = []
+    for step in range(epoch * per_epoch, (epoch + 1) * per_epoch):
+      batch = pl.to_device(next(iterator), mesh)
+      params, opt_state, loss, _, finite = train_step(
+          params, opt_state, jnp.int32(step), batch["features"],
+          batch["label"])
+      losses.append(loss)
+      bar.update(1)
+    loss = np.asarray(jnp.stack(losses)).mean(0)
+    predictions = {name: predict(eval_step, params, split.source,
+                                 options.eval_batch, mesh)
+                   for name, split in evals.items()}
+    if jax.process_index() == 0:
+      run_state.write_epoch(workdir, epoch, predictions)
+    multihost_utils.sync_global_devices("lary_classify_epoch_written")
+    checkpoints.save(epoch + 1, {"params": params, "opt_state": opt_state})
+    summary = "  ".join(
+        f"{name} top-1 " + "/".join(
+            f"{_top1(p, evals[name].labels):.3f}" for p in predictions[name])
+        for name in evals)
+    _log.info("epoch %d/%d  loss %s  %s", epoch + 1, options.epochs,
+              "/".join(f"{x:.3f}" for x in loss), summary)
+    if show is not False:
+      bar.write(f"epoch {epoch + 1}/{options.epochs}: {summary}")
+  bar.close()
+  checkpoints.close()
+  if hasattr(iterator, "close"):
+    iterator.close()
+  return run_state.read_history(workdir, options.epochs)
+
+
+def _top1(topk: np.ndarray, labels: np.ndarray) -> float:
+  return float((topk[:, 0] == labels).mean())
+
+
+def predict(eval_step, params: Any, source: Any, eval_batch: int,
+            mesh: Mesh) -> np.ndarray:
+  """Top-k predictions of every head on every record once: [H, N, k]."""
+  ds = pl.eval_dataset(source, (), KEYS, global_batch=eval_batch)
+  out = None
+  for batch in pl.make_iterator(ds, read_threads=2, prefetch=2):
+    index = multihost_utils.process_allgather(batch["index"], tiled=True)
+    mask = multihost_utils.process_allgather(batch["_mask"], tiled=True)
+    features = pl.to_device({"features": batch["features"]}, mesh)
+    top = np.asarray(multihost_utils.process_allgather(
+        eval_step(params, features["features"]), tiled=True))
+    if out is None:
+      out = np.zeros((top.shape[0], len(source), top.shape[2]), np.int32)
+    out[:, index[mask]] = top[:, mask]
+  return out

@@ -1,0 +1,277 @@
+"""Training one action decoder (MLP or DiT) on stored features.
+
+  train records (features, normalised target), shuffled, fixed global batch
+  -> flatten the pair's tokens -> decoder loss -> AdamW (lr 1e-4, wd 1e-4,
+     linear warm-up over the first 10% of steps, then constant)
+  -> after each epoch: predictions for every evaluated split (`run_state`)
+  -> orbax checkpoint
+
+Parameters whose float32 bytes reach `shard_min_mb` are sharded over the
+`data` mesh axis together with their AdamW moments (FSDP-style): upstream's
+MLP on flattened DiNOv2 pair tokens has a 524,288 x 4096 first layer, 34 GB
+with its optimizer state, more than one accelerator holds. Smaller leaves
+are replicated. The numbers do not depend on the sharding.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Mapping
+from types import ModuleType
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import tqdm
+from flax import nnx
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from lary_jax import mesh as mesh_lib
+from lary_jax.data import pipeline as pl
+from lary_jax.errors import LaryError
+from lary_jax.probes import attentive_probe
+from lary_jax.probes import run_state
+
+_log = logging.getLogger(__name__)
+KEYS = ("features", "target")
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+  """Training options (config section `regress`)."""
+
+  epochs: int = 20
+  global_batch: int = 256
+  eval_batch: int = 256
+  lr: float = 1e-4
+  weight_decay: float = 1e-4
+  warmup: float = 0.1  # share of all steps with a linear warm-up
+  compute_dtype: str = "float32"
+  pool_grid: int = 0  # >0: average each frame's tokens to a g x g grid
+  shard_min_mb: float = 256.0  # shard parameters at least this big
+  read_threads: int = 4
+  prefetch: int = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  """Random-access records with `features` and `target` [S * A]."""
+
+  source: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Decoder:
+  """How to build, train and run one kind of decoder.
+
+  `make(input_dim, seed, dtype)` returns an nnx module;
+  `loss(model, z, target, key)` a scalar; `predict(model, z, key)` the
+  [B, S * A] normalised chunk.
+  """
+
+  name: str
+  make: Callable[[int, int, Any], nnx.Module]
+  loss: Callable[..., jax.Array]
+  predict: Callable[..., jax.Array]
+
+
+def decoder_from_module(name: str, module: ModuleType,
+                        make: Callable[[int, int, Any], nnx.Module]
+                        ) -> Decoder:
+  return Decoder(name, make, module.loss, module.predict)
+
+
+def lr_factor(step: jax.Array, warmup_steps: int) -> jax.Array:
+  """Upstream's constant-with-warm-up factor of update `step` (0-based).
+
+  Its scheduler steps after each update, so update s uses min(s / W, 1):
+  the very first update has learning rate 0.
+  """
+  if warmup_steps <= 0:
+    return jnp.ones_like(step, jnp.float32)
+  return jnp.minimum(step / warmup_steps, 1.0).astype(jnp.float32)
+
+
+def flatten_features(x: jax.Array, pool_grid: int) -> jax.Array:
+  """[B, T, N, D] (or [B, N, D]) tokens -> [B, T * N * D], float32."""
+  if pool_grid:
+    if x.ndim == 3:
+      x = x[:, None]
+    x = attentive_probe.pool_tokens(x.astype(jnp.float32), pool_grid)
+  return x.reshape(x.shape[0], -1).astype(jnp.float32)
+
+
+def input_dim(token_shape: tuple[int, ...], pool_grid: int) -> int:
+  """Width of the flattened input for stored tokens of `token_shape`."""
+  shape = tuple(token_shape)
+  if pool_grid:
+    frames = shape[0] if len(shape) == 3 else 1
+    return frames * pool_grid * pool_grid * shape[-1]
+  return int(np.prod(shape))
+
+
+def param_shardings(tree: Any, mesh: Mesh, min_mb: float) -> Any:
+  """Per leaf: split the largest evenly divisible axis over `data` when the
+  leaf holds at least `min_mb` MiB of float32, else replicate."""
+  n = mesh.shape["data"]
+
+  def one(leaf):
+    shape = getattr(leaf, "shape", ())
+    if n > 1 and min_mb >= 0 and shape and (
+        np.prod(shape) * 4 >= min_mb * 2**20):
+      axes = [a for a in np.argsort(shape)[::-1] if shape[a] % n == 0]
+      if axes:
+        spec = [None] * len(shape)
+        spec[axes[0]] = "data"
+        return NamedSharding(mesh, P(*spec))
+    return NamedSharding(mesh, P())
+
+  return jax.tree.map(one, tree)
+
+
+def _optimizer(options: Options, warmup_steps: int
+               ) -> optax.GradientTransformation:
+  schedule = lambda count: options.lr * lr_factor(count, warmup_steps)
+  return optax.adamw(schedule, b1=0.9, b2=0.999, eps=1e-8,
+                     weight_decay=options.weight_decay)
+
+
+def train(decoder: Decoder, token_shape: tuple[int, ...], train_split: Split,
+          evals: Mapping[str, Split], workdir: str, *, seed: int,
+          options: Options = Options(), mesh: Mesh | None = None,
+          progress: bool | None = None,
+          inputs: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
+  """Trains a decoder (resuming what `workdir` holds) and evaluates it.
+
+  Args:
+    decoder: the decoder kind.
+    token_shape: stored features per example, e.g. (2, 256, 1024).
+    train_split: training records.
+    evals: split name -> records predicted after every epoch.
+    workdir: this run's folder.
+    seed: init, batch order and noise seed.
+    options: training options.
+    mesh: device mesh (default: every device on `data`).
+    progress: tqdm bar (default: on a terminal, process 0).
+    inputs: what identifies the data and the decoder's shape; with the
+      rest, a folder holding another run is refused.
+
+  Returns:
+    split -> predictions [epochs, N, S * A] (normalised), and `train_loss`
+    [epochs] (mean training loss of each epoch).
+  """
+  mesh = mesh or mesh_lib.make_mesh()
+  for name, batch in (("global_batch", options.global_batch),
+                      ("eval_batch", options.eval_batch)):
+    if batch % mesh.devices.size:
+      raise LaryError(f"regress.{name}={batch} must be a multiple of the "
+                      f"{mesh.devices.size} devices")
+  per_epoch = max(1, -(-len(train_split.source) // options.global_batch))
+  total = options.epochs * per_epoch
+  warmup_steps = int(total * options.warmup)
+  dtype = getattr(jnp, options.compute_dtype)
+  model = decoder.make(input_dim(token_shape, options.pool_grid), seed, dtype)
+  graphdef, params = nnx.split(model)
+  del model
+  tx = _optimizer(options, warmup_steps)
+  opt_state = tx.init(params)
+  p_sharding = param_shardings(params, mesh, options.shard_min_mb)
+  o_sharding = param_shardings(opt_state, mesh, options.shard_min_mb)
+  params = jax.device_put(params, p_sharding)
+  opt_state = jax.device_put(opt_state, o_sharding)
+  if jax.process_index() == 0:
+    run_state.claim(workdir, {
+        "decoder": decoder.name, "token_shape": list(token_shape),
+        "seed": seed, "options": dataclasses.asdict(options),
+        "inputs": inputs or {},
+        "examples": {"train": len(train_split.source),
+                     **{k: len(v.source) for k, v in evals.items()}}})
+  checkpoints = run_state.Checkpoints(workdir)
+  start_epoch, state = checkpoints.restore(
+      {"params": params, "opt_state": opt_state})
+  params, opt_state = state["params"], state["opt_state"]
+
+  data = NamedSharding(mesh, P("data"))
+  replicated = NamedSharding(mesh, P())
+  train_key = jax.random.key(seed)
+  eval_key = jax.random.fold_in(train_key, 2**31 - 1)
+
+  def step_fn(params, opt_state, step, features, target):
+    key = jax.random.fold_in(train_key, step)
+    z = flatten_features(features, options.pool_grid)
+
+    def loss_fn(p):
+      return decoder.loss(nnx.merge(graphdef, p), z, target, key)
+
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  train_step = jax.jit(
+      step_fn, in_shardings=(p_sharding, o_sharding, replicated, data, data),
+      out_shardings=(p_sharding, o_sharding, replicated),
+      donate_argnums=(0, 1))
+
+  def eval_fn(params, batch_index, features):
+    z = flatten_features(features, options.pool_grid)
+    key = jax.random.fold_in(eval_key, batch_index)
+    return decoder.predict(nnx.merge(graphdef, params), z, key)
+
+  eval_step = jax.jit(eval_fn, in_shardings=(p_sharding, replicated, data),
+                      out_shardings=data)
+
+  batches = pl.train_dataset(train_split.source, (), KEYS,
+                             global_batch=options.global_batch, seed=seed)
+  start = start_epoch * per_epoch
+  iterator = pl.make_iterator(batches[start:total],
+                              read_threads=options.read_threads,
+                              prefetch=options.prefetch)
+  show = progress if jax.process_index() == 0 else False
+  bar = tqdm.tqdm(total=total, initial=start, unit="step",
+                  desc=f"regress {decoder.name}",
+                  disable=None if show is None else not show)
+  for epoch in range(start_epoch, options.epochs):
+    losses = []
+    for step in range(epoch * per_epoch, (epoch + 1) * per_epoch):
+      batch = pl.to_device(next(iterator), mesh)
+      params, opt_state, loss = train_step(
+          params, opt_state, jnp.int32(step), batch["features"],
+          batch["target"])
+      losses.append(loss)
+      bar.update(1)
+    out = {name: predict(eval_step, params, split.source, options.eval_batch,
+                         mesh) for name, split in evals.items()}
+    out["train_loss"] = np.asarray(float(np.mean(jax.device_get(losses))))
+    if jax.process_index() == 0:
+      run_state.write_epoch(workdir, epoch, out)
+    multihost_utils.sync_global_devices("lary_regress_epoch_written")
+    checkpoints.save(epoch + 1, {"params": params, "opt_state": opt_state})
+    _log.info("epoch %d/%d  train loss %.4f", epoch + 1, options.epochs,
+              out["train_loss"])
+  bar.close()
+  checkpoints.close()
+  if hasattr(iterator, "close"):
+    iterator.close()
+  return run_state.read_history(workdir, options.epochs)
+
+
+def predict(eval_step, params: Any, source: Any, eval_batch: int,
+            mesh: Mesh) -> np.ndarray:
+  """Normalised predictions for every record once: [N, S * A] float32."""
+  ds = pl.eval_dataset(source, (), ("features",), global_batch=eval_batch)
+  out = None
+  for k, batch in enumerate(pl.make_iterator(ds, read_threads=2,
+                                                      prefetch=2)):
+    index = multihost_utils.process_allgather(batch["index"], tiled=True)
+    mask = multihost_utils.process_allgather(batch["_mask"], tiled=True)
+    features = pl.to_device({"features": batch["features"]}, mesh)
+    pred = np.asarray(multihost_utils.process_allgather(
+        eval_step(params, jnp.int32(k), features["features"]), tiled=True))
+    if out is None:
+      out = np.zeros((len(source), pred.shape[-1]), np.float32)
+    out[index[mask]] = pred[mask]
+  return out

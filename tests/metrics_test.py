@@ -1,0 +1,58 @@
+"""Probe metrics on hand-checked examples."""
+
+import numpy as np
+import pytest
+
+from lary_jax import metrics
+
+
+def test_topk_accuracy():
+  topk = np.array([[2, 0, 1], [1, 2, 0], [0, 1, 2], [1, 0, 2]])
+  labels = np.array([2, 2, 2, 2])
+  assert metrics.topk_accuracy(topk, labels, 1) == 0.25
+  assert metrics.topk_accuracy(topk, labels, 2) == 0.5
+  assert metrics.topk_accuracy(topk, labels, 3) == 1.0
+
+
+def test_confusion_rows_are_true_classes_and_scores():
+  labels = np.array([0, 0, 0, 1, 1, 2])
+  preds = np.array([0, 0, 1, 1, 0, 1])
+  cm = metrics.confusion_matrix(labels, preds, 4)
+  np.testing.assert_array_equal(cm, [[2, 1, 0, 0], [1, 1, 0, 0],
+                                     [0, 1, 0, 0], [0, 0, 0, 0]])
+  s = metrics.per_class_scores(cm)
+  np.testing.assert_allclose(s["precision"], [2 / 3, 1 / 3, 0, 0])
+  np.testing.assert_allclose(s["recall"], [2 / 3, 1 / 2, 0, 0])
+  np.testing.assert_allclose(s["f1"], [2 / 3, 0.4, 0, 0])
+  np.testing.assert_array_equal(s["support"], [3, 2, 1, 0])
+
+
+def test_select_best_prefers_the_earliest_epoch_then_lowest_head():
+  scores = np.array([[0.1, 0.5, 0.5], [0.5, 0.2, np.nan]])
+  assert metrics.select_best(scores) == (0, 1)
+  assert metrics.select_best(np.array([[np.nan, 0.0]])) == (0, 1)
+
+
+def test_group_accuracy_and_mean_std():
+  topk = np.array([[0], [1], [1], [0]])
+  labels = np.array([0, 0, 1, 1])
+  got = metrics.group_accuracy(topk, labels, ["a", "a", "b", "b"])
+  assert got == {"a": {"top1": 0.5, "count": 2},
+                 "b": {"top1": 0.5, "count": 2}}
+  ms = metrics.mean_std([0.5, 0.7, 0.6])
+  assert ms["mean"] == pytest.approx(0.6) and ms["std"] == pytest.approx(0.1)
+  assert metrics.mean_std([0.3]) == {"mean": 0.3, "std": 0.0, "n": 1}
+
+
+def test_stratified_holdout():
+  labels = np.array([0] * 20 + [1] * 10 + [2] * 1 + [3] * 2)
+  train, held = metrics.stratified_holdout(labels, 0.1, seed=0)
+  assert len(np.intersect1d(train, held)) == 0
+  assert len(train) + len(held) == len(labels)
+  assert np.bincount(labels[held], minlength=4).tolist() == [2, 1, 0, 1]
+  again = metrics.stratified_holdout(labels, 0.1, seed=0)
+  np.testing.assert_array_equal(held, again[1])
+  assert not np.array_equal(held, metrics.stratified_holdout(labels, 0.1,
+                                                             seed=1)[1])
+  train, held = metrics.stratified_holdout(labels, 0.0, seed=0)
+  assert len(held) == 0 and len(train) == len(labels)
