@@ -36,6 +36,15 @@ def _require(flags, *names: str) -> None:
     raise LaryError(f"{' and '.join(missing)} required")
 
 
+def _start_processes(flags):
+  """Joins the multi-host run the flags describe (if any); returns jax."""
+  from lary_jax import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+  mesh_lib.initialize_distributed(flags.coordinator_address,
+                                  flags.num_processes, flags.process_id)
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax
+
+
 def _tfds_dir(flags) -> str:
   return flags.tfds_dir or os.path.join(flags.workdir, "tfds")
 
@@ -191,11 +200,8 @@ def _store_dir(flags, dataset: str, split: str) -> str:
 
 def extract(flags, config: Config) -> int:
   """Extracts --model's features of --dataset (every split, or --split)."""
-  from lary_jax import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
   _require(flags, "model", "dataset")
-  mesh_lib.initialize_distributed(flags.coordinator_address,
-                                  flags.num_processes, flags.process_id)
-  import jax  # pylint: disable=g-import-not-at-top
+  jax = _start_processes(flags)
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from lary_jax import extract as extract_lib  # pylint: disable=g-import-not-at-top
   from lary_jax import upstream_npz  # pylint: disable=g-import-not-at-top
@@ -334,10 +340,7 @@ def _feature_stores(flags, spec, builder) -> dict[str, str]:
 def classify(flags, config: Config) -> int:
   """Trains and evaluates the attentive probes on stored features."""
   _require(flags, "model", "dataset")
-  from lary_jax import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
-  mesh_lib.initialize_distributed(flags.coordinator_address,
-                                  flags.num_processes, flags.process_id)
-  import jax  # pylint: disable=g-import-not-at-top
+  jax = _start_processes(flags)
   from lary_jax.probes import classify as classify_lib  # pylint: disable=g-import-not-at-top
   from lary_jax.probes import train_classifier  # pylint: disable=g-import-not-at-top
   from tfds_builders import metadata  # pylint: disable=g-import-not-at-top
@@ -369,10 +372,7 @@ def classify(flags, config: Config) -> int:
 def regress(flags, config: Config) -> int:
   """Trains and evaluates an action decoder on stored pair features."""
   _require(flags, "model", "dataset")
-  from lary_jax import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
-  mesh_lib.initialize_distributed(flags.coordinator_address,
-                                  flags.num_processes, flags.process_id)
-  import jax  # pylint: disable=g-import-not-at-top
+  jax = _start_processes(flags)
   from lary_jax.probes import regress as regress_lib  # pylint: disable=g-import-not-at-top
   from lary_jax.probes import train_regressor  # pylint: disable=g-import-not-at-top
   from tfds_builders import metadata  # pylint: disable=g-import-not-at-top

@@ -5,7 +5,8 @@ Pure numpy on host arrays; nothing here knows about models or devices.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -75,6 +76,22 @@ def mean_std(values: Sequence[float]) -> dict[str, float]:
   return {"mean": float(values.mean()), "std": std, "n": len(values)}
 
 
+def seed_spread(runs: Sequence[Mapping[str, Any]], splits: Sequence[str],
+                keys: Sequence[str]) -> dict[str, dict[str, dict[str, float]]]:
+  """Mean/std over seeds of each selected run's numbers.
+
+  Args:
+    runs: one selection per seed, e.g. {"validation": {"top1": ...}, ...}.
+    splits: the splits to summarise (those the first run lacks are left out).
+    keys: the numbers to summarise in each split.
+
+  Returns:
+    split -> key -> `mean_std` of that number over the runs.
+  """
+  return {split: {k: mean_std([r[split][k] for r in runs]) for k in keys}
+          for split in splits if split in runs[0]}
+
+
 def stratified_holdout(labels: np.ndarray, fraction: float, seed: int
                        ) -> tuple[np.ndarray, np.ndarray]:
   """Splits record ids into (train, held-out), class by class.
@@ -99,3 +116,24 @@ def stratified_holdout(labels: np.ndarray, fraction: float, seed: int
   held = np.sort(np.concatenate(held)) if held else np.zeros(0, np.int64)
   train = np.setdiff1d(np.arange(len(labels)), held)
   return train, held
+
+
+def group_holdout(groups: Sequence[str], fraction: float, seed: int
+                  ) -> tuple[np.ndarray, np.ndarray]:
+  """Splits record ids into (train, held-out) by whole groups.
+
+  Rows of one group (e.g. the pairs of one episode, which overlap in time)
+  all go to the same side, so the held-out slice is not a near copy of
+  training rows. round(fraction * groups) groups (at least one, never all)
+  are held out. Both id arrays are sorted.
+  """
+  groups = np.asarray(groups)
+  names, group_of = np.unique(groups, return_inverse=True)
+  if fraction <= 0 or len(names) < 2:
+    return np.arange(len(groups)), np.zeros(0, np.int64)
+  if fraction >= 1:
+    raise ValueError(f"holdout fraction {fraction} must be < 1")
+  take = min(len(names) - 1, max(1, round(fraction * len(names))))
+  chosen = np.random.default_rng(seed).choice(len(names), take, replace=False)
+  held = np.flatnonzero(np.isin(group_of, chosen))
+  return np.setdiff1d(np.arange(len(groups)), held), held

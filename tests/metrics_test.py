@@ -56,3 +56,15 @@ def test_stratified_holdout():
                                                              seed=1)[1])
   train, held = metrics.stratified_holdout(labels, 0.0, seed=0)
   assert len(held) == 0 and len(train) == len(labels)
+
+
+def test_group_holdout_keeps_groups_whole():
+  groups = ["ep1"] * 5 + ["ep2"] * 3 + ["ep3"] * 4 + ["ep4"] * 2
+  train, held = metrics.group_holdout(groups, 0.25, seed=0)
+  assert len(np.intersect1d(train, held)) == 0
+  assert len(train) + len(held) == len(groups)
+  held_groups = {groups[i] for i in held}
+  assert len(held_groups) == 1  # round(0.25 * 4) episodes
+  assert all(groups[i] not in held_groups for i in train)
+  assert metrics.group_holdout(["a"] * 4, 0.5, 0)[1].size == 0
+  assert metrics.group_holdout(groups, 0.0, 0)[1].size == 0

@@ -170,37 +170,117 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
 
 
 def blocked_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
-                      max_heads: int = 8, max_rows: int = 160) -> jax.Array:
-  """`attention`, one block of heads x query rows at a time (`lax.map`)."""
+                      block_bytes: int = 1 << 20, max_rows: int = 192
+                      ) -> jax.Array:
+  """`attention` over blocks of (example, head) slices x query rows.
+
+  Each block's float32 logits [g, rows, N] take about `block_bytes` (one
+  slice at the least), so they stay in cache. The gradient is flash
+  attention's: the forward keeps the output and each row's log-sum-exp,
+  the backward recomputes a block's probabilities from them, so training
+  holds O(B H N Dh) for attention rather than O(B H N^2).
+
+  Args:
+    q: [B, N, H, Dh] queries (k, v alike).
+    block_bytes: target size of one block's logits.
+    max_rows: most query rows in a block.
+
+  Returns:
+    [B, N, H, Dh] in v's dtype.
+  """
   b, n, h, dh = q.shape
-  g = max(d for d in range(1, min(h, max_heads) + 1) if h % d == 0)
   chunks = -(-n // max_rows)
   rows = -(-n // chunks)
-  scale = dh**-0.5
+  g = max(1, min(b * h, block_bytes // (4 * rows * n)))
+  while (b * h) % g:
+    g -= 1
 
   def heads_major(x):  # [B, N, H, Dh] -> [B * H / g, g, N, Dh]
     return x.transpose(0, 2, 1, 3).reshape(b * h // g, g, n, dh)
 
-  def one_group(qkv):
-    qg, kg, vg = qkv  # [g, N, Dh]
-    qg = jnp.pad(qg, ((0, 0), (0, chunks * rows - n), (0, 0)))
-    qg = qg.reshape(g, chunks, rows, dh).transpose(1, 0, 2, 3)
-
-    def one_chunk(qc):  # [g, rows, Dh]
-      logits = jnp.einsum("hqd,hkd->hqk", qc, kg,
-                          preferred_element_type=jnp.float32) * scale
-      probs = jax.nn.softmax(logits, axis=-1).astype(vg.dtype)
-      return jnp.einsum("hqk,hkd->hqd", probs, vg,
-                        preferred_element_type=jnp.float32).astype(vg.dtype)
-
-    # Under a gradient (the probes), recompute each chunk's probabilities
-    # rather than keep all [B, H, N, N] of them for the backward pass.
-    out = jax.lax.map(jax.checkpoint(one_chunk), qg)  # [chunks, g, rows, Dh]
-    return out.transpose(1, 0, 2, 3).reshape(g, chunks * rows, dh)[:, :n]
-
-  out = jax.lax.map(one_group, (heads_major(q), heads_major(k),
-                                heads_major(v)))  # [B * H / g, g, N, Dh]
+  out = _blocked(heads_major(q), heads_major(k), heads_major(v), rows)
   return out.reshape(b, h, n, dh).transpose(0, 2, 1, 3)
+
+
+def _row_blocks(x: jax.Array, rows: int) -> jax.Array:
+  """[g, N, ...] -> [chunks, g, rows, ...], N zero-padded to chunks * rows."""
+  g, n = x.shape[:2]
+  chunks = -(-n // rows)
+  pad = [(0, 0), (0, chunks * rows - n)] + [(0, 0)] * (x.ndim - 2)
+  x = jnp.pad(x, pad).reshape(g, chunks, rows, *x.shape[2:])
+  return jnp.moveaxis(x, 1, 0)
+
+
+def _unrow_blocks(x: jax.Array, n: int) -> jax.Array:
+  """[chunks, g, rows, ...] -> [g, N, ...]: `_row_blocks` undone."""
+  chunks, g, rows = x.shape[:3]
+  return jnp.moveaxis(x, 0, 1).reshape(g, chunks * rows, *x.shape[3:])[:, :n]
+
+
+def _logits(q: jax.Array, k: jax.Array) -> jax.Array:
+  return jnp.einsum("hqd,hkd->hqk", q, k, preferred_element_type=jnp.float32
+                    ) * q.shape[-1]**-0.5
+
+
+def _group_forward(q: jax.Array, k: jax.Array, v: jax.Array, rows: int
+                   ) -> tuple[jax.Array, jax.Array]:
+  """One group [g, N, Dh] -> (output [g, N, Dh], log-sum-exp [g, N])."""
+
+  def one_block(qc):  # [g, rows, Dh]
+    logits = _logits(qc, k)  # [g, rows, N]
+    top = logits.max(-1, keepdims=True)
+    p = jnp.exp(logits - top)
+    total = p.sum(-1, keepdims=True)
+    o = jnp.einsum("hqk,hkd->hqd", p.astype(v.dtype), v,
+                   preferred_element_type=jnp.float32) / total
+    return o.astype(v.dtype), (top + jnp.log(total))[..., 0]
+
+  o, lse = jax.lax.map(one_block, _row_blocks(q, rows))
+  return _unrow_blocks(o, q.shape[1]), _unrow_blocks(lse, q.shape[1])
+
+
+def _group_backward(q, k, v, o, lse, do, rows):
+  """One group's (dq, dk, dv), block by block, from the saved lse."""
+  f32 = jnp.float32
+  delta = (do.astype(f32) * o.astype(f32)).sum(-1)  # [g, N]
+  scale = q.shape[-1]**-0.5
+
+  def one_block(carry, block):
+    dk, dv = carry  # [g, N, Dh] float32
+    qc, doc, lse_c, delta_c = block  # [g, rows, Dh] / [g, rows]
+    p = jnp.exp(_logits(qc, k) - lse_c[..., None])  # [g, rows, N]
+    dp = jnp.einsum("hqd,hkd->hqk", doc, v, preferred_element_type=f32)
+    ds = p * (dp - delta_c[..., None]) * scale
+    dq = jnp.einsum("hqk,hkd->hqd", ds, k, preferred_element_type=f32)
+    dk = dk + jnp.einsum("hqk,hqd->hkd", ds, qc, preferred_element_type=f32)
+    dv = dv + jnp.einsum("hqk,hqd->hkd", p, doc, preferred_element_type=f32)
+    return (dk, dv), dq
+
+  zeros = jnp.zeros(k.shape, f32)
+  (dk, dv), dq = jax.lax.scan(
+      one_block, (zeros, zeros),
+      tuple(_row_blocks(x, rows) for x in (q, do, lse, delta)))
+  return (_unrow_blocks(dq, q.shape[1]).astype(q.dtype), dk.astype(k.dtype),
+          dv.astype(v.dtype))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _blocked(q: jax.Array, k: jax.Array, v: jax.Array, rows: int
+             ) -> jax.Array:
+  """Groups [G, g, N, Dh] -> [G, g, N, Dh], one group at a time."""
+  return jax.lax.map(lambda a: _group_forward(*a, rows)[0], (q, k, v))
+
+
+def _blocked_fwd(q, k, v, rows):
+  o, lse = jax.lax.map(lambda a: _group_forward(*a, rows), (q, k, v))
+  return o, (q, k, v, o, lse)
+
+
+def _blocked_bwd(rows, saved, do):
+  return jax.lax.map(lambda a: _group_backward(*a, rows), (*saved, do))
+
+
+_blocked.defvjp(_blocked_fwd, _blocked_bwd)
 
 
 class Mlp(nnx.Module):

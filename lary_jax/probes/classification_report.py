@@ -20,6 +20,7 @@ from lary_jax import feature_store as fs
 from lary_jax import metrics
 
 VALIDATION, HOLDOUT = "validation", "train_holdout"
+TRAIN_KEYS = ("train_loss", "train_top1")  # [E, H] of the training steps
 UPSTREAM = ("upstream_style",
             "head and epoch with the best validation top-1, chosen on the "
             "validation set itself (how upstream reports; optimistic)")
@@ -50,12 +51,17 @@ def _selection(history: Mapping[str, np.ndarray],
   return out
 
 
-def summarise(history: Mapping[str, np.ndarray],
+def summarise(history: dict[str, np.ndarray],
               labels: Mapping[str, np.ndarray],
               heads: Sequence[Mapping[str, float]]) -> dict[str, Any]:
-  """Per-epoch scores and the two selected numbers of one seed."""
+  """Per-epoch scores and the two selected numbers of one seed.
+
+  `history` loses its training keys (they go into the per-epoch table).
+  """
+  train = {k: history.pop(k) for k in TRAIN_KEYS if k in history}
   epochs = next(iter(history.values())).shape[0]
   table = [{"epoch": e + 1,
+            **{k: v[e].tolist() for k, v in train.items()},
             **{split: {"top1": _scores(h, labels[split], 1)[e].tolist(),
                        "top5": _scores(h, labels[split], 5)[e].tolist()}
                for split, h in history.items()}}
@@ -87,6 +93,7 @@ def write_seed(out_dir: str, history: Mapping[str, np.ndarray],
   Returns:
     The results dict written to results.json.
   """
+  history = dict(history)
   results = {**fields, "num_classes": len(class_names),
              "examples": {s: int(len(v)) for s, v in labels.items()},
              **summarise(history, labels, heads)}
@@ -117,15 +124,10 @@ def write_summary(out_dir: str, per_seed: Mapping[int, Mapping[str, Any]],
     runs = [r[name] for r in per_seed.values() if name in r]
     if not runs:
       continue
-    out[name] = {"how": how}
-    for split in runs[0]:
-      if not isinstance(runs[0][split], dict) or split == HOLDOUT:
-        continue
-      if "top1" not in runs[0][split]:
-        continue
-      out[name][split] = {
-          k: metrics.mean_std([r[split][k] for r in runs])
-          for k in ("top1", "top5")}
+    splits = [s for s, v in runs[0].items()
+              if s != HOLDOUT and isinstance(v, dict) and "top1" in v]
+    out[name] = {"how": how,
+                 **metrics.seed_spread(runs, splits, ("top1", "top5"))}
     out[name]["per_seed"] = {
         str(s): {"epoch": r[name]["epoch"], "head": r[name]["head"],
                  "validation_top1": r[name][VALIDATION]["top1"]}

@@ -7,11 +7,17 @@
 Every Linear keeps PyTorch's default init (uniform +-1/sqrt(fan_in) for
 weight and bias), as upstream never re-initialises them. Trained with the
 Huber loss (delta 1) on normalised actions.
+
+The input is data (stored features): no gradient flows back to it. That
+lets the first LayerNorm -> Linear pair skip one of its three matmuls in
+the backward pass (`norm_linear`), a quarter of the training step's FLOPs at
+upstream's 32,768-wide input.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -49,6 +55,59 @@ def _norm(dim: int, dtype: Any, rngs: nnx.Rngs) -> nnx.LayerNorm:
                        param_dtype=jnp.float32, rngs=rngs)
 
 
+def _standardise(x: jax.Array) -> jax.Array:
+  """(x - mean) / sqrt(var + eps) over the last axis, in float32."""
+  x = x.astype(jnp.float32)
+  centred = x - x.mean(-1, keepdims=True)
+  var = jnp.square(centred).mean(-1, keepdims=True)
+  return centred * jax.lax.rsqrt(var + EPS)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def norm_linear(dtype: Any, x: jax.Array, scale: jax.Array, bias: jax.Array,
+                kernel: jax.Array, kernel_bias: jax.Array) -> jax.Array:
+  """Linear(LayerNorm(x)) for data `x`: [B, D] -> [B, H] in `dtype`.
+
+  The gradient reaches the four parameters only. With x_hat the
+  standardised input and dy the output's cotangent, every parameter
+  gradient follows from g = x_hat^T dy ([D, H], one matmul) and
+  s = sum_b dy: d kernel = scale g + bias s, d scale = rowsum(kernel * g),
+  d bias = kernel s. Autodiff would also form dy kernel^T, the cotangent of
+  the LayerNorm's output, which is a second [B, D, H] matmul.
+
+  Args:
+    dtype: compute dtype of the matmul (statistics stay float32).
+    x: [B, D] input.
+    scale: [D] LayerNorm scale.
+    bias: [D] LayerNorm bias.
+    kernel: [D, H] Linear kernel.
+    kernel_bias: [H] Linear bias.
+
+  Returns:
+    [B, H] output.
+  """
+  return _norm_linear_fwd(dtype, x, scale, bias, kernel, kernel_bias)[0]
+
+
+def _norm_linear_fwd(dtype, x, scale, bias, kernel, kernel_bias):
+  x_hat = _standardise(x)  # [B, D]
+  normed = (x_hat * scale + bias).astype(dtype)
+  y = jnp.dot(normed, kernel.astype(dtype)) + kernel_bias.astype(dtype)
+  return y, (x_hat.astype(dtype), scale, bias, kernel)
+
+
+def _norm_linear_bwd(dtype, residuals, dy):
+  x_hat, scale, bias, kernel = residuals
+  g = jnp.dot(x_hat.T, dy.astype(dtype),
+              preferred_element_type=jnp.float32)  # [D, H]
+  s = dy.astype(jnp.float32).sum(0)  # [H]
+  d_kernel = scale[:, None] * g + bias[:, None] * s
+  return (None, (kernel * g).sum(1), kernel @ s, d_kernel, s)
+
+
+norm_linear.defvjp(_norm_linear_fwd, _norm_linear_bwd)
+
+
 class ResidualBlock(nnx.Module):
   """x + ReLU(Linear(LayerNorm(x)))."""
 
@@ -74,7 +133,12 @@ class MlpDecoder(nnx.Module):
     self.fc2 = _torch_linear(config.hidden, config.output_dim, dtype, rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    x = jax.nn.relu(self.fc1(self.norm_in(x)))
+    # The parameters stay in norm_in and fc1 (upstream's names); their
+    # pair runs as one op with a cheaper backward.
+    x = jax.nn.relu(norm_linear(
+        self.fc1.dtype or jnp.float32, jax.lax.stop_gradient(x),
+        self.norm_in.scale[...], self.norm_in.bias[...],
+        self.fc1.kernel[...], self.fc1.bias[...]))
     for block in self.blocks:
       x = block(x)
     return self.fc2(self.norm_out(x)).astype(jnp.float32)

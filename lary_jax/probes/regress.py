@@ -155,9 +155,9 @@ def regress(builder: Any, spec: Any, stores: Mapping[str, str],
           for s, t in targets.items()}
   per_seed = {}
   for seed in seeds:
-    n = len(flat[TRAIN])
-    train_ids, held_ids = metrics.stratified_holdout(np.zeros(n), holdout,
-                                                     seed)
+    # Whole episodes are held out: pairs of one episode overlap in time.
+    train_ids, held_ids = metrics.group_holdout(
+        [episode(p) for p in features[TRAIN].identities], holdout, seed)
     evals = {s: tr.Split(_Rows(features[s], flat[s]))
              for s in stores if s != TRAIN}
     seed_targets = {s: targets[s] for s in evals}
@@ -173,7 +173,8 @@ def regress(builder: Any, spec: Any, stores: Mapping[str, str],
                        mesh=mesh, progress=progress,
                        inputs={**{s: run_state.digest_file(os.path.join(
                            d, fs.MANIFEST)) for s, d in stores.items()},
-                               "holdout": holdout, "action_mode": action_mode,
+                               "holdout": holdout, "holdout_by": "episode",
+                               "action_mode": action_mode,
                                "decoder_shape": decoder_shape})
     run_fields = {**fields, "seed": seed, "holdout_fraction": holdout,
                   "model_type": model_type, "action_mode": action_mode,
@@ -189,6 +190,11 @@ def regress(builder: Any, spec: Any, stores: Mapping[str, str],
                     "action_mode": action_mode, "holdout_fraction": holdout,
                     "floor": next(iter(per_seed.values()))["floor"]}
   return report.write_summary(out_dir, per_seed, summary_fields)
+
+
+def episode(src_path: str) -> str:
+  """A pair's episode: the folder of its source image (`.../ep_12/x.png`)."""
+  return os.path.dirname(src_path)
 
 
 def mean_floor(train: report.Targets, targets: Mapping[str, report.Targets],

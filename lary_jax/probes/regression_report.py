@@ -191,12 +191,8 @@ def write_summary(out_dir: str, per_seed: Mapping[int, Mapping[str, Any]],
     runs = [r[name] for r in per_seed.values() if name in r]
     if not runs:
       continue
-    out[name] = {"how": how}
-    for split in (VALIDATION, UNSEEN):
-      if split in runs[0]:
-        out[name][split] = {
-            k: metrics.mean_std([r[split][k] for r in runs])
-            for k in ("mse", "mse_units")}
+    out[name] = {"how": how, **metrics.seed_spread(
+        runs, (VALIDATION, UNSEEN), ("mse", "mse_units"))}
     out[name]["per_seed"] = {
         str(s): {"epoch": r[name]["epoch"],
                  "validation_mse": r[name][VALIDATION]["mse"]}

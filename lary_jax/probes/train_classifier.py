@@ -90,7 +90,8 @@ def train(probe: attentive_probe.Config, train_split: Split,
       with the rest, a folder holding another run is refused.
 
   Returns:
-    split -> top-k predictions [epochs, heads, N, k] (int32, best first).
+    split -> top-k predictions [epochs, heads, N, k] (int32, best first),
+    and `train_loss` / `train_top1` [epochs, heads] of the training steps.
   """
   mesh = mesh or mesh_lib.make_mesh()
   n_dev = mesh.devices.size
@@ -142,26 +143,33 @@ def train(probe: attentive_probe.Config, train_split: Split,
                   desc=f"classify {os.path.basename(workdir)}",
                   disable=None if show is None else not show)
   for epoch in range(start_epoch, options.epochs):
-    losses = []
+    losses, hits = [], []
     for step in range(epoch * per_epoch, (epoch + 1) * per_epoch):
       batch = pl.to_device(next(iterator), mesh)
-      params, opt_state, loss, _, finite = train_step(
+      params, opt_state, loss, correct, _ = train_step(
           params, opt_state, jnp.int32(step), batch["features"],
           batch["label"])
       losses.append(loss)
+      hits.append(correct)
       bar.update(1)
     loss = np.asarray(jnp.stack(losses)).mean(0)
     predictions = {name: predict(eval_step, params, split.source,
                                  options.eval_batch, mesh)
                    for name, split in evals.items()}
+    # What the heads saw while training (bf16 where training is): [H] each.
+    predictions["train_loss"] = loss.astype(np.float32)
+    predictions["train_top1"] = (np.asarray(jnp.stack(hits)).sum(0) / (
+        per_epoch * options.global_batch)).astype(np.float32)
     if jax.process_index() == 0:
       run_state.write_epoch(workdir, epoch, predictions)
     multihost_utils.sync_global_devices("lary_classify_epoch_written")
     checkpoints.save(epoch + 1, {"params": params, "opt_state": opt_state})
     summary = "  ".join(
-        f"{name} top-1 " + "/".join(
-            f"{_top1(p, evals[name].labels):.3f}" for p in predictions[name])
-        for name in evals)
+        [f"train top-1 " + "/".join(f"{x:.3f}" for x in
+                                     predictions["train_top1"])] + [
+            f"{name} top-1 " + "/".join(
+                f"{_top1(p, evals[name].labels):.3f}"
+                for p in predictions[name]) for name in evals])
     _log.info("epoch %d/%d  loss %s  %s", epoch + 1, options.epochs,
               "/".join(f"{x:.3f}" for x in loss), summary)
     if show is not False:

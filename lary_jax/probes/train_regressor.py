@@ -133,6 +133,19 @@ def param_shardings(tree: Any, mesh: Mesh, min_mb: float) -> Any:
   return jax.tree.map(one, tree)
 
 
+def compiler_options(platform: str) -> dict[str, Any] | None:
+  """XLA options for the training step on `platform` ("cpu", "gpu", ...).
+
+  On CPU, XLA's default copy insertion copies every donated parameter that
+  the backward pass reads as well as updates (0.6 GiB a step for upstream's
+  MLP, its 512 MiB first kernel included); region analysis sees that the
+  reads come first and drops the copies: ~3% of the step's CPU time.
+  """
+  if platform == "cpu":
+    return {"xla_cpu_copy_insertion_use_region_analysis": True}
+  return None
+
+
 def _optimizer(options: Options, warmup_steps: int
                ) -> optax.GradientTransformation:
   schedule = lambda count: options.lr * lr_factor(count, warmup_steps)
@@ -214,7 +227,8 @@ def train(decoder: Decoder, token_shape: tuple[int, ...], train_split: Split,
   train_step = jax.jit(
       step_fn, in_shardings=(p_sharding, o_sharding, replicated, data, data),
       out_shardings=(p_sharding, o_sharding, replicated),
-      donate_argnums=(0, 1))
+      donate_argnums=(0, 1),
+      compiler_options=compiler_options(mesh.devices.flat[0].platform))
 
   def eval_fn(params, batch_index, features):
     z = flatten_features(features, options.pool_grid)

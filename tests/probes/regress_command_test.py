@@ -76,7 +76,8 @@ def test_results_seeds_relative_and_resume(workdir):
   assert set(summary["floor"]) == {"validation"}
   seed_dir = out / "seed_0"
   results = json.loads((seed_dir / "results.json").read_text())
-  assert results["examples"] == {"validation": 30, "train_holdout": 8}
+  # round(0.2 x 4 episodes) = 1 whole episode held out (seed 0: 4 pairs).
+  assert results["examples"] == {"validation": 30, "train_holdout": 4}
   assert results["steps"] == 5 and results["action_dim"] == 7
   assert results["groups"] == {"position": [0, 1, 2],
                                "orientation": [3, 4, 5], "gripper": [6]}

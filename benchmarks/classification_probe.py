@@ -1,0 +1,292 @@
+"""Attentive-probe training step on CPU: lary-jax vs upstream's PyTorch loop.
+
+  python benchmarks/classification_probe.py [--lam_batch 16]
+      [--encoder_batch 1] [--rounds 2] [--sessions 1] [--full]
+
+Five probes of upstream's size (model_dim 768, 16 heads, depth 4, 54
+classes) take one training step on one batch of random features, in fp32,
+for two token shapes: LAM-shaped [B, 8, 16, 1024] (128 tokens) and
+encoder-shaped [B, 9, 256, 1024] (2304 tokens).
+
+- lary-jax: `multi_head.make_train_step`, the five heads under `lax.map`,
+  per-head AdamW, label smoothing 0.1.
+- PyTorch: upstream's loop re-created with `tests/probes/torch_probe.py`:
+  five `TorchProbe`s, each with its own `torch.optim.AdamW`, forward,
+  backward and step per head on the same batch, label smoothing 0.1, torch
+  threads = cores.
+
+Each side runs alone in its own process (`GLIBC_TUNABLES` as in
+design/FACTS.md for both), one warm-up step, then `--rounds` timed steps; a
+jitted 2048^3 fp32 matmul, measured the same way, is the GEMM peak that the
+achieved FLOP/s is compared with. Model FLOPs are counted analytically: 3x
+the forward's matmul FLOPs, attention included. `--full` runs the issue's
+batch sizes. Writes the `classification_probe` section of BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import report  # pylint: disable=g-import-not-at-top
+
+SHAPES = {"lam": (8, 16, 1024), "encoder": (9, 256, 1024)}  # [T, N, D]
+CLASSES = 54
+NUM_HEADS = 5
+GEMM_N = 2048
+FULL = {"lam_batch": 256, "encoder_batch": 8}
+# Page faults on freshly mapped buffers are costly on these VMs (FACTS.md).
+MALLOC_TUNABLES = ("glibc.malloc.mmap_max=0:"
+                   "glibc.malloc.trim_threshold=34359738368")
+
+
+def probe_flops(batch: int, frames: int, tokens: int, dim: int,
+                model_dim: int = 768, depth: int = 4,
+                classes: int = CLASSES, heads: int = NUM_HEADS) -> float:
+  """Training FLOPs of one step: 3x the forward's matmuls, all heads."""
+  n, d = frames * tokens, model_dim
+  blocks = (depth - 1) * (24 * n * d * d + 4 * n * n * d)
+  cross = 2 * d * d + 4 * n * d * d + 4 * n * d + 16 * d * d
+  forward = 2 * n * dim * d + blocks + cross + 2 * d * classes
+  return 3.0 * heads * batch * forward
+
+
+def _cpu_s() -> float:
+  r = resource.getrusage(resource.RUSAGE_SELF)
+  return r.ru_utime + r.ru_stime
+
+
+def _peak_gib() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def _cpu_busy(dt: float = 1.0) -> float:
+  """Fraction of all cores busy over `dt` seconds (0 when unknown)."""
+  def read():
+    with open("/proc/stat") as f:
+      v = [int(x) for x in f.readline().split()[1:]]
+    return v[3] + v[4], sum(v)
+  try:
+    (i0, t0), _, (i1, t1) = read(), time.sleep(dt), read()
+  except OSError:
+    return 0.0
+  return 1 - (i1 - i0) / max(t1 - t0, 1)
+
+
+def _timed(step, rounds: int, idle_wait: float) -> dict:
+  """Runs `step()` once to warm up, then `rounds` times, each timed."""
+  step()
+  wall, cpu, load = [], [], []
+  for _ in range(rounds):
+    start = time.time()
+    while time.time() - start < idle_wait and _cpu_busy() > 0.1:
+      pass
+    load.append(os.getloadavg()[0])
+    c, t = _cpu_s(), time.perf_counter()
+    step()
+    wall.append(time.perf_counter() - t)
+    cpu.append(_cpu_s() - c)
+  return {"times": wall, "cpu": cpu, "load": load}
+
+
+def _inputs(shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+  rng = np.random.default_rng(0)
+  return (rng.standard_normal(shape, np.float32),
+          rng.integers(0, CLASSES, shape[0]))
+
+
+def worker_jax(args) -> dict:
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from lary_jax.probes import attentive_probe  # pylint: disable=g-import-not-at-top
+  from lary_jax.probes import multi_head  # pylint: disable=g-import-not-at-top
+  x, y = _inputs(args.shape)
+  config = attentive_probe.Config(dim=args.shape[-1], num_classes=CLASSES)
+  options = multi_head.StepOptions(total_steps=1000, compute_dtype="float32",
+                                   head_batch=args.head_batch)
+  graphdef, params = multi_head.init_heads(config, NUM_HEADS, seed=0)
+  opt_state = multi_head.init_optimizer(params, options)
+  x, y = jnp.asarray(x), jnp.asarray(y)
+  t = time.perf_counter()
+  step_fn = multi_head.make_train_step(graphdef, options).lower(
+      params, opt_state, jnp.int32(0), x, y).compile()
+  compile_s = time.perf_counter() - t
+  state = {"params": params, "opt": opt_state, "i": 0, "loss": []}
+
+  def step():
+    state["params"], state["opt"], loss, _, _ = step_fn(
+        state["params"], state["opt"], jnp.int32(state["i"]), x, y)
+    state["loss"].append(np.asarray(loss).tolist())
+    state["i"] += 1
+
+  out = _timed(step, args.rounds, args.idle_wait)
+  return {**out, "compile_s": compile_s, "peak": _peak_gib(),
+          "first_loss": state["loss"][0], "threads": os.cpu_count()}
+
+
+def worker_torch(args) -> dict:
+  import torch  # pylint: disable=g-import-not-at-top
+  from tests.probes import torch_probe  # pylint: disable=g-import-not-at-top
+  from lary_jax.probes import multi_head  # pylint: disable=g-import-not-at-top
+  torch.set_num_threads(os.cpu_count())
+  torch.manual_seed(0)
+  x, y = (torch.from_numpy(a) for a in _inputs(args.shape))
+  probes = [torch_probe.TorchProbe(args.shape[-1], CLASSES)
+            for _ in range(NUM_HEADS)]
+  optimizers = [torch.optim.AdamW(p.parameters(), lr=lr, weight_decay=wd)
+                for p, (lr, wd) in zip(probes, multi_head.HEADS)]
+  criterion = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
+  losses = []
+
+  def step():
+    row = []
+    for probe, opt in zip(probes, optimizers):
+      opt.zero_grad(set_to_none=True)
+      loss = criterion(probe(x), y)
+      loss.backward()
+      opt.step()
+      row.append(loss.item())
+    losses.append(row)
+
+  out = _timed(step, args.rounds, args.idle_wait)
+  return {**out, "peak": _peak_gib(), "first_loss": losses[0],
+          "threads": torch.get_num_threads()}
+
+
+def worker_gemm(args) -> dict:
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  a, b = (jnp.asarray(rng.random((GEMM_N, GEMM_N), np.float32))
+          for _ in range(2))
+  mm = jax.jit(jnp.matmul)
+  return _timed(lambda: mm(a, b).block_until_ready(), 8 * args.rounds,
+                args.idle_wait)
+
+
+def _run_worker(side: str, args, shape: tuple[int, ...] = ()) -> dict:
+  cmd = [sys.executable, os.path.abspath(__file__), "--worker", side,
+         "--rounds", str(args.rounds), "--head_batch", str(args.head_batch),
+         "--idle_wait", str(args.idle_wait)]
+  if shape:
+    cmd += ["--shape", ",".join(map(str, shape))]
+  env = dict(os.environ)
+  env.setdefault("GLIBC_TUNABLES", MALLOC_TUNABLES)
+  out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, env=env,
+                       text=True).stdout
+  return json.loads(out.strip().splitlines()[-1])
+
+
+def _row(name: str, runs: list[dict], flops: float, peak: float) -> dict:
+  times = [t for r in runs for t in r["times"]]
+  cpu = [t for r in runs for t in r["cpu"]]
+  return {"name": name, "best": min(times),
+          "median": statistics.median(times), "cpu": min(cpu),
+          "rss": max(r["peak"] for r in runs),
+          "gflops": flops / min(times) / 1e9,
+          "of_peak": flops / min(times) / peak,
+          "load": [x for r in runs for x in r["load"]]}
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--lam_batch", type=int, default=16)
+  parser.add_argument("--encoder_batch", type=int, default=1)
+  parser.add_argument("--rounds", type=int, default=2)
+  parser.add_argument("--sessions", type=int, default=1)
+  parser.add_argument("--shapes", default=",".join(SHAPES),
+                      help="which token shapes to run (comma-separated)")
+  parser.add_argument("--head_batch", type=int, default=1)
+  parser.add_argument("--idle_wait", type=float, default=10.0,
+                      help="most seconds to wait for an idle CPU per round")
+  parser.add_argument("--full", action="store_true",
+                      help=f"the issue's batch sizes: {FULL}")
+  parser.add_argument("--print_only", action="store_true",
+                      help="print the section, leave BENCHMARKS.md alone")
+  parser.add_argument("--worker", choices=["jax", "torch", "gemm"])
+  parser.add_argument("--shape", type=lambda s: tuple(map(int, s.split(","))))
+  args = parser.parse_args()
+  if args.worker:
+    fn = {"jax": worker_jax, "torch": worker_torch, "gemm": worker_gemm}
+    print(json.dumps(fn[args.worker](args)))
+    return
+  if args.full:
+    for key, value in FULL.items():
+      setattr(args, key, value)
+
+  batches = {"lam": args.lam_batch, "encoder": args.encoder_batch}
+  shapes = {s: SHAPES[s] for s in args.shapes.split(",")}
+  runs = {(s, k): [] for s in shapes for k in ("jax", "torch")}
+  gemm = []
+  for _ in range(args.sessions):
+    gemm.append(_run_worker("gemm", args))
+    for name, tnd in shapes.items():
+      for side in ("jax", "torch"):
+        runs[name, side].append(
+            _run_worker(side, args, (batches[name], *tnd)))
+        print(name, side, runs[name, side][-1]["times"], file=sys.stderr)
+  gemm_times = [t for r in gemm for t in r["times"]]
+  peak = 2 * GEMM_N**3 / min(gemm_times)
+
+  lines = []
+  for name, (t, n, d) in shapes.items():
+    b = batches[name]
+    flops = probe_flops(b, t, n, d)
+    ours = _row("lary-jax", runs[name, "jax"], flops, peak)
+    theirs = _row("PyTorch", runs[name, "torch"], flops, peak)
+    jax_run, torch_run = runs[name, "jax"][-1], runs[name, "torch"][-1]
+    loss_diff = float(np.abs(np.subtract(jax_run["first_loss"],
+                                         torch_run["first_loss"])).max())
+    lines.append(f"### {name}-shaped tokens [{b}, {t}, {n}, {d}] "
+                 f"({t * n} tokens)\n")
+    lines.append("| | step s (best) | step s (median) | CPU s (best) | "
+                 "GFLOP/s | % of GEMM peak | peak RSS |")
+    lines.append("|---|---|---|---|---|---|---|")
+    for row in (ours, theirs):
+      lines.append(f"| {row['name']} | {row['best']:.2f} | "
+                   f"{row['median']:.2f} | {row['cpu']:.1f} | "
+                   f"{row['gflops']:.0f} | {row['of_peak']:.0%} | "
+                   f"{row['rss']:.1f} GiB |")
+    loads = ours["load"] + theirs["load"]
+    lines.append(
+        f"\n- Speed-up, lary-jax / PyTorch: "
+        f"**{theirs['best'] / ours['best']:.2f}x** (best), "
+        f"{theirs['median'] / ours['median']:.2f}x (median), "
+        f"{theirs['cpu'] / ours['cpu']:.2f}x in CPU seconds.\n"
+        f"- {flops / 1e12:.2f} TFLOP a step. lary-jax compiles in "
+        f"{jax_run['compile_s']:.0f} s (once per shape). First-step losses "
+        f"agree within {loss_diff:.2f} (both ~ln {CLASSES} = "
+        f"{np.log(CLASSES):.2f}; different random weights). Load average "
+        f"during the timed steps: {min(loads):.1f}-{max(loads):.1f}.\n")
+  command = "python benchmarks/classification_probe.py" + (
+      " --full" if args.full else
+      f" --lam_batch {args.lam_batch} --encoder_batch {args.encoder_batch}")
+  if args.shapes != ",".join(SHAPES):
+    command += f" --shapes {args.shapes}"
+  body = f"""## classification_probe: five attentive probes, one training step, CPU fp32
+
+`{command} --rounds {args.rounds} --sessions {args.sessions}`
+({report.machine()}). Upstream's probe size (model_dim 768, 16 heads, depth
+4, {CLASSES} classes), five heads with their own AdamW on the same batch;
+each side alone in its own process, one warm-up step, then {args.rounds}
+timed steps x {args.sessions} session(s). GEMM peak (jitted {GEMM_N}^3 fp32
+matmul, same conditions): {peak / 1e9:.0f} GFLOP/s best,
+{2 * GEMM_N**3 / statistics.median(gemm_times) / 1e9:.0f} median.
+
+""" + "\n".join(lines)
+  print(body)
+  if not args.print_only:
+    report.write_section("classification_probe", body)
+
+
+if __name__ == "__main__":
+  main()
