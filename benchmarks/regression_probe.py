@@ -84,7 +84,11 @@ def _cpu_s() -> float:
 
 
 def _peak_gib() -> float:
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+  """This process's peak RSS. (getrusage's ru_maxrss would do, but it keeps
+  the parent's peak across fork + exec.)"""
+  with open("/proc/self/status") as f:
+    hwm = next(line for line in f if line.startswith("VmHWM:"))
+  return int(hwm.split()[1]) / 2**20
 
 
 def _rss_gib() -> float:
