@@ -42,7 +42,7 @@ from benchmarks import report  # pylint: disable=g-import-not-at-top
 SHAPES = {"lam": (8, 16, 1024), "encoder": (9, 256, 1024)}  # [T, N, D]
 CLASSES = 54
 NUM_HEADS = 5
-GEMM_N = 2048
+GEMM_N = report.GEMM_N
 FULL = {"lam_batch": 256, "encoder_batch": 8}
 # Page faults on freshly mapped buffers are costly on these VMs (FACTS.md).
 MALLOC_TUNABLES = ("glibc.malloc.mmap_max=0:"
@@ -163,14 +163,7 @@ def worker_torch(args) -> dict:
 
 
 def worker_gemm(args) -> dict:
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  rng = np.random.default_rng(0)
-  a, b = (jnp.asarray(rng.random((GEMM_N, GEMM_N), np.float32))
-          for _ in range(2))
-  mm = jax.jit(jnp.matmul)
-  return _timed(lambda: mm(a, b).block_until_ready(), 8 * args.rounds,
-                args.idle_wait)
+  return _timed(report.gemm_step(), 8 * args.rounds, args.idle_wait)
 
 
 def _run_worker(side: str, args, shape: tuple[int, ...] = ()) -> dict:

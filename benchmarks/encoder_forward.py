@@ -29,7 +29,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import report  # pylint: disable=g-import-not-at-top
 
-GEMM_N = 2048
+GEMM_N = report.GEMM_N
 # Both sides run with this glibc setting: page faults on freshly mapped
 # buffers are costly on these VMs (see design/FACTS.md), for either framework.
 MALLOC_TUNABLES = ("glibc.malloc.mmap_max=0:"
@@ -116,15 +116,7 @@ def worker_torch(args) -> dict:
 
 
 def worker_gemm(args) -> dict:
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  rng = np.random.default_rng(0)
-  a, b = (jnp.asarray(rng.random((GEMM_N, GEMM_N), np.float32))
-          for _ in range(2))
-  mm = jax.jit(jnp.matmul)
-  mm(a, b).block_until_ready()
-  return {"times": _timed(lambda: mm(a, b).block_until_ready(),
-                          4 * args.rounds)}
+  return {"times": _timed(report.gemm_step(), 4 * args.rounds)}
 
 
 def dinov2_flops(batch: int, d: int = 1024, layers: int = 24, n: int = 257,

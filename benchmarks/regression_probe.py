@@ -59,7 +59,7 @@ MLP_HIDDEN, MLP_BLOCKS = 4096, 2
 STEPS, ACTION = 5, 7  # upstream's action chunk: 5 steps x 7 dims
 DIT_HIDDEN, DIT_DEPTH, DIT_HEADS = 512, 6, 8
 WARMUP_STEPS = 4  # short, so that the timed steps run at the full lr
-GEMM_N = 2048
+GEMM_N = report.GEMM_N
 # Page faults on freshly mapped buffers are costly on these VMs (FACTS.md).
 MALLOC_TUNABLES = ("glibc.malloc.mmap_max=0:"
                    "glibc.malloc.trim_threshold=34359738368")
@@ -234,16 +234,9 @@ def worker_mlp_torch(args) -> dict:
 
 
 def worker_gemm(args) -> dict:
-  # pylint: disable=g-import-not-at-top
-  import jax
-  import jax.numpy as jnp
-  rng = np.random.default_rng(0)
-  a, b = (jnp.asarray(rng.random((GEMM_N, GEMM_N), np.float32))
-          for _ in range(2))
-  mm = jax.jit(jnp.matmul)
-  mm(a, b).block_until_ready()
+  mm = report.gemm_step()
   _wait_idle(args.idle_wait)  # once: its rounds are short
-  return _timed(lambda: mm(a, b).block_until_ready(), 4 * args.rounds, 0.0)
+  return _timed(mm, 4 * args.rounds, 0.0)
 
 
 def worker_dit_jax(args) -> dict:

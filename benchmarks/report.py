@@ -17,6 +17,26 @@ machine, because these machines are noisy; absolute figures are for scale only.
 """
 
 
+# The GEMM peak every CPU benchmark compares its FLOP/s with: a jitted
+# GEMM_N^3 fp32 matmul.
+GEMM_N = 2048
+GEMM_FLOPS = 2 * GEMM_N**3
+
+
+def gemm_step():
+  """A warmed-up jitted GEMM_N^3 fp32 matmul: call it to time one."""
+  # pylint: disable=g-import-not-at-top
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  rng = np.random.default_rng(0)
+  a, b = (jnp.asarray(rng.random((GEMM_N, GEMM_N), np.float32))
+          for _ in range(2))
+  mm = jax.jit(jnp.matmul)
+  mm(a, b).block_until_ready()
+  return lambda: mm(a, b).block_until_ready()
+
+
 def machine() -> str:
   return (f"{platform.machine()}, {os.cpu_count()} cores, Python "
           f"{platform.python_version()}, {datetime.date.today()}")

@@ -109,4 +109,28 @@ def get_config() -> ml_collections.ConfigDict:
   # False lets them (not upstream's numbers).
   config.regress.dit_clip_sample = True
 
+  # `run`: the whole benchmark in one command (lary_jax/benchmark_run.py).
+  config.run = ml_collections.ConfigDict()
+  # Registry names; "run_lam" is the LAM that `run` trains (lam_config).
+  config.run.models = "pixels,random_vit,run_lam"
+  config.run.lam_config = "lam/lapa_sim.py"  # relative to configs/
+  config.run.seeds = "0"
+  # Encoder options per model (config.extract.encoder_options for the others):
+  # a ViT-Ti/16 keeps the random-ViT baseline inside the laptop budget.
+  config.run.encoder_options = ml_collections.ConfigDict(dict(
+      random_vit="variant=Ti/16"))
+  # Regression decoders, TYPE:MODE (mlp|dit : absolute|relative).
+  config.run.decoders = "mlp:absolute"
+  # True: the probes of `run` take config.run.overrides, a laptop-sized probe
+  # (not the protocol, and marked so in the report) that runs the default
+  # LARY-Sim in minutes on 2 CPU cores; False: the protocol's probes.
+  config.run.small_probes = True
+  config.run.overrides = ml_collections.ConfigDict()
+  config.run.overrides.classify = ml_collections.ConfigDict(dict(
+      epochs=10, global_batch=32, eval_batch=64,
+      probe=dict(model_dim=64, num_heads=2, depth=2, pool_grid=2)))
+  config.run.overrides.regress = ml_collections.ConfigDict(dict(
+      epochs=10, global_batch=32, eval_batch=64, pool_grid=2,
+      mlp_hidden=256, dit_hidden=64, dit_depth=2, dit_heads=2))
+
   return config

@@ -112,23 +112,9 @@ def _print_prepared(name: str, builder: Any) -> None:
 
 
 def run(flags, config: Config) -> int:
-  """The benchmark on LARY-Sim: render it if missing, then prepare it."""
-  from lary_jax.sim import render  # pylint: disable=g-import-not-at-top
-  from tfds_builders import metadata  # pylint: disable=g-import-not-at-top
-  from tfds_builders import prepare  # pylint: disable=g-import-not-at-top
-  data_dir = flags.data_dir
-  if not data_dir:
-    data_dir = os.path.join(flags.workdir,
-                            "lary_sim_tiny" if flags.tiny else "lary_sim")
-    render.simulate(data_dir, tiny=flags.tiny, seed=flags.seed,
-                    num_workers=_workers(config.sim.num_workers))
-  tfds_dir = flags.tfds_dir or os.path.join(
-      flags.workdir, "tfds_tiny" if flags.tiny else "tfds")
-  options = _prepare_options(config, flags.skip_bad_rows)
-  for spec in metadata.resolve_datasets(flags.dataset or "sim", flags.stride):
-    b = prepare.prepare(spec, data_dir, tfds_dir, flags.metadata_dir, options)
-    _print_prepared(spec.name, b)
-  return 0
+  """The whole benchmark: data, the run's LAM, features, probes, report."""
+  from lary_jax import benchmark_run  # pylint: disable=g-import-not-at-top
+  return benchmark_run.run(flags, config, COMMANDS)
 
 
 def convert(flags, config: Config) -> int:
@@ -410,6 +396,25 @@ def regress(flags, config: Config) -> int:
   return 0
 
 
+def train_lam(flags, config: Config) -> int:
+  """Trains a latent action model on prepared datasets' frame pairs."""
+  if "lam" not in config:
+    raise LaryError("train_lam needs a LAM config: --config "
+                    "configs/lam/lapa_sim.py (or another configs/lam/ file)")
+  jax = _start_processes(flags)
+  from lary_jax.lams import train_lam as train_lam_lib  # pylint: disable=g-import-not-at-top
+  c = config.lam
+  pairs, inputs = train_lam_lib.prepared_pairs(
+      flags.dataset or c.dataset, _tfds_dir(flags), flags.split or c.split,
+      stride=flags.stride)
+  summary = train_lam_lib.train_from_config(
+      c, pairs, train_lam_lib.workdir_of(flags.workdir, c), inputs=inputs,
+      seed=flags.seed if flags["seed"].present else None)
+  if jax.process_index() == 0:
+    print(train_lam_lib.describe(summary))
+  return 0
+
+
 def report(flags, config: Config) -> int:  # pylint: disable=unused-argument
   """Writes <workdir>/report.md and report.html from every result there."""
   from lary_jax import report as report_lib  # pylint: disable=g-import-not-at-top
@@ -430,4 +435,5 @@ COMMANDS: dict[str, Callable[[Any, Config], int]] = {
     "classify": classify,
     "regress": regress,
     "report": report,
+    "train_lam": train_lam,
 }

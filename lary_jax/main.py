@@ -9,8 +9,11 @@ Commands:
             (--dataset, --data_dir, --metadata_dir)
   prepare   build the TFDS datasets of --dataset from --data_dir into --tfds_dir
             (--skip_bad_rows leaves bad rows out and lists them)
-  run       the whole benchmark on LARY-Sim: render it if missing, prepare it
-            (--workdir; --tiny for a quick look)
+  run       the whole benchmark: render LARY-Sim if missing (or read
+            --data_dir, --datasets), prepare it, train a small LAM, extract
+            every model (config.run.models, plus every `convert` output in
+            --models_dir), classify + regress, report; redoes nothing that
+            finished (--workdir; --tiny for a quick look)
   convert   turn an encoder checkpoint into an orbax checkpoint + config
             (--model, --src HF folder or .pt/.pth, --out DIR)
   extract   encode a prepared --dataset (every split, or --split) with
@@ -29,6 +32,10 @@ Commands:
             absolute|relative) on --model's stored pair features of a
             regression --dataset; results in
             <workdir>/regress/DATASET/MODEL/TYPE_MODE (--seeds); resumes
+  train_lam train a LAPA-style latent action model on the frame pairs of a
+            prepared --dataset (default the config's, LARY-Sim) with
+            --config configs/lam/X.py; writes <workdir>/lam/NAME/model for
+            extract --checkpoint; resumes a killed run
   report    write <workdir>/report.md and a self-contained report.html from
             every classify/regress result there: both selections with their
             spread over seeds, charts, confusion matrices, per-dimension MSE;
@@ -37,6 +44,8 @@ Commands:
 `python -m lary_jax.main --help` lists every flag.
 """
 
+import importlib
+import os
 import sys
 
 from absl import app
@@ -52,6 +61,9 @@ _CONFIG = config_flags.DEFINE_config_file(
     lock_config=True)
 flags.DEFINE_string("dataset", None, "Dataset(s), comma-separated: "
                     + ", ".join(commands.DATASET_NAMES))
+flags.DEFINE_alias("datasets", "dataset")
+flags.DEFINE_string("models_dir", None, "run: a folder of `convert` outputs "
+                    "(one folder per model), each added to the run.")
 flags.DEFINE_string("split", None, "train, validation or unseen.")
 flags.DEFINE_integer("stride", None, "Action chunk stride (vlabench: 5/15/30).")
 flags.DEFINE_string("model", None, "Encoder or latent action model.")
@@ -62,6 +74,10 @@ flags.DEFINE_string("metadata_dir", None,
 flags.DEFINE_string("tfds_dir", None, "Where prepared TFDS datasets go "
                     "(default <workdir>/tfds).")
 flags.DEFINE_string("workdir", "lary_workdir", "Where a run writes.")
+flags.DEFINE_list("plugins", [], "Python modules to import before the "
+                  "command runs, e.g. one that registers your encoder with "
+                  "lary_jax.encoders.register (colab/evaluate_your_encoder"
+                  ".ipynb); the current folder is searched first.")
 flags.DEFINE_string("out", None, "simulate: output DATA_DIR; convert: output "
                     "checkpoint directory; extract/import: feature store root "
                     "(default <workdir>/features).")
@@ -114,10 +130,23 @@ def main(argv: list[str]) -> int:
     # prepare) that would bury our own one-line messages; -v 0 shows them.
     logging.set_verbosity(logging.ERROR)
   try:
+    for module in flags.FLAGS.plugins:
+      _import_plugin(module)
     return commands.COMMANDS[argv[1]](flags.FLAGS, _CONFIG.value) or 0
   except LaryError as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
+
+
+def _import_plugin(name: str) -> None:
+  """Imports a --plugins module (which registers encoders, ...)."""
+  try:
+    importlib.import_module(name)
+  except ModuleNotFoundError as e:
+    if e.name is None or not (name + ".").startswith(e.name + "."):
+      raise  # the plugin itself imports something missing: its own error
+    raise LaryError(f"--plugins {name}: no such module in {os.getcwd()} or "
+                    "on the Python path") from e
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ import io
 import json
 import math
 import os
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -772,14 +773,19 @@ figcaption { font-size: 12px; color: #555; } img { max-width: 100%; }
 """
 
 
+def _inline(text: str) -> str:
+  """Escaped text with Markdown `code` spans as <code> (the .md's markup)."""
+  return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
+
+
 def _html_table(table: Table) -> str:
   header, rows = table
   head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
   body = []
   for row in rows:
     cells = "".join(
-        f'<td class="warn">{html.escape(c)}</td>' if c.startswith(
-            (NOT_PROTOCOL, NOT_RECORDED)) else f"<td>{html.escape(c)}</td>"
+        f'<td class="warn">{_inline(c)}</td>' if c.startswith(
+            (NOT_PROTOCOL, NOT_RECORDED)) else f"<td>{_inline(c)}</td>"
         for c in row)
     body.append(f"<tr>{cells}</tr>")
   return (f'<div class="wide"><table><thead><tr>{head}</tr></thead>'
@@ -797,7 +803,7 @@ def _html_body(board: Leaderboard) -> list[str]:
            f"<p>Workdir <code>{html.escape(board.workdir)}</code>; written "
            "by <code>python -m lary_jax.main report</code>.</p>",
            "<h2>How to read</h2><ul>"
-           + "".join(f"<li>{html.escape(t)}</li>" for t in _HOW_TO_READ)
+           + "".join(f"<li>{_inline(t)}</li>" for t in _HOW_TO_READ)
            + "</ul>"]
   charts = _charts(board)
   for task, title, table in (
@@ -829,7 +835,7 @@ def _html_body(board: Leaderboard) -> list[str]:
   parts.append("<h2>Runs</h2>")
   for run in board.runs:
     parts += [f"<h3>{html.escape(run.task)}: {html.escape(run.name)}</h3>",
-              f"<p>{html.escape('; '.join(_run_facts(run)))}.</p>",
+              f"<p>{_inline('; '.join(_run_facts(run)))}.</p>",
               _html_table(_per_seed_table(run))]
     for table in (_per_source_table(run), _per_dim_table(run)):
       if table:

@@ -233,6 +233,29 @@ def read_hf(src: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     return json.load(f), weights
 
 
+# Single-file original checkpoints (torch pickles, or one safetensors file
+# such as FLUX.2's ae.safetensors), read with the module's params_from_pt.
+_ORIGINAL_SUFFIXES = (".pt", ".pth", ".ckpt", ".safetensors")
+
+
+def read_safetensors(src: str) -> dict[str, np.ndarray]:
+  """Reads one `.safetensors` file as a float32 numpy state dict.
+
+  numpy has no bfloat16: a file holding bf16 tensors is read through torch.
+  """
+  from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+  try:
+    weights = load_file(src)
+  except Exception:  # pylint: disable=broad-except
+    try:
+      import safetensors.torch  # pylint: disable=g-import-not-at-top
+      return {k: v.float().numpy()
+              for k, v in safetensors.torch.load_file(src).items()}
+    except Exception as e:  # safetensors raises its own error types
+      raise LaryError(f"{src}: cannot read safetensors ({e})") from None
+  return {k: v.astype(np.float32) for k, v in weights.items()}
+
+
 def read_pt(src: str) -> dict[str, np.ndarray]:
   """Reads an original `.pt/.pth` checkpoint as a clean numpy state dict.
 
@@ -324,15 +347,18 @@ def load_converted(path: str) -> tuple[str, dict[str, Any],
 def params_from_source(module: Any, src: str, *, variant: str | None = None
                        ) -> tuple[Any, dict[str, np.ndarray]]:
   """(Config, flat params) for `module` from an HF folder or a .pt file."""
+  if hasattr(module, "load_checkpoint"):  # a format of its own (LAMs)
+    return module.load_checkpoint(src, variant=variant)
   if os.path.isdir(src):
     hf_config, weights = read_hf(src)
     cfg = module.config_from_hf(hf_config)
     return cfg, module.params_from_torch(weights, cfg)
-  if os.path.isfile(src) and src.endswith((".pt", ".pth")):
+  if os.path.isfile(src) and src.endswith(_ORIGINAL_SUFFIXES):
     if not hasattr(module, "params_from_pt"):
       raise LaryError(f"{src}: model {module.__name__} converts only Hugging "
                       "Face folders, not .pt checkpoints")
-    weights = read_pt(src)
+    weights = (read_safetensors(src) if src.endswith(".safetensors")
+               else read_pt(src))
     if variant is not None:
       if variant not in module.VARIANTS:
         raise LaryError(f"variant {variant!r}: expected one of "
@@ -345,7 +371,7 @@ def params_from_source(module: Any, src: str, *, variant: str | None = None
                       f"{sorted(module.VARIANTS)})")
     return cfg, module.params_from_pt(weights, cfg)
   raise LaryError(f"{src}: expected a Hugging Face folder (config.json + "
-                  "*.safetensors) or a .pt/.pth file")
+                  "*.safetensors) or a .pt/.pth/.ckpt/.safetensors file")
 
 
 def convert(model: str, src: str, out: str, *, variant: str | None = None

@@ -25,8 +25,14 @@ from lary_jax.encoders import baselines
 from lary_jax.encoders import convert
 from lary_jax.encoders import dinov2
 from lary_jax.encoders import dinov3
+from lary_jax.encoders import flux2_vae
+from lary_jax.encoders import magvit2
 from lary_jax.encoders import vit_layers
+from lary_jax.encoders import wan_vae
 from lary_jax.errors import LaryError
+from lary_jax.lams import lapa
+from lary_jax.lams import univla
+from lary_jax.lams import villa_x
 
 # A missing file shows up as a LaryError when that name is loaded.
 try:
@@ -48,9 +54,22 @@ _MODEL_MODULES: dict[str, tuple[ModuleType | None, str]] = {
     "dinov3": (dinov3, "image"),
     "siglip2": (siglip2, "image"),
     "vjepa2": (vjepa2, "video"),
+    # Pixel tokenizers. LARY's `magvit2` row is a LAQ on these latents.
+    "magvit2_encoder": (magvit2, "image"),
+    "flux2": (flux2_vae, "image"),
+    "wan2_2": (wan_vae, "video"),
+    # Latent action models. UniVLA encodes each frame pair on its own;
+    # villa-X reads a whole clip (causal attention over sliding windows),
+    # so it takes the clip, as upstream's video mode feeds it.
+    "univla": (univla, "pairs"),
+    "villa_x": (villa_x, "video"),
+    # LAPA's LAQ on pixels and on DINOv2/DINOv3/SigLIP2 tokens: one file,
+    # one adapter per name (the name fixes the backbone and token grid).
+    **{name: (lapa.adapter(name), "pairs") for name in lapa.REGISTRY},
 }
 # The shape `num_tokens` is measured on, per mode: a LARY clip has 9 frames.
-EXAMPLE_SHAPE = {"image": (224, 224, 3), "video": (9, 224, 224, 3)}
+EXAMPLE_SHAPE = {"image": (224, 224, 3), "video": (9, 224, 224, 3),
+                 "pairs": (2, 224, 224, 3)}
 # Stored frame views a prepared dataset can hold ("": the squashed frames).
 FRAMES_VIEWS = ("", "vjepa2")
 
@@ -162,6 +181,9 @@ def _checkpoint_factory(name: str) -> Factory:
 
   def factory(path, *, dtype=jnp.float32, **options):
     module = model_module(name)
+    # Config fields a module lets the caller set at load time.
+    load_opts = {k: options.pop(k) for k in getattr(module, "LOAD_OPTIONS", ())
+                 if k in options}
     if path is None:
       raise LaryError(f"encoder {name!r} needs a checkpoint: a Hugging Face "
                       "folder or a directory written by `convert`")
@@ -172,6 +194,8 @@ def _checkpoint_factory(name: str) -> Factory:
       cfg = module.Config.from_dict(cfg_dict)
     else:
       cfg, params = convert.params_from_source(module, path, **options)
+    if load_opts:
+      cfg = module.load_options(cfg, **load_opts)
     model = convert.build(module.Model, cfg, params, dtype=dtype)
     return make_encoder(name, model, preprocess=module.preprocess,
                         select_tokens=module.select_tokens,
@@ -186,6 +210,8 @@ _FACTORIES: dict[str, Factory] = {
     "pixels": baselines.pixels_encoder,
     "random_vit": baselines.random_vit_encoder,
 }
+# LAPA loads its own way (a feature variant also builds its backbone).
+_FACTORIES.update({name: lapa.encoder_factory(name) for name in lapa.REGISTRY})
 
 
 def available() -> list[str]:

@@ -78,7 +78,8 @@ def write_seed(out_dir: str, history: Mapping[str, np.ndarray],
                labels: Mapping[str, np.ndarray],
                heads: Sequence[Mapping[str, float]],
                class_names: Sequence[str], fields: Mapping[str, Any],
-               sources: Sequence[str] | None = None) -> dict[str, Any]:
+               sources: Sequence[str] | None = None, *, write: bool = True
+               ) -> dict[str, Any]:
   """Writes one seed's results.json, per-class CSVs and confusion matrices.
 
   Args:
@@ -89,6 +90,8 @@ def write_seed(out_dir: str, history: Mapping[str, np.ndarray],
     class_names: label id -> name.
     fields: what the run was (model, dataset, seed, ...), copied in.
     sources: the validation records' source dataset, for per-source top-1.
+    write: False only computes the results (the other processes of a
+      multi-process run, which share process 0's folder).
 
   Returns:
     The results dict written to results.json.
@@ -102,22 +105,25 @@ def write_seed(out_dir: str, history: Mapping[str, np.ndarray],
       continue
     chosen = results[name]
     top = history[VALIDATION][chosen["epoch"] - 1, chosen["head"]]
-    cm = metrics.confusion_matrix(labels[VALIDATION], top[:, 0],
-                                  len(class_names))
-    _write_per_class(os.path.join(out_dir, f"per_class_{name}.csv"), cm,
-                     class_names)
-    _write_confusion(os.path.join(out_dir, f"confusion_{name}"), cm,
-                     class_names, f"{fields.get('model')} on "
-                     f"{fields.get('dataset')} validation ({name})")
     if sources is not None:
       chosen["per_source_dataset"] = metrics.group_accuracy(
           top, labels[VALIDATION], sources)
-  fs.write_json(os.path.join(out_dir, "results.json"), results)
+    if write:
+      cm = metrics.confusion_matrix(labels[VALIDATION], top[:, 0],
+                                    len(class_names))
+      _write_per_class(os.path.join(out_dir, f"per_class_{name}.csv"), cm,
+                       class_names)
+      _write_confusion(os.path.join(out_dir, f"confusion_{name}"), cm,
+                       class_names, f"{fields.get('model')} on "
+                       f"{fields.get('dataset')} validation ({name})")
+  if write:
+    fs.write_json(os.path.join(out_dir, "results.json"), results)
   return results
 
 
 def write_summary(out_dir: str, per_seed: Mapping[int, Mapping[str, Any]],
-                  fields: Mapping[str, Any]) -> dict[str, Any]:
+                  fields: Mapping[str, Any], *, write: bool = True
+                  ) -> dict[str, Any]:
   """results.json over seeds: each seed's numbers, their mean and std."""
   out: dict[str, Any] = {**fields, "seeds": sorted(per_seed)}
   for name, how in (UPSTREAM, HONEST):
@@ -132,7 +138,8 @@ def write_summary(out_dir: str, per_seed: Mapping[int, Mapping[str, Any]],
         str(s): {"epoch": r[name]["epoch"], "head": r[name]["head"],
                  "validation_top1": r[name][VALIDATION]["top1"]}
         for s, r in per_seed.items()}
-  fs.write_json(os.path.join(out_dir, "results.json"), out)
+  if write:
+    fs.write_json(os.path.join(out_dir, "results.json"), out)
   return out
 
 

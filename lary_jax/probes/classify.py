@@ -12,6 +12,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import jax
 import numpy as np
 
 from lary_jax import feature_store as fs
@@ -151,9 +152,10 @@ def classify(builder: Any, stores: Mapping[str, str], out_dir: str, *,
     per_seed[seed] = report.write_seed(
         seed_dir, history, {s: e.labels for s, e in evals.items()},
         mh.head_table(mh.StepOptions(heads=tuple(options.heads))), names,
-        run_fields, sources_of_val)
+        run_fields, sources_of_val, write=jax.process_index() == 0)
   return report.write_summary(out_dir, per_seed, {
-      **fields, "holdout_fraction": holdout, "num_classes": len(names)})
+      **fields, "holdout_fraction": holdout, "num_classes": len(names)},
+                              write=jax.process_index() == 0)
 
 
 def _digests(stores: Mapping[str, str]) -> dict[str, str]:

@@ -14,6 +14,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import jax
 import numpy as np
 
 from lary_jax import feature_store as fs
@@ -185,11 +186,13 @@ def regress(builder: Any, spec: Any, stores: Mapping[str, str],
                   "floor": mean_floor(targets[TRAIN].subset(train_ids),
                                       seed_targets, labels, groups)}
     per_seed[seed] = report.write_seed(seed_dir, history, seed_targets,
-                                       labels, groups, run_fields)
+                                       labels, groups, run_fields,
+                                       write=jax.process_index() == 0)
   summary_fields = {**fields, "model_type": model_type,
                     "action_mode": action_mode, "holdout_fraction": holdout,
                     "floor": next(iter(per_seed.values()))["floor"]}
-  return report.write_summary(out_dir, per_seed, summary_fields)
+  return report.write_summary(out_dir, per_seed, summary_fields,
+                              write=jax.process_index() == 0)
 
 
 def episode(src_path: str) -> str:

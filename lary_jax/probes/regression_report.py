@@ -90,7 +90,8 @@ def _select(history: Mapping[str, np.ndarray], targets: Mapping[str, Targets],
 def write_seed(out_dir: str, history: Mapping[str, np.ndarray],
                targets: Mapping[str, Targets], labels: Sequence[str],
                groups: Mapping[str, Sequence[int]],
-               fields: Mapping[str, Any]) -> dict[str, Any]:
+               fields: Mapping[str, Any], *, write: bool = True
+               ) -> dict[str, Any]:
   """Writes one seed's results.json, best_result.csv and trajectory plots.
 
   Args:
@@ -100,6 +101,8 @@ def write_seed(out_dir: str, history: Mapping[str, np.ndarray],
     labels: action dimension names.
     groups: group -> dimension indices.
     fields: what the run was (model, dataset, ...), copied in.
+    write: False only computes the results (the other processes of a
+      multi-process run, which share process 0's folder).
 
   Returns:
     The results written to results.json.
@@ -118,6 +121,8 @@ def write_seed(out_dir: str, history: Mapping[str, np.ndarray],
   if HOLDOUT in targets:
     results[HONEST[0]] = _select(history, targets, HOLDOUT, HONEST[1],
                                  labels, groups)
+  if not write:
+    return results
   fs.write_json(os.path.join(out_dir, "results.json"), results)
   _write_best_result(os.path.join(out_dir, "best_result.csv"),
                      results[UPSTREAM[0]])
@@ -184,7 +189,8 @@ def _plot_trajectories(path: str, prediction: np.ndarray, targets: Targets,
 
 
 def write_summary(out_dir: str, per_seed: Mapping[int, Mapping[str, Any]],
-                  fields: Mapping[str, Any]) -> dict[str, Any]:
+                  fields: Mapping[str, Any], *, write: bool = True
+                  ) -> dict[str, Any]:
   """results.json over seeds: each seed's MSEs, their mean and std."""
   out: dict[str, Any] = {**fields, "seeds": sorted(per_seed)}
   for name, how in (UPSTREAM, HONEST):
@@ -197,5 +203,6 @@ def write_summary(out_dir: str, per_seed: Mapping[int, Mapping[str, Any]],
         str(s): {"epoch": r[name]["epoch"],
                  "validation_mse": r[name][VALIDATION]["mse"]}
         for s, r in per_seed.items() if name in r}
-  fs.write_json(os.path.join(out_dir, "results.json"), out)
+  if write:
+    fs.write_json(os.path.join(out_dir, "results.json"), out)
   return out

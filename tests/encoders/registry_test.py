@@ -33,8 +33,12 @@ def _images(shape, seed=0):
 
 
 def test_available_lists_every_encoder():
-  assert encoders.available() == ["dinov2", "dinov3", "pixels", "random_vit",
-                                  "siglip2", "vjepa2"]
+  assert encoders.available() == ["dinov2", "dinov3", "flux2", "lapa",
+                                  "lapa_dinov2", "lapa_dinov3",
+                                  "lapa_siglip2",
+                                  "magvit2_encoder", "pixels", "random_vit",
+                                  "siglip2", "univla", "villa_x", "vjepa2",
+                                  "wan2_2"]
 
 
 def test_convert_then_load_equals_load_from_hf_folder(dinov2_folder,

@@ -112,7 +112,13 @@ def test_loss_grads_and_one_adamw_step_match_pytorch():
     for key, value in got.items():
       for want, tol in ((own_after[h][key], 1e-6), (want_after[h][key], 1e-5)):
         diff = np.abs(value - want)
-        assert (diff <= tol).mean() > 0.999 and diff.max() <= lr, key
+        # Coordinates whose true gradient is ~0 (the key bias, to which
+        # softmax is blind) get rounding-sized updates of up to ~lr; every
+        # other coordinate must agree to `tol`.
+        g = np.abs(grads[h][key])
+        live = g > 1e-6 * max(g.max(), 1e-30)
+        assert (diff[live] <= tol).mean() > 0.999, key
+        assert diff.max() <= lr, key
 
 
 def test_init_matches_upstream_statistics():

@@ -1,0 +1,39 @@
+"""A small pixel LAQ trained on LARY-Sim, for a laptop CPU and `run`.
+
+    python -m lary_jax.main train_lam --config configs/lam/lapa_sim.py \
+        --workdir W [--dataset sim]
+    python -m lary_jax.main extract --model lapa \
+        --checkpoint W/lam/lapa_sim/model --dataset sim --workdir W
+
+`lapa.Config.sim_small()`: frames resized to 56 x 56, patch 8 (the 7 x 7
+grid of upstream's 224 / 32), dim 128, depth 2/2, 4 heads of 32, 8 codes,
+code_seq_len 4. It trains on the consecutive-frame pairs of LARY-Sim's
+training clips and its regression pairs, batch 16, 200 steps, AdamW at 1e-3 with a
+short warm-up and cosine decay (LAPA's constant 1e-4 learns too little in
+a few hundred steps); dead codes are re-seeded on LAPA's schedule. Not
+upstream's model: `configs/lam/lapa.py` has upstream's hyper-parameters.
+"""
+
+import ml_collections
+
+from lary_jax.configs import default
+from lary_jax.configs import lam
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """The default config with a small LAPA `lam` section for LARY-Sim."""
+  config = default.get_config()
+  config.lam = lam.lam_defaults()
+  t = config.lam
+  t.name = "lapa_sim"
+  t.preset = "sim_small"
+  t.dataset = "sim"
+  t.steps = 200
+  t.global_batch = 16
+  t.lr = 1e-3
+  t.schedule = "cosine"
+  t.warmup_steps = 20
+  t.end_lr_factor = 0.1
+  t.log_every = 10
+  t.ckpt_every = 50
+  return config

@@ -1,0 +1,354 @@
+"""The `run` command: the whole benchmark on one workdir, stage by stage.
+
+  render LARY-Sim (unless --data_dir) -> prepare -> train the run's LAM
+  -> extract every model -> classify + regress every model -> report
+
+Each stage is one of the other commands (commands.py) called with its own
+flags, so `run` computes exactly what the commands would. A stage that
+finished leaves `<workdir>/run/<stage>.json` holding what it was asked to do;
+a rerun with the same request skips it, and an interrupted stage resumes
+where its command resumes (rendering, extraction shards, probe epochs).
+
+With several processes (--num_processes ...) every process runs every
+stage: the commands split the work over all devices; rendering, preparing
+and the report are process 0's, the others wait for them.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import ml_collections
+from tqdm import tqdm
+
+from lary_jax.errors import LaryError
+
+# The model `run` trains itself (config.run.lam_config) and then treats as
+# any other model.
+RUN_LAM = "run_lam"
+DECODERS = ("mlp", "dit")
+ACTION_MODES = ("absolute", "relative")
+
+
+class StageFlags:
+  """The command-line flags with some replaced: what one stage is given."""
+
+  def __init__(self, flags: Any, **replaced: Any):
+    self._flags = flags
+    self._replaced = replaced
+
+  def __getattr__(self, name: str) -> Any:
+    if name in self._replaced:
+      return self._replaced[name]
+    return getattr(self._flags, name)
+
+  def __getitem__(self, name: str) -> Any:
+    # `flags[name].present`: a replaced flag counts as given.
+    if name in self._replaced:
+      return dataclasses.make_dataclass("Given", [("present", bool)])(True)
+    return self._flags[name]
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+  """A model of the run: registry name, checkpoint, feature-store name."""
+
+  name: str  # what `extract --model` loads
+  checkpoint: str | None = None
+  label: str = ""  # the folder name in features/ and results (default name)
+
+  @property
+  def store_name(self) -> str:
+    return self.label or self.name
+
+
+def parse_decoders(text: str) -> list[tuple[str, str]]:
+  """"mlp:absolute,dit:relative" -> [("mlp", "absolute"), ...]."""
+  out = []
+  for item in filter(None, (t.strip() for t in text.split(","))):
+    kind, _, mode = item.partition(":")
+    if kind not in DECODERS or mode not in ACTION_MODES:
+      raise LaryError(f"--config.run.decoders: {item!r} is not TYPE:MODE with "
+                      f"TYPE in {DECODERS} and MODE in {ACTION_MODES}")
+    out.append((kind, mode))
+  return out
+
+
+def models_in(models_dir: str) -> list[Model]:
+  """Every converted checkpoint (a `convert` output) under `models_dir`."""
+  from lary_jax.encoders import convert  # pylint: disable=g-import-not-at-top
+  if not os.path.isdir(models_dir):
+    raise LaryError(f"--models_dir {models_dir}: not a directory")
+  found = []
+  for entry in sorted(os.listdir(models_dir)):
+    path = os.path.join(models_dir, entry)
+    if os.path.isdir(path) and convert.is_converted(path):
+      name, _, _ = convert.load_converted(path)
+      found.append(Model(name=name, checkpoint=path, label=entry))
+  if not found:
+    raise LaryError(f"--models_dir {models_dir}: no checkpoint written by "
+                    "`convert` in it (a folder per model)")
+  return found
+
+
+def stage_config(config: ml_collections.ConfigDict
+                 ) -> ml_collections.ConfigDict:
+  """The config the stages run with: `config.run.overrides` applied."""
+  out = ml_collections.ConfigDict(copy.deepcopy(config.to_dict()))
+  if config.run.small_probes:
+    for section, fields in config.run.overrides.items():
+      for key, value in _flatten(fields.to_dict()).items():
+        _set(out[section], key, value)
+  out.lock()
+  return out
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, Mapping):
+      out.update(_flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def _set(section: ml_collections.ConfigDict, dotted: str, value: Any) -> None:
+  *parents, leaf = dotted.split(".")
+  for p in parents:
+    section = section[p]
+  section[leaf] = value
+
+
+class Stages:
+  """Runs named stages once each; `<workdir>/run/<name>.json` marks done."""
+
+  def __init__(self, workdir: str, is_main: bool, barrier: Callable[[str],
+                                                                      None]):
+    self.dir = os.path.join(workdir, "run")
+    self.is_main = is_main
+    self.barrier = barrier
+    self.done: list[str] = []
+    self.skipped: list[str] = []
+
+  def _marker(self, name: str) -> str:
+    return os.path.join(self.dir, name.replace("/", "_") + ".json")
+
+  def finished(self, name: str, request: Mapping[str, Any]) -> bool:
+    try:
+      with open(self._marker(name)) as f:
+        return json.load(f) == json.loads(json.dumps(request, default=str))
+    except (OSError, ValueError):
+      return False
+
+  def run(self, name: str, request: Mapping[str, Any], fn: Callable[[], Any],
+          *, main_only: bool = False) -> None:
+    """Runs `fn` unless stage `name` finished with the same `request`."""
+    if self.finished(name, request):
+      self.skipped.append(name)
+      return
+    if self.is_main or not main_only:
+      fn()
+    self.barrier(name)
+    if self.is_main:
+      os.makedirs(self.dir, exist_ok=True)
+      tmp = self._marker(name) + ".tmp"
+      with open(tmp, "w") as f:
+        json.dump(request, f, indent=1, default=str)
+      os.replace(tmp, self._marker(name))
+    self.barrier(name + "/marked")
+    self.done.append(name)
+
+
+# A stage may keep process 0 busy for hours (rendering, preparing real
+# data) while the others wait.
+BARRIER_TIMEOUT_MS = 48 * 3600 * 1000
+
+
+def _barrier_fn() -> Callable[[str], None]:
+  """Waits for every process at a named point (no-op for one process)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.process_count() == 1:
+    return lambda name: None
+  # The coordination service's barrier, not a device collective: those time
+  # out while one process works alone.
+  from jax._src import distributed  # pylint: disable=g-import-not-at-top
+  client = distributed.global_state.client
+  return lambda name: client.wait_at_barrier(f"lary_run/{name}",
+                                             BARRIER_TIMEOUT_MS)
+
+
+def plan_models(flags: Any, config: ml_collections.ConfigDict) -> list[Model]:
+  """The models of the run: config.run.models plus --models_dir's."""
+  models = []
+  for name in filter(None, (t.strip() for t in config.run.models.split(","))):
+    models.append(Model(name=name))
+  if flags.models_dir:
+    models += models_in(flags.models_dir)
+  labels = [m.store_name for m in models]
+  if len(set(labels)) != len(labels):
+    raise LaryError(f"run: two models would share a results folder: {labels}")
+  return models
+
+
+def run(flags: Any, config: ml_collections.ConfigDict,
+        commands: Mapping[str, Callable[[Any, Any], int]]) -> int:
+  """Runs every stage of the benchmark (see the module docstring)."""
+  from tfds_builders import metadata  # pylint: disable=g-import-not-at-top
+  from lary_jax import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+  mesh_lib.initialize_distributed(flags.coordinator_address,
+                                  flags.num_processes, flags.process_id)
+  import jax  # pylint: disable=g-import-not-at-top
+  is_main = jax.process_index() == 0
+  workdir = flags.workdir
+  cfg = stage_config(config)
+  stages = Stages(workdir, is_main, _barrier_fn())
+  data_dir = flags.data_dir or os.path.join(
+      workdir, "lary_sim_tiny" if flags.tiny else "lary_sim")
+  tfds_dir = flags.tfds_dir or os.path.join(
+      workdir, "tfds_tiny" if flags.tiny else "tfds")
+  datasets = flags.dataset or "sim"
+  specs = metadata.resolve_datasets(datasets, flags.stride)
+  models = plan_models(flags, cfg)
+  decoders = parse_decoders(cfg.run.decoders)
+  seeds = flags.seeds or cfg.run.seeds
+  base = dict(data_dir=data_dir, tfds_dir=tfds_dir, workdir=workdir)
+
+  todo = ["data"] + [f"extract {m.store_name}" for m in models]
+  todo += [f"probe {m.store_name}" for m in models] + ["report"]
+  if any(m.name == RUN_LAM for m in models):
+    todo.insert(1, "train LAM")
+  bar = tqdm(total=len(todo), desc="run", unit="stage", disable=not is_main,
+             position=0)
+
+  def step(label: str):
+    bar.set_postfix_str(label)
+
+  # --- data: render LARY-Sim when no --data_dir was given, then prepare.
+  step("data")
+  def data():
+    if not flags.data_dir:
+      commands["simulate"](StageFlags(flags, out=data_dir), cfg)
+    commands["prepare"](StageFlags(flags, dataset=datasets, **base), cfg)
+  stages.run("data", dict(datasets=datasets, tiny=flags.tiny,
+                          seed=flags.seed, **base,
+                          prepare=cfg.prepare.to_dict()), data,
+             main_only=True)
+  bar.update()
+
+  # --- the LAM trained in the run.
+  lam_dir = os.path.join(workdir, "lam")
+  if any(m.name == RUN_LAM for m in models):
+    step("train LAM")
+    from lary_jax.lams import train_lam  # pylint: disable=g-import-not-at-top
+    lam_config = _load_config(cfg.run.lam_config)
+    stages.run("train_lam", dict(config=lam_config.to_dict(), **base),
+               lambda: train_lam.train_for_run(
+                   lam_config, workdir=lam_dir, tfds_dir=tfds_dir))
+    models = [dataclasses.replace(m, name=lam_config.lam.model,
+                                  checkpoint=train_lam.checkpoint_dir(lam_dir),
+                                  label=m.store_name)
+              if m.name == RUN_LAM else m for m in models]
+    bar.update()
+
+  # --- features.
+  for m in models:
+    step(f"extract {m.store_name}")
+    f = StageFlags(flags, model=m.name, checkpoint=m.checkpoint,
+                   dataset=datasets, split=None, out=None, mode=None,
+                   export_npz=False, csv=None, **base)
+    cfg_m = _with_encoder_options(cfg, m.name)
+    stages.run(f"extract_{m.store_name}",
+               dict(model=m, extract=cfg_m.extract.to_dict(), **base),
+               lambda f=f, m=m, cfg_m=cfg_m: _extract(commands, f, cfg_m, m))
+    bar.update()
+
+  # --- probes: classification datasets get the attentive probe, regression
+  # datasets every decoder of config.run.decoders.
+  for m in models:
+    step(f"probe {m.store_name}")
+    for spec in specs:
+      f = StageFlags(flags, model=m.store_name, dataset=spec.name,
+                     seeds=seeds, dim=None, classes=None, **base)
+      if spec.kind == "classification":
+        stages.run(f"classify_{spec.name}_{m.store_name}",
+                   dict(seeds=seeds, classify=cfg.classify.to_dict(), **base),
+                   lambda f=f: commands["classify"](f, cfg))
+      elif not spec.label_action:
+        for kind, mode in decoders:
+          g = StageFlags(f, model_type=kind, action_mode=mode)
+          stages.run(f"regress_{spec.name}_{m.store_name}_{kind}_{mode}",
+                     dict(seeds=seeds, regress=cfg.regress.to_dict(), **base),
+                     lambda g=g: commands["regress"](g, cfg))
+    bar.update()
+
+  step("report")
+  stages.run("report", dict(time=_results_stamp(workdir), **base),
+             lambda: commands["report"](StageFlags(flags, **base), cfg),
+             main_only=True)
+  bar.update()
+  bar.close()
+  if is_main:
+    print(f"run: {len(stages.done)} stage(s) run, {len(stages.skipped)} "
+          f"already done; report: {os.path.join(workdir, 'report.html')}")
+  return 0
+
+
+def _extract(commands, flags, cfg, model: Model) -> None:
+  # Features go to features/<dataset>/<split>/<store name>; a model loaded
+  # under another name (a --models_dir folder, the run's LAM) is linked there
+  # by extracting under its store name.
+  if model.store_name == model.name:
+    commands["extract"](flags, cfg)
+    return
+  from lary_jax.encoders import registry  # pylint: disable=g-import-not-at-top
+  if model.store_name not in registry.available():
+    registry.register(model.store_name,
+                      lambda path, name=model.name, **kw: registry.load(
+                          name, path, **kw))
+  commands["extract"](StageFlags(flags, model=model.store_name), cfg)
+
+
+def _with_encoder_options(cfg: ml_collections.ConfigDict, name: str
+                          ) -> ml_collections.ConfigDict:
+  """cfg with extract.encoder_options = config.run.encoder_options[name]."""
+  options = cfg.run.encoder_options.get(name)
+  if options is None:
+    return cfg
+  out = ml_collections.ConfigDict(copy.deepcopy(cfg.to_dict()))
+  out.extract.encoder_options = options
+  out.lock()
+  return out
+
+
+def _results_stamp(workdir: str) -> list[str]:
+  """The results.json files the report reads, with their sizes and times."""
+  out = []
+  for task in ("classify", "regress"):
+    root = os.path.join(workdir, task)
+    for dirpath, _, files in sorted(os.walk(root)):
+      if "results.json" in files:
+        p = os.path.join(dirpath, "results.json")
+        st = os.stat(p)
+        out.append(f"{os.path.relpath(p, workdir)}:{st.st_size}:"
+                   f"{int(st.st_mtime)}")
+  return sorted(out)
+
+
+def _load_config(path: str) -> ml_collections.ConfigDict:
+  """A config file (`get_config()`), relative paths from configs/."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  from lary_jax import configs  # pylint: disable=g-import-not-at-top
+  full = path if os.path.isabs(path) else os.path.join(
+      os.path.dirname(configs.__file__), path)
+  if not os.path.exists(full):
+    raise LaryError(f"--config.run.lam_config {path}: no such file ({full})")
+  spec = importlib.util.spec_from_file_location("lam_config", full)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()

@@ -1,0 +1,80 @@
+"""Flax NNX building blocks shared by the convolutional (VAE) encoders.
+
+Channels-last throughout: images [B, H, W, C], videos [B, T, H, W, C]. A conv
+kernel is [*k, C_in, C_out] (torch's weight moved by `convert.conv`), float32
+parameters, `dtype` the compute dtype, as in `vit_layers`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from lary_jax.errors import LaryError
+
+
+def conv(din: int, dout: int, kernel: int | Sequence[int], *,
+         stride: int | Sequence[int] = 1,
+         padding: int | Sequence[tuple[int, int]] | str = 0,
+         bias: bool = True, dtype=jnp.float32, rngs: nnx.Rngs) -> nnx.Conv:
+  """A torch-style Conv (2-D, or 3-D with a 3-long `kernel`).
+
+  `padding` n pads every spatial axis by n on both sides, as torch's
+  `padding=n`; explicit ((lo, hi), ...) pairs or "VALID" pass through.
+  """
+  kernel = (kernel, kernel) if isinstance(kernel, int) else tuple(kernel)
+  if isinstance(padding, int):
+    padding = ((padding, padding),) * len(kernel)
+  return nnx.Conv(din, dout, kernel, strides=stride, padding=padding,
+                  use_bias=bias, dtype=dtype, param_dtype=jnp.float32,
+                  rngs=rngs)
+
+
+def group_norm(dim: int, *, groups: int = 32, eps: float = 1e-6,
+               affine: bool = True, dtype=jnp.float32,
+               rngs: nnx.Rngs) -> nnx.GroupNorm:
+  """torch.nn.GroupNorm: statistics over each channel group and all pixels.
+
+  The two-pass variance (E[(x - mean)^2]) is torch's; the one-pass form
+  loses digits on activations with a large mean.
+  """
+  return nnx.GroupNorm(dim, num_groups=groups, epsilon=eps, dtype=dtype,
+                       param_dtype=jnp.float32, use_bias=affine,
+                       use_scale=affine, use_fast_variance=False, rngs=rngs)
+
+
+def swish(x: jax.Array) -> jax.Array:
+  """x * sigmoid(x) (SiLU)."""
+  return x * jax.nn.sigmoid(x)
+
+
+def spatial_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+  """One-head softmax attention over pixels: [B, N, C] each -> [B, N, C]."""
+  scale = q.shape[-1] ** -0.5
+  logits = jnp.einsum("bnc,bmc->bnm", q * scale, k)
+  weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+  return jnp.einsum("bnm,bmc->bnc", weights.astype(v.dtype), v)
+
+
+def pad_bottom_right(x: jax.Array) -> jax.Array:
+  """Zero row below and zero column right of [..., H, W, C] (torch's
+  asymmetric pad (0, 1, 0, 1) before a stride-2 3x3 conv)."""
+  pads = [(0, 0)] * (x.ndim - 3) + [(0, 1), (0, 1), (0, 0)]
+  return jnp.pad(x, pads)
+
+
+def parse_bool(value: object, name: str) -> bool:
+  """A load-time switch given as bool, 0/1 or "true"/"false"."""
+  if isinstance(value, str):
+    low = value.strip().lower()
+    if low in ("1", "true", "yes"):
+      return True
+    if low in ("0", "false", "no"):
+      return False
+  elif isinstance(value, (bool, int)) and value in (0, 1):
+    return bool(value)
+  raise LaryError(f"encoder option {name}={value!r}: expected 0/1 or "
+                  "true/false")

@@ -1,0 +1,1 @@
+"""Latent action models (LAMs) in Flax NNX: LAPA's LAQ (`lapa`), NSVQ."""

@@ -1,0 +1,677 @@
+"""LAPA's latent action quantiser (LAQ) in Flax NNX: pixels or frozen features.
+
+Upstream: LARYBench `get_latent_action/models/laq_model/` (LAPA's LAQ and its
+DINOv2 / DINOv3 / SigLIP2 feature variants), built as `dynamics.py` builds
+them. For an image pair the LAM embeds both frames (pixels: patches ->
+LayerNorm -> Linear -> LayerNorm; features: the frozen backbone's patch tokens
+as a grid), runs a spatial then a temporal transformer, quantises the change
+from frame 0 to frame 1 with NSVQ into `code_seq_len` action tokens, and
+decodes frame 1 (pixels, or the backbone's tokens) from frame 0's embedding
+with the action tokens as cross-attention context.
+
+API (what training and extraction call):
+
+  cfg = lapa.Config.sim_small()            # or .lapa(), .dinov2(), ...
+  model = lapa.Model(cfg, rngs=nnx.Rngs(0))
+  loss, metrics = model.loss(x, key=key)   # metrics: recon_loss, indices
+                                           #   [B, code_seq_len] int32,
+                                           #   perplexity, unique_codes
+  tokens = model.encode(x, key=key)        # [B, code_seq_len, dim]
+  codebook, n = lapa.replace_unused_codes(codebook, usage, key,
+                                          num_batches=batch_size)
+
+`x` is the pair: float32 pixels [B, 2, H, W, 3] in [0, 1] for the pixel LAQ
+(`cfg.features == ""`), or the backbone's patch tokens [B, 2, N, D] for a
+feature variant (N = grid * grid). The codebook lives at
+`model.vq.codebooks` (an nnx.Param [K, quant_dim]); count usage per step
+with `nsvq.count_usage(usage, metrics["indices"])` and re-seed when
+`nsvq.replacement_due(step)` (upstream passes the batch size as
+`num_batches`), then reset usage to zeros.
+
+Which latent upstream extracts: `dynamics.get_latent_action` calls the LAQ's
+*training* forward with `return_only_codebook_ids=True`, so the stored latent
+is NSVQ's noisy training output `project_out(z + |z - c| / |r| r)` (upstream
+layout, see nsvq.py), [B, code_seq_len, dim], drawn afresh each call.
+`encode(mode="nsvq")` reproduces it given the noise; extraction draws the
+noise from a key derived from each example's content (so a result depends
+neither on the batch it was in nor on the device count). `mode="quantized"`
+(upstream's `inference`: the nearest codes) and `mode="continuous"` (before
+quantisation) are deterministic alternatives.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from lary_jax.errors import LaryError
+from lary_jax.lams import laq_layers
+from lary_jax.lams import nsvq
+
+FEATURES = ("", "dinov2", "dinov3", "siglip2")
+LATENTS = ("nsvq", "quantized", "continuous")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """LAQ hyper-parameters; names follow upstream's constructor.
+
+  `features` "" is the pixel LAQ; otherwise the backbone whose patch tokens
+  the LAM reads (`image_size // patch_size` tokens a side, `dim` wide).
+  (`to_dict`/`from_dict` as encoders.config_dict.DictConfig; this file
+  imports nothing from lary_jax.encoders at import time, because the
+  encoder registry imports it.)
+  """
+
+  dim: int = 1024
+  quant_dim: int = 32
+  codebook_size: int = 8
+  image_size: int = 224
+  patch_size: int = 32
+  spatial_depth: int = 8
+  temporal_depth: int = 8
+  dim_head: int = 64
+  heads: int = 16
+  channels: int = 3
+  code_seq_len: int = 4
+  ff_mult: int = 4
+  features: str = ""
+
+  @classmethod
+  def lapa(cls, **kw) -> Config:
+    """Upstream's `lapa` (laq_openx.pt): pixels, patch 32, depth 8/8."""
+    return cls(**kw)
+
+  @classmethod
+  def dinov2(cls, **kw) -> Config:
+    """`laq_dinov2.pt`: DINOv2 ViT-L/14 tokens (16 x 16), depth 4/4."""
+    return cls(**({"patch_size": 14, "spatial_depth": 4, "temporal_depth": 4,
+                   "code_seq_len": 16, "features": "dinov2"} | kw))
+
+  @classmethod
+  def dinov3(cls, **kw) -> Config:
+    """`laq_dinov3.pt`: DINOv3 ViT-L/16 tokens (14 x 14), depth 4/4."""
+    return cls(**({"patch_size": 16, "spatial_depth": 4, "temporal_depth": 4,
+                   "code_seq_len": 16, "features": "dinov3"} | kw))
+
+  @classmethod
+  def siglip2(cls, **kw) -> Config:
+    """`siglip2.pt`: SigLIP2 B/16-224 tokens (14 x 14, 768), depth 4/4."""
+    return cls(**({"dim": 768, "patch_size": 16, "spatial_depth": 4,
+                   "temporal_depth": 4, "code_seq_len": 16,
+                   "features": "siglip2"} | kw))
+
+  @classmethod
+  def sim_small(cls, **kw) -> Config:
+    """A pixel LAQ that trains on LARY-Sim on 2 CPU cores in minutes.
+
+    Frames resized to 56 x 56 (patch 8: the 7 x 7 grid that code_seq_len 4
+    needs, as 224 / 32 upstream), dim 128, 4 heads of 32, depth 2/2.
+    """
+    return cls(**({"dim": 128, "quant_dim": 16, "image_size": 56,
+                   "patch_size": 8, "spatial_depth": 2, "temporal_depth": 2,
+                   "dim_head": 32, "heads": 4} | kw))
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_dict(cls, d: dict[str, Any]) -> Config:
+    unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+      raise LaryError(f"lapa config: unknown field(s) {sorted(unknown)}")
+    return cls(**d)
+
+  @property
+  def grid(self) -> int:
+    return self.image_size // self.patch_size
+
+  @property
+  def out_dim(self) -> int:
+    return self.dim
+
+  def check(self) -> None:
+    if self.features not in FEATURES:
+      raise LaryError(f"lapa config: features={self.features!r}, expected "
+                      f"one of {FEATURES}")
+    if self.image_size % self.patch_size:
+      raise LaryError(f"lapa config: image_size {self.image_size} is not a "
+                      f"multiple of patch_size {self.patch_size}")
+
+
+VARIANTS = {
+    "lapa": Config.lapa(),
+    "dinov2": Config.dinov2(),
+    "dinov3": Config.dinov3(),
+    "siglip2": Config.siglip2(),
+    "sim_small": Config.sim_small(),
+}
+
+
+class Model(nnx.Module):
+  """The LAQ: frame embedding, encoder transformers, NSVQ, decoder."""
+
+  def __init__(self, cfg: Config, *, dtype=jnp.float32, rngs: nnx.Rngs):
+    cfg.check()
+    self.cfg = cfg
+    self.dtype = dtype
+    d = cfg.dim
+    kw = dict(heads=cfg.heads, dim_head=cfg.dim_head, ff_mult=cfg.ff_mult,
+              dtype=dtype, rngs=rngs)
+    self.spatial_rel_pos_bias = laq_layers.ContinuousPositionBias(
+        d, cfg.heads, dtype=dtype, rngs=rngs)
+    if not cfg.features:
+      pd = cfg.channels * cfg.patch_size**2
+      self.patch_norm = laq_layers.layer_norm(pd, dtype=dtype, rngs=rngs)
+      self.patch_proj = laq_layers.linear(pd, d, dtype=dtype, rngs=rngs)
+      self.patch_out_norm = laq_layers.layer_norm(d, dtype=dtype, rngs=rngs)
+    self.enc_spatial_transformer = laq_layers.Transformer(
+        d, cfg.spatial_depth, **kw)
+    self.enc_temporal_transformer = laq_layers.Transformer(
+        d, cfg.temporal_depth, **kw)
+    self.vq = nsvq.NSVQ(d, cfg.codebook_size, cfg.quant_dim, grid=cfg.grid,
+                        code_seq_len=cfg.code_seq_len, dtype=dtype, rngs=rngs)
+    self.dec_spatial_transformer = laq_layers.Transformer(
+        d, cfg.spatial_depth, context_dim=d, **kw)
+    if not cfg.features:
+      self.to_pixels = laq_layers.linear(d, pd, dtype=dtype, rngs=rngs)
+
+  # -------------------------------------------------------------- pieces
+
+  def frame_tokens(self, x: jax.Array) -> jax.Array:
+    """The pair as LAM tokens [B, 2, g, g, dim] (pixels or features)."""
+    cfg, g = self.cfg, self.cfg.grid
+    if cfg.features:
+      if x.ndim != 4 or x.shape[1:3] != (2, g * g):
+        raise LaryError(f"lapa ({cfg.features}): expected backbone tokens "
+                        f"[B, 2, {g * g}, {cfg.dim}], got {x.shape}")
+      return x.reshape(x.shape[0], 2, g, g, -1).astype(self.dtype)
+    s, p, c = cfg.image_size, cfg.patch_size, cfg.channels
+    if x.ndim != 5 or x.shape[1:] != (2, s, s, c):
+      raise LaryError(f"lapa: expected a pair [B, 2, {s}, {s}, {c}], got "
+                      f"{x.shape}")
+    b = x.shape[0]
+    # Upstream flattens each patch channel-major: (c p1 p2).
+    x = x.astype(self.dtype).reshape(b, 2, g, p, g, p, c)
+    x = x.transpose(0, 1, 2, 4, 6, 3, 5).reshape(b, 2, g, g, c * p * p)
+    return self.patch_out_norm(self.patch_proj(self.patch_norm(x)))
+
+  def encode_frames(self, tokens: jax.Array, bias: jax.Array
+                    ) -> tuple[jax.Array, jax.Array]:
+    """Spatial then temporal transformer: [B, 2, g, g, d] -> 2 x [B, gg, d]."""
+    b, t, g, _, d = tokens.shape
+    shape = (b, t, g, g)
+    x = self.enc_spatial_transformer(tokens.reshape(b * t, g * g, d),
+                                     video_shape=shape, attn_bias=bias)
+    x = x.reshape(b, t, g * g, d).transpose(0, 2, 1, 3)  # [B, gg, T, d]
+    x = self.enc_temporal_transformer(x.reshape(b * g * g, t, d),
+                                      video_shape=shape)
+    x = x.reshape(b, g * g, t, d)
+    return x[:, :, 0], x[:, :, 1]
+
+  def decode(self, first: jax.Array, actions: jax.Array, bias: jax.Array
+             ) -> jax.Array:
+    """Frame 1 from frame 0's embedding [B, g, g, d] and actions [B, n, d].
+
+    Returns pixels [B, H, W, C] (pixel LAQ) or tokens [B, g, g, d].
+    """
+    cfg = self.cfg
+    b, g, _, d = first.shape
+    x = self.dec_spatial_transformer(
+        first.reshape(b, g * g, d), video_shape=(b, 1, g, g), attn_bias=bias,
+        context=actions)
+    if cfg.features:
+      return x.reshape(b, g, g, d)
+    p, c = cfg.patch_size, cfg.channels
+    x = self.to_pixels(x).reshape(b, g, g, c, p, p)
+    return x.transpose(0, 1, 4, 2, 5, 3).reshape(b, g * p, g * p, c)
+
+  def _forward(self, x: jax.Array, noise: jax.Array | None, mode: str,
+               *, decode: bool):
+    emb = self.frame_tokens(x)
+    g = self.cfg.grid
+    bias = self.spatial_rel_pos_bias(g, g)
+    first, last = self.encode_frames(emb, bias)
+    actions, stats = self.vq(first, last, noise=noise, mode=mode)
+    recon = None
+    if decode:
+      # Upstream decodes from frame 0's embedding with its gradient stopped.
+      recon = self.decode(jax.lax.stop_gradient(emb[:, 0]),
+                          actions.astype(self.dtype), bias)
+    return emb, actions, stats, recon
+
+  def noise_shape(self, batch: int) -> tuple[int, int]:
+    return (batch * self.cfg.code_seq_len, self.cfg.quant_dim)
+
+  # ----------------------------------------------------------------- API
+
+  def loss(self, x: jax.Array, *, key: jax.Array | None = None,
+           noise: jax.Array | None = None
+           ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Upstream's training loss: MSE between frame 1 and its reconstruction.
+
+    Args:
+      x: the pair, pixels [B, 2, H, W, 3] in [0, 1] or tokens [B, 2, N, D].
+      key: PRNG key for NSVQ's noise (or give `noise` itself).
+      noise: standard normal [B * code_seq_len, quant_dim] (tests).
+
+    Returns:
+      (loss scalar float32, {"recon_loss", "indices" [B, code_seq_len]
+      int32, "perplexity", "unique_codes", "recon" (pixels [B, H, W, C] or
+      tokens [B, g, g, d])}).
+    """
+    if noise is None:
+      if key is None:
+        raise LaryError("lapa.Model.loss needs key= (NSVQ noise)")
+      noise = jax.random.normal(key, self.noise_shape(x.shape[0]))
+    emb, _, stats, recon = self._forward(x, noise, "nsvq", decode=True)
+    if self.cfg.features:
+      target = emb[:, 1]
+    else:
+      target = x[:, 1]
+    recon = recon.astype(jnp.float32)
+    loss = jnp.mean(jnp.square(recon - target.astype(jnp.float32)))
+    k = self.cfg.codebook_size
+    used = jnp.zeros((k,), jnp.bool_).at[stats["indices"].reshape(-1)].set(
+        True)
+    metrics = {"recon_loss": loss, "indices": stats["indices"],
+               "perplexity": stats["perplexity"],
+               "unique_codes": jnp.sum(used), "recon": recon}
+    return loss, metrics
+
+  def encode(self, x: jax.Array, *, key: jax.Array | None = None,
+             noise: jax.Array | None = None, mode: str = "nsvq"
+             ) -> jax.Array:
+    """Latent action tokens [B, code_seq_len, dim] of the pair `x`.
+
+    Args:
+      x: as in `loss`.
+      key: PRNG key for the noise of mode "nsvq" (or give `noise`).
+      noise: standard normal [B * code_seq_len, quant_dim].
+      mode: "nsvq" (upstream's extraction), "quantized" or "continuous".
+    """
+    if mode not in LATENTS:
+      raise LaryError(f"lapa latent {mode!r}: expected one of {LATENTS}")
+    if mode == "nsvq" and noise is None:
+      if key is None:
+        raise LaryError("lapa.Model.encode(mode='nsvq') needs key= or noise=")
+      noise = jax.random.normal(key, self.noise_shape(x.shape[0]))
+    _, actions, _, _ = self._forward(x, noise, mode, decode=False)
+    return actions
+
+  def indices(self, x: jax.Array) -> jax.Array:
+    """Code indices [B, code_seq_len] int32 (no noise needed)."""
+    _, _, stats, _ = self._forward(x, None, "continuous", decode=False)
+    return stats["indices"]
+
+
+def replace_unused_codes(model: Model, usage: jax.Array, key: jax.Array, *,
+                         num_batches: int,
+                         threshold: float = nsvq.DISCARD_THRESHOLD
+                         ) -> jax.Array:
+  """Re-seeds `model.vq.codebooks` in place (see nsvq.replace_unused_codes).
+
+  Returns the number of replaced codes; reset `usage` afterwards. For a pure
+  function over the codebook array use `nsvq.replace_unused_codes`.
+  """
+  cb, n = nsvq.replace_unused_codes(model.vq.codebooks[...], usage, key,
+                                    num_batches=num_batches,
+                                    threshold=threshold)
+  model.vq.codebooks[...] = cb
+  return n
+
+
+def example_keys(x: jax.Array, seed: int = 0) -> jax.Array:
+  """One PRNG key per example, from `seed` and the example's values.
+
+  Extraction's NSVQ noise uses these, so an example's latent does not depend
+  on which batch or device it was encoded on.
+  """
+  bits = jax.lax.bitcast_convert_type(
+      x.reshape(x.shape[0], -1).astype(jnp.float32), jnp.uint32)
+  n = bits.shape[1]
+  mult = (jnp.arange(n, dtype=jnp.uint32) * jnp.uint32(2654435761)
+          + jnp.uint32(1))
+  digest = jnp.sum(bits * mult, axis=1, dtype=jnp.uint32)
+  base = jax.random.key(seed)
+  return jax.vmap(lambda h: jax.random.fold_in(base, h))(digest)
+
+
+def example_noise(x: jax.Array, cfg: Config, seed: int = 0) -> jax.Array:
+  """NSVQ noise [B * code_seq_len, quant_dim] from `example_keys`."""
+  keys = example_keys(x, seed)
+  shape = (cfg.code_seq_len, cfg.quant_dim)
+  return jax.vmap(lambda k: jax.random.normal(k, shape))(keys).reshape(
+      -1, cfg.quant_dim)
+
+
+# ---------------------------------------------------------------------------
+# Checkpoints: upstream state dicts -> NNX parameters.
+
+# Keys upstream saves that the LAM never reads: the self-attention's context
+# norm and (empty) null key/values, and the frozen backbone of a feature
+# variant (DINOv2/v3 `dino_tokenizer.*`, SigLIP2 `encoder.vision_model.*`),
+# which lary-jax loads as its own encoder (see `encoder_factory`).
+_UNUSED = (r".*\.layers\.\d+\.1\.null_kv",
+           r".*\.layers\.\d+\.1\.context_norm\.(gamma|beta)",
+           r".*\.beta",  # bias-less LayerNorms' zero buffers (checked below)
+           r"dino_tokenizer\..*", r"encoder\.vision_model\..*")
+BACKBONE_PREFIXES = ("dino_tokenizer.", "encoder.vision_model.")
+
+
+def _transformer_table(nnx_name: str, depth: int, cross: bool
+                       ) -> dict[str, Any]:
+  from lary_jax.encoders import convert  # pylint: disable=g-import-not-at-top
+  c = convert
+  table = {f"{nnx_name}.norm_out.scale": c.same(f"{nnx_name}.norm_out.gamma")}
+  for i in range(depth):
+    t, n = f"{nnx_name}.layers.{i}.", f"{nnx_name}.layers.{i}."
+    table |= {
+        n + "peg.dsconv.kernel": c.conv(t + "0.dsconv.weight"),
+        n + "peg.dsconv.bias": c.same(t + "0.dsconv.bias"),
+        n + "ff.norm.scale": c.same(t + "3.0.weight"),
+        n + "ff.norm.bias": c.same(t + "3.0.bias"),
+        n + "ff.proj_in.kernel": c.linear(t + "3.1.weight"),
+        n + "ff.proj_out.kernel": c.linear(t + "3.4.weight"),
+    }
+    attns = [("self_attn", "1")] + ([("cross_attn", "2")] if cross else [])
+    for name, idx in attns:
+      a, s = f"{n}{name}.", f"{t}{idx}."
+      table |= {
+          a + "norm.scale": c.same(s + "norm.gamma"),
+          a + "to_q.kernel": c.linear(s + "to_q.weight"),
+          a + "to_kv.kernel": c.linear(s + "to_kv.weight"),
+          a + "to_out.kernel": c.linear(s + "to_out.weight"),
+          a + "q_scale": c.same(s + "q_scale"),
+          a + "k_scale": c.same(s + "k_scale"),
+      }
+      if name == "cross_attn":
+        table |= {a + "context_norm.scale": c.same(s + "context_norm.gamma"),
+                  a + "null_kv": c.same(s + "null_kv")}
+  return table
+
+
+def params_from_torch(weights: dict[str, np.ndarray], cfg: Config
+                      ) -> dict[str, np.ndarray]:
+  """NNX parameters from an upstream LAQ state dict (its own key names).
+
+  A missing, unused or mis-shaped key is a LaryError naming it; a feature
+  variant's embedded backbone weights are skipped (see `_UNUSED`).
+  """
+  from lary_jax.encoders import convert  # pylint: disable=g-import-not-at-top
+  c = convert
+  for k, v in weights.items():
+    if k.endswith(".beta") and not k.startswith(BACKBONE_PREFIXES) and np.any(
+        v):
+      raise LaryError(f"checkpoint key {k!r}: upstream's bias-less LayerNorm "
+                      "keeps beta at zero, this one is not")
+  table = {
+      "spatial_rel_pos_bias.net.0.kernel": c.linear(
+          "spatial_rel_pos_bias.net.0.0.weight"),
+      "spatial_rel_pos_bias.net.0.bias": c.same(
+          "spatial_rel_pos_bias.net.0.0.bias"),
+      "spatial_rel_pos_bias.net.1.kernel": c.linear(
+          "spatial_rel_pos_bias.net.1.0.weight"),
+      "spatial_rel_pos_bias.net.1.bias": c.same(
+          "spatial_rel_pos_bias.net.1.0.bias"),
+      "spatial_rel_pos_bias.net.2.kernel": c.linear(
+          "spatial_rel_pos_bias.net.2.weight"),
+      "spatial_rel_pos_bias.net.2.bias": c.same(
+          "spatial_rel_pos_bias.net.2.bias"),
+      "vq.codebooks": c.same("vq.codebooks"),
+      "vq.project_in.kernel": c.linear("vq.project_in.weight"),
+      "vq.project_in.bias": c.same("vq.project_in.bias"),
+      "vq.project_out.kernel": c.linear("vq.project_out.weight"),
+      "vq.project_out.bias": c.same("vq.project_out.bias"),
+  }
+  for j in range(len(nsvq.CNN_LAYERS[cfg.code_seq_len])):
+    # Upstream's Sequential puts a ReLU between the convolutions.
+    table |= {f"vq.cnn_encoder.{j}.kernel": c.conv(
+        f"vq.cnn_encoder.{2 * j}.weight"),
+              f"vq.cnn_encoder.{j}.bias": c.same(
+                  f"vq.cnn_encoder.{2 * j}.bias")}
+  table |= _transformer_table("enc_spatial_transformer", cfg.spatial_depth,
+                              False)
+  table |= _transformer_table("enc_temporal_transformer", cfg.temporal_depth,
+                              False)
+  table |= _transformer_table("dec_spatial_transformer", cfg.spatial_depth,
+                              True)
+  if not cfg.features:
+    e = "to_patch_emb_first_frame."
+    table |= {
+        "patch_norm.scale": c.same(e + "1.weight"),
+        "patch_norm.bias": c.same(e + "1.bias"),
+        "patch_proj.kernel": c.linear(e + "2.weight"),
+        "patch_proj.bias": c.same(e + "2.bias"),
+        "patch_out_norm.scale": c.same(e + "3.weight"),
+        "patch_out_norm.bias": c.same(e + "3.bias"),
+        "to_pixels.kernel": c.linear("to_pixels_first_frame.0.weight"),
+        "to_pixels.bias": c.same("to_pixels_first_frame.0.bias"),
+    }
+  return c.apply_table(weights, table, c.param_shapes(Model, cfg),
+                       unused=_UNUSED)
+
+
+def _depth(weights: dict[str, np.ndarray], name: str) -> int:
+  pat = f"{name}.layers."
+  ids = {int(k[len(pat):].split(".")[0]) for k in weights
+         if k.startswith(pat)}
+  if not ids or ids != set(range(len(ids))):
+    raise LaryError(f"checkpoint: no consecutive {pat}N.* keys "
+                    f"(found layers {sorted(ids)}); not an upstream LAQ")
+  return len(ids)
+
+
+def config_from_pt(weights: dict[str, np.ndarray], preset: Config) -> Config:
+  """`preset` with the sizes an upstream LAQ state dict shows.
+
+  The token grid (image_size / patch_size) of a feature variant is not in
+  its weights; it comes from `preset` (which also says which backbone).
+  """
+  for key in ("vq.codebooks", "vq.project_in.weight",
+              "enc_spatial_transformer.layers.0.1.to_q.weight",
+              "enc_spatial_transformer.layers.0.1.q_scale"):
+    if key not in weights:
+      raise LaryError(f"checkpoint has no key {key!r}; not an upstream LAQ "
+                      "state dict")
+  codebook_size, quant_dim = weights["vq.codebooks"].shape
+  dim = weights["vq.project_in.weight"].shape[1]
+  dim_head = weights["enc_spatial_transformer.layers.0.1.q_scale"].shape[0]
+  heads = weights["enc_spatial_transformer.layers.0.1.to_q.weight"].shape[0]
+  kw = dict(dim=dim, quant_dim=quant_dim, codebook_size=codebook_size,
+            dim_head=dim_head, heads=heads // dim_head,
+            spatial_depth=_depth(weights, "enc_spatial_transformer"),
+            temporal_depth=_depth(weights, "enc_temporal_transformer"))
+  pixel = "to_patch_emb_first_frame.1.weight" in weights
+  if pixel != (not preset.features):
+    raise LaryError("checkpoint is a " + ("pixel" if pixel else "feature")
+                    + f" LAQ, expected {preset.features or 'pixel'} one")
+  if pixel:
+    pd = weights["to_patch_emb_first_frame.1.weight"].shape[0]
+    kw["patch_size"] = int(round(math.sqrt(pd / preset.channels)))
+  cfg = dataclasses.replace(preset, **kw)
+  # code_seq_len: the CNN whose kernels match and whose output fits the grid.
+  kernels = [weights[f"vq.cnn_encoder.{2 * j}.weight"].shape[2:]
+             for j in range(2) if f"vq.cnn_encoder.{2 * j}.weight" in weights]
+  fits = [n for n, layers in nsvq.CNN_LAYERS.items()
+          if [k for k, _, _ in layers] == [tuple(k) for k in kernels]
+          and math.prod(nsvq._conv_out(cfg.grid, layers)) == n]  # pylint: disable=protected-access
+  if len(fits) != 1:
+    raise LaryError(f"checkpoint: NSVQ CNN kernels {kernels} fit no "
+                    f"code_seq_len for a {cfg.grid}x{cfg.grid} token grid")
+  return dataclasses.replace(cfg, code_seq_len=fits[0])
+
+
+# ---------------------------------------------------------------------------
+# Extraction: the LAM as an encoder of mode "pairs".
+
+# Registry name -> (preset, backbone encoder name or "").
+REGISTRY = {
+    "lapa": (Config.lapa(), ""),
+    "lapa_dinov2": (Config.dinov2(), "dinov2"),
+    "lapa_dinov3": (Config.dinov3(), "dinov3"),
+    "lapa_siglip2": (Config.siglip2(), "siglip2"),
+}
+
+
+class PairEncoder(nnx.Module):
+  """Images [B, 2, H, W, 3] in [0, 1] -> latent tokens [B, code_seq, dim].
+
+  A feature variant runs its frozen backbone (an NNX encoder from
+  lary_jax.encoders, with that encoder's own preprocess and token choice)
+  on both frames first. The pixel LAQ resizes frames whose size is not its
+  `image_size` (bilinear, antialiased). The NSVQ noise of latent "nsvq"
+  comes from `example_keys(images, seed)`.
+  """
+
+  def __init__(self, lam: Model, backbone: nnx.Module | None = None, *,
+               backbone_module: Any = None, latent: str = "nsvq",
+               seed: int = 0):
+    if latent not in LATENTS:
+      raise LaryError(f"lapa latent={latent!r}: expected one of {LATENTS}")
+    self.lam = lam
+    self.backbone = backbone
+    # The backbone's module-level functions: static, hashable.
+    self.backbone_preprocess = (backbone_module.preprocess
+                                if backbone_module else None)
+    self.backbone_select = (backbone_module.select_tokens
+                            if backbone_module else None)
+    self.latent, self.seed = latent, seed
+
+  def __call__(self, images: jax.Array) -> jax.Array:
+    cfg = self.lam.cfg
+    b = images.shape[0]
+    noise = (example_noise(images, cfg, self.seed)
+             if self.latent == "nsvq" else None)
+    frames = images.reshape(b * 2, *images.shape[2:])
+    if self.backbone is not None:
+      tokens, out = self.backbone(self.backbone_preprocess(frames))
+      x = self.backbone_select(tokens, out)
+      x = x.reshape(b, 2, *x.shape[1:])
+    else:
+      s = cfg.image_size
+      if frames.shape[1:3] != (s, s):
+        frames = jax.image.resize(frames, (b * 2, s, s, frames.shape[-1]),
+                                  "bilinear", antialias=True)
+      x = frames.reshape(b, 2, s, s, -1)
+    return self.lam.encode(x, noise=noise, mode=self.latent)
+
+
+def load_lam(name: str, path: str, *, dtype=jnp.float32) -> Model:
+  """The LAM `name` (a REGISTRY key) from an upstream .pt or a converted dir."""
+  from lary_jax.encoders import convert  # pylint: disable=g-import-not-at-top
+  preset, _ = REGISTRY[name]
+  if path is None:
+    raise LaryError(f"encoder {name!r} needs --checkpoint: upstream's LAQ "
+                    ".pt/.pth/.ckpt or a directory written by `convert`")
+  if convert.is_converted(path):
+    saved, cfg_dict, params = convert.load_converted(path)
+    if saved != name:
+      raise LaryError(f"{path}: holds a {saved!r} checkpoint, not {name!r}")
+    cfg = Config.from_dict(cfg_dict)
+  else:
+    cfg, params = adapter(name).params_from_file(path)
+  return convert.build(Model, cfg, params, dtype=dtype)
+
+
+def _backbone(name: str, path: str | None, dtype) -> tuple[nnx.Module, Any]:
+  """The frozen backbone `name` (dinov2, ...) as (NNX model, its module)."""
+  from lary_jax.encoders import convert  # pylint: disable=g-import-not-at-top
+  from lary_jax.encoders import registry  # pylint: disable=g-import-not-at-top
+  module = registry.model_module(name)
+  if convert.is_converted(path):
+    saved, cfg_dict, params = convert.load_converted(path)
+    if saved != name:
+      raise LaryError(f"backbone {path}: holds a {saved!r} checkpoint, not "
+                      f"{name!r}")
+    cfg = module.Config.from_dict(cfg_dict)
+  else:
+    cfg, params = convert.params_from_source(module, path)
+  return convert.build(module.Model, cfg, params, dtype=dtype), module
+
+
+def encoder_factory(name: str):
+  """registry Factory for `name`: `(path, *, dtype, backbone=, latent=,
+  seed=) -> Encoder` of mode "pairs".
+
+  Options (`--config.extract.encoder_options=backbone=DIR,latent=quantized`):
+  backbone: the feature variant's DINOv2/DINOv3/SigLIP2 checkpoint (HF
+  folder or `convert`ed dir; required for lapa_dinov2/_dinov3/_siglip2);
+  latent: nsvq (default, upstream's), quantized or continuous; seed: the
+  NSVQ noise seed.
+  """
+
+  def factory(path, *, dtype=jnp.float32, backbone: str | None = None,
+              latent: str = "nsvq", seed: int = 0):
+    from lary_jax.encoders import registry  # pylint: disable=g-import-not-at-top
+    preset, features = REGISTRY[name]
+    lam = load_lam(name, path, dtype=dtype)
+    bb = module = None
+    if features:
+      if backbone is None:
+        raise LaryError(
+            f"encoder {name!r} reads {features} tokens: give the backbone "
+            f"with --config.extract.encoder_options=backbone=PATH (a "
+            f"{features} Hugging Face folder or a `convert`ed directory)")
+      bb, module = _backbone(features, backbone, dtype)
+    elif backbone is not None:
+      raise LaryError(f"encoder {name!r} reads pixels; backbone= is for the "
+                      "feature variants")
+    del preset
+    model = PairEncoder(lam, bb, backbone_module=module, latent=latent,
+                        seed=int(seed))
+    return registry.make_encoder(name, model, mode="pairs")
+
+  return factory
+
+
+@dataclasses.dataclass(frozen=True)
+class Adapter:
+  """What `convert` needs of a model module, for one LAPA registry name.
+
+  The four LAPA names share this file; each name fixes the preset (and so
+  the backbone and token grid), which a state dict alone does not show.
+  """
+
+  name: str
+
+  Config = Config
+  Model = Model
+  VARIANTS = VARIANTS
+
+  @property
+  def __name__(self) -> str:
+    return f"lary_jax.lams.lapa[{self.name}]"
+
+  def config_from_pt(self, weights: dict[str, np.ndarray]) -> Config:
+    return config_from_pt(weights, REGISTRY[self.name][0])
+
+  def params_from_pt(self, weights: dict[str, np.ndarray], cfg: Config
+                     ) -> dict[str, np.ndarray]:
+    return params_from_torch(weights, cfg)
+
+  def params_from_file(self, path: str
+                       ) -> tuple[Config, dict[str, np.ndarray]]:
+    """(Config, params) from an upstream .pt/.pth/.ckpt state dict."""
+    from lary_jax.encoders import convert  # pylint: disable=g-import-not-at-top
+    if not (os.path.isfile(path)
+            and path.endswith((".pt", ".pth", ".ckpt"))):
+      raise LaryError(f"{path}: expected upstream's LAQ .pt/.pth/.ckpt or a "
+                      "directory written by `convert`")
+    weights = convert.read_pt(path)
+    cfg = self.config_from_pt(weights)
+    return cfg, params_from_torch(weights, cfg)
+
+
+def adapter(name: str) -> Adapter:
+  if name not in REGISTRY:
+    raise LaryError(f"unknown LAPA model {name!r}; expected one of "
+                    f"{sorted(REGISTRY)}")
+  return Adapter(name)
