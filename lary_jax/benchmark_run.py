@@ -242,11 +242,12 @@ def run(flags: Any, config: ml_collections.ConfigDict,
   bar.update()
 
   # --- the LAM trained in the run.
-  lam_dir = os.path.join(workdir, "lam")
   if any(m.name == RUN_LAM for m in models):
     step("train LAM")
     from lary_jax.lams import train_lam  # pylint: disable=g-import-not-at-top
     lam_config = _load_config(cfg.run.lam_config)
+    # Where `train_lam --config <lam_config>` would write: the same model.
+    lam_dir = train_lam.workdir_of(workdir, lam_config.lam)
     stages.run("train_lam", dict(config=lam_config.to_dict(), **base),
                lambda: train_lam.train_for_run(
                    lam_config, workdir=lam_dir, tfds_dir=tfds_dir))
