@@ -7,6 +7,9 @@ parameters, `dtype` the compute dtype, as in `vit_layers`.
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 from collections.abc import Sequence
 
 import jax
@@ -78,3 +81,9 @@ def parse_bool(value: object, name: str) -> bool:
     return bool(value)
   raise LaryError(f"encoder option {name}={value!r}: expected 0/1 or "
                   "true/false")
+
+
+def load_options(cfg: Any, **options: Any) -> Any:
+  """`cfg` with load-time switches set (`LOAD_OPTIONS`: upstream_layout=1 ...)."""
+  return dataclasses.replace(
+      cfg, **{k: parse_bool(v, k) for k, v in options.items()})

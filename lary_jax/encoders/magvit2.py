@@ -158,21 +158,12 @@ class Model(nnx.Module):
     return grid.reshape(gb, gh * gw, d), {"grid": grid}
 
 
-def preprocess(images: jax.Array | np.ndarray) -> jax.Array:
-  """uint8 or [0, 1] float images -> float32 [0, 1] (the model scales)."""
-  return vit_layers.to_unit_float(images)
-
-
-def select_tokens(tokens: jax.Array, out: dict[str, jax.Array]) -> jax.Array:
-  """Every latent of the frame, [B, 196, 18] at 224."""
-  del out
-  return tokens
-
-
-def load_options(cfg: Config, **options: Any) -> Config:
-  """`cfg` with load-time options set, e.g. upstream_range=1."""
-  return dataclasses.replace(
-      cfg, **{k: cl.parse_bool(v, k) for k, v in options.items()})
+# uint8 or [0, 1] float images -> float32 [0, 1] (the model scales itself).
+preprocess = vit_layers.to_unit_float
+# The tokens are the model's output as it is: every latent of the frame, [B, 196, 18]
+# at 224.
+select_tokens = None
+load_options = cl.load_options
 
 
 # ---------------------------------------------------------------------------

@@ -305,21 +305,12 @@ def _space_to_depth(x: jax.Array, p: int) -> jax.Array:
   return x.reshape(b, t, h // p, w // p, c * p * p)
 
 
-def preprocess(images: jax.Array | np.ndarray) -> jax.Array:
-  """uint8 or [0, 1] float frames -> float32 [0, 1] (the model scales)."""
-  return vit_layers.to_unit_float(images)
-
-
-def select_tokens(tokens: jax.Array, out: dict[str, jax.Array]) -> jax.Array:
-  """Every latent, [B, T' * 196, 48] at 224, latent-frame-major."""
-  del out
-  return tokens
-
-
-def load_options(cfg: Config, **options: Any) -> Config:
-  """`cfg` with load-time options set, e.g. pairs_as_images=0."""
-  return dataclasses.replace(
-      cfg, **{k: cl.parse_bool(v, k) for k, v in options.items()})
+# uint8 or [0, 1] float images -> float32 [0, 1] (the model scales itself).
+preprocess = vit_layers.to_unit_float
+# The tokens are the model's output as it is: every latent, [B, T' * 196, 48] at 224,
+# latent-frame-major.
+select_tokens = None
+load_options = cl.load_options
 
 
 # ---------------------------------------------------------------------------
