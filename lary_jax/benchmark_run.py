@@ -102,27 +102,9 @@ def stage_config(config: ml_collections.ConfigDict
   out = ml_collections.ConfigDict(copy.deepcopy(config.to_dict()))
   if config.run.small_probes:
     for section, fields in config.run.overrides.items():
-      for key, value in _flatten(fields.to_dict()).items():
-        _set(out[section], key, value)
+      out[section].update(fields)  # nested sections merge field by field
   out.lock()
   return out
-
-
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, Mapping):
-      out.update(_flatten(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
-
-
-def _set(section: ml_collections.ConfigDict, dotted: str, value: Any) -> None:
-  *parents, leaf = dotted.split(".")
-  for p in parents:
-    section = section[p]
-  section[leaf] = value
 
 
 class Stages:
