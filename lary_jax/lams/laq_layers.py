@@ -93,7 +93,8 @@ class PEG(nnx.Module):
   """
 
   def __init__(self, dim: int, *, dtype=jnp.float32, rngs: nnx.Rngs):
-    # Padding is applied by hand (2 frames before, none after).
+    # Holds the parameters (torch's init, nnx.Conv's layout); __call__
+    # applies them with causal_depthwise_conv3d.
     self.dsconv = conv(dim, dim, (3, 3, 3), groups=dim, dtype=dtype,
                        rngs=rngs)
 
@@ -101,8 +102,39 @@ class PEG(nnx.Module):
                ) -> jax.Array:
     orig = x.shape
     v = x.reshape(*video_shape, x.shape[-1])
-    v = jnp.pad(v, ((0, 0), (2, 0), (1, 1), (1, 1), (0, 0)))
-    return self.dsconv(v).reshape(orig)
+    out = causal_depthwise_conv3d(v, self.dsconv.kernel[...],
+                                  self.dsconv.bias[...])
+    return out.reshape(orig)
+
+
+def causal_depthwise_conv3d(v: jax.Array, kernel: jax.Array,
+                            bias: jax.Array) -> jax.Array:
+  """PEG's convolution of v [B, T, H, W, D] as shifted products.
+
+  kernel [3, 3, 3, 1, D] (nnx.Conv's depthwise layout); in time the output
+  at t sees frames t-2..t (zeros before the clip), in space a zero border
+  of 1. The numbers of `lax.conv_general_dilated(feature_group_count=D)` to
+  rounding, but XLA's CPU backend runs that grouped 3-D convolution and its
+  gradients ~45x slower (410 vs 9 ms at lapa_sim's shapes on 2 cores), most
+  of a LAQ training step. Time is shifted by concatenation rather than by
+  padding: a time-padded version got wrong input gradients for the spatial
+  transformer's PEG when the batch was split over 8 devices (XLA's SPMD
+  partitioner; tests/lams/train_lam_test.py compares 1 and 8 devices).
+  """
+  t, h, w = v.shape[1:4]
+  p = jnp.pad(v, ((0, 0), (0, 0), (1, 1), (1, 1), (0, 0)))
+  k = kernel[..., 0, :].astype(v.dtype)
+  out = bias.astype(v.dtype)
+  for a in range(3):  # time tap a reads frame t - (2 - a)
+    s = sum(p[:, :, b:b + h, c:c + w, :] * k[a, b, c]
+            for b in range(3) for c in range(3))
+    lag = 2 - a
+    if lag >= t:
+      continue
+    if lag:
+      s = jnp.concatenate([jnp.zeros_like(s[:, :lag]), s[:, :t - lag]], 1)
+    out = out + s
+  return out
 
 
 class Attention(nnx.Module):

@@ -36,6 +36,11 @@ OPTIONS = tl.Options(steps=STEPS, global_batch=8, lr=3e-3, warmup_steps=2,
                      schedule="cosine", log_every=1, ckpt_every=6,
                      read_threads=2, prefetch=2)
 CACHE_ENV = "LARY_TEST_JAX_CACHE"
+# The last bias of the relative position bias adds one constant per head to
+# every attention logit, which softmax ignores: its true gradient is 0, and
+# Adam turns the rounding noise it gets instead (different for 1 and 8
+# devices) into steps of ~lr.
+NOISE_DRIVEN = ("spatial_rel_pos_bias.net.2.bias",)
 
 
 def _png(image: np.ndarray) -> bytes:
@@ -182,6 +187,12 @@ def test_eight_devices_follow_the_same_curve(runs):
                              atol=1e-6)
   expected = params(full)
   for key, value in params(eight).items():
+    if key in NOISE_DRIVEN:
+      # Adam moves it at most lr per step whatever its rounding-noise
+      # gradient says.
+      bound = 2 * OPTIONS.lr * STEPS
+      assert np.abs(value - expected[key]).max() <= bound, key
+      continue
     np.testing.assert_allclose(value, expected[key], rtol=1e-3, atol=1e-4,
                                err_msg=key)
 
