@@ -20,6 +20,7 @@ import copy
 import dataclasses
 import json
 import os
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -117,6 +118,7 @@ class Stages:
     self.barrier = barrier
     self.done: list[str] = []
     self.skipped: list[str] = []
+    self.seconds: dict[str, float] = {}  # wall time of each stage run now
 
   def _marker(self, name: str) -> str:
     return os.path.join(self.dir, name.replace("/", "_") + ".json")
@@ -134,9 +136,11 @@ class Stages:
     if self.finished(name, request):
       self.skipped.append(name)
       return
+    start = time.perf_counter()
     if self.is_main or not main_only:
       fn()
     self.barrier(name)
+    self.seconds[name] = round(time.perf_counter() - start, 1)
     if self.is_main:
       os.makedirs(self.dir, exist_ok=True)
       tmp = self._marker(name) + ".tmp"
@@ -277,6 +281,7 @@ def run(flags: Any, config: ml_collections.ConfigDict,
   bar.update()
   bar.close()
   if is_main:
+    _write_timings(workdir, stages.seconds)
     print(f"run: {len(stages.done)} stage(s) run, {len(stages.skipped)} "
           f"already done; report: {os.path.join(workdir, 'report.html')}")
   return 0
@@ -307,6 +312,26 @@ def _with_encoder_options(cfg: ml_collections.ConfigDict, name: str
   out.extract.encoder_options = options
   out.lock()
   return out
+
+
+def _write_timings(workdir: str, seconds: Mapping[str, float]) -> None:
+  """Adds this invocation's stage times to `<workdir>/run_timings.json`."""
+  if not seconds:
+    return
+  path = os.path.join(workdir, "run_timings.json")
+  try:
+    with open(path) as f:
+      runs = json.load(f)
+  except (OSError, ValueError):
+    runs = []
+  runs.append({"finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+               "total_s": round(sum(seconds.values()), 1),
+               "stages_s": dict(seconds)})
+  with open(path + ".tmp", "w") as f:
+    json.dump(runs, f, indent=1)
+  os.replace(path + ".tmp", path)
+  print("run: stage times " + ", ".join(
+      f"{k} {v:.0f} s" for k, v in seconds.items()))
 
 
 def _results_stamp(workdir: str) -> list[str]:

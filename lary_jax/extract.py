@@ -287,6 +287,21 @@ class Plan:
     return min(self.global_batch, self.num_rows - step * self.global_batch)
 
 
+def step_rows(plan: Plan, step: int, devices: int, micro_batch: int) -> int:
+  """Rows the device computes at `step`: the last step of a split only up
+  to the next whole micro-batch on every device, not the full batch.
+
+  Only where that cannot change a feature: every device still encodes
+  chunks of exactly `micro_batch`, and with one process, whose local batch
+  is the global one (several processes keep the full batch).
+  """
+  real = plan.real_rows(step)
+  unit = devices * micro_batch
+  if not micro_batch or jax.process_count() > 1 or real >= plan.global_batch:
+    return plan.global_batch
+  return min(plan.global_batch, -(-real // unit) * unit)
+
+
 def make_plan(num_rows: int, shape: Sequence[int], options: Options) -> Plan:
   row_bytes = int(np.prod(shape)) * fs.storage_dtype(options.dtype).itemsize
   steps = int(options.shard_mb * 2**20) // (options.global_batch * row_bytes)
@@ -523,11 +538,18 @@ def _run(encoder, source, example: Mode, keys: Sequence[str], store_dir: str,
   params = replicate(encoder.params, mesh)
   step_fn = make_step(encoder, mesh, micro_batch=options.micro_batch,
                       dtype=dtype)
-  start = time.perf_counter()
-  compiled = step_fn.lower(params, jax.ShapeDtypeStruct(
-      (plan.global_batch, example.frames, IMAGE_SIZE, IMAGE_SIZE, 3), jnp.uint8,
-      sharding=data)).compile()
-  summary.compile_s = time.perf_counter() - start
+  compiled_by_rows: dict[int, Any] = {}
+
+  def compiled_for(rows: int):
+    if rows not in compiled_by_rows:
+      start = time.perf_counter()
+      compiled_by_rows[rows] = step_fn.lower(params, jax.ShapeDtypeStruct(
+          (rows, example.frames, IMAGE_SIZE, IMAGE_SIZE, 3), jnp.uint8,
+          sharding=data)).compile()
+      summary.compile_s += time.perf_counter() - start
+    return compiled_by_rows[rows]
+
+  compiled_for(plan.global_batch)
 
   shards = [int(s) for s in np.flatnonzero(pending)]
   steps = [step for s in shards for step in plan.steps(s)]
@@ -579,11 +601,15 @@ def _run(encoder, source, example: Mode, keys: Sequence[str], store_dir: str,
     for step in steps:
       t0 = time.perf_counter()
       batch = next(iterator)
+      rows = step_rows(plan, step, mesh.size, options.micro_batch)
+      if rows < plan.global_batch:
+        batch = {k: v[:rows] for k, v in batch.items()}
       with jax.transfer_guard("allow"):  # multi-process puts count as implicit
         frames = jax.make_array_from_process_local_data(data,
                                                         batch["frames"])
       summary.input_s += time.perf_counter() - t0
-      out = compiled(params, frames)  # asynchronous: overlaps the next read
+      # Asynchronous: overlaps the next read.
+      out = compiled_for(rows)(params, frames)
       if previous is not None:
         collect(*previous)
       previous = (step, out, (batch["index"], batch["_mask"],

@@ -162,6 +162,18 @@ def vit_on_one_device(prepared):
   return _read(out / "calvin" / "validation" / "random_vit")
 
 
+def test_the_last_step_computes_whole_micro_batches_not_the_whole_batch():
+  plan = extract.Plan(num_rows=60, global_batch=128, steps_per_shard=4)
+  assert extract.step_rows(plan, 0, devices=1, micro_batch=8) == 64
+  assert extract.step_rows(plan, 0, devices=8, micro_batch=8) == 64
+  assert extract.step_rows(plan, 0, devices=8, micro_batch=2) == 64
+  assert extract.step_rows(plan, 0, devices=4, micro_batch=2) == 64
+  assert extract.step_rows(plan, 0, devices=1, micro_batch=0) == 128
+  plan = extract.Plan(num_rows=300, global_batch=128, steps_per_shard=4)
+  assert [extract.step_rows(plan, s, devices=2, micro_batch=8)
+          for s in range(3)] == [128, 128, 48]
+
+
 def test_eight_devices_give_the_bits_of_one(prepared, vit_on_one_device):
   out = prepared.root / "vit8"
   log, = _finish(_main(*_cli_extract(prepared, out, *VIT), devices=8,

@@ -96,6 +96,9 @@ def test_one_process_writes_every_stage_and_a_rerun_skips_them(one_process):
                      "extract_pixels.json",
                      "regress_sim_regression_pixels_mlp_absolute.json",
                      "report.json"]
+  timings = json.loads((workdir / "run_timings.json").read_text())
+  assert [sorted(t["stages_s"]) for t in timings] == [
+      sorted(m[:-len(".json")] for m in markers)]
   stamps = {p: p.stat().st_mtime_ns for p in workdir.rglob("*")}
   again = _main(*RUN_FLAGS, f"--workdir={workdir}")
   assert again.returncode == 0, again.stderr[-3000:]

@@ -45,6 +45,9 @@ def lam_defaults() -> ml_collections.ConfigDict:
   # Dead codes re-seeded at steps that are multiples of `every` below
   # `before`, for each (every, before): LAPA's schedule.
   c.replace_schedule = ((10, 100), (100, 1000), (500, 5000))
+  # Std of the noise on re-seeded codes. Upstream's 1e-12 vanishes in
+  # float32: every copy of a live code ties with it and dies again.
+  c.reseed_noise = 1e-12
   c.log_every = 10
   c.ckpt_every = 500
   c.read_threads = 4

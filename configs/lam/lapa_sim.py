@@ -34,6 +34,9 @@ def get_config() -> ml_collections.ConfigDict:
   t.schedule = "cosine"
   t.warmup_steps = 20
   t.end_lr_factor = 0.1
+  # Re-seeded codes that differ from their source, so that a codebook that
+  # collapsed early (LARY-Sim's small frame changes) can split again.
+  t.reseed_noise = 1e-2
   t.log_every = 10
   t.ckpt_every = 50
   return config

@@ -389,5 +389,8 @@ def convert(model: str, src: str, out: str, *, variant: str | None = None
   """
   from lary_jax.encoders import registry  # pylint: disable=g-import-not-at-top
   module = registry.model_module(model)
+  if hasattr(module, "convert_checkpoint"):  # writes more than one model
+    # (a feature LAQ and the backbone its checkpoint embeds: lams/lapa.py)
+    return module.convert_checkpoint(src, out, variant=variant)
   cfg, params = params_from_source(module, src, variant=variant)
   return save(out, model, cfg, params)

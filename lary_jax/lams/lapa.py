@@ -1,13 +1,14 @@
 """LAPA's latent action quantiser (LAQ) in Flax NNX: pixels or frozen features.
 
 Upstream: LARYBench `get_latent_action/models/laq_model/` (LAPA's LAQ and its
-DINOv2 / DINOv3 / SigLIP2 feature variants), built as `dynamics.py` builds
-them. For an image pair the LAM embeds both frames (pixels: patches ->
-LayerNorm -> Linear -> LayerNorm; features: the frozen backbone's patch tokens
-as a grid), runs a spatial then a temporal transformer, quantises the change
-from frame 0 to frame 1 with NSVQ into `code_seq_len` action tokens, and
-decodes frame 1 (pixels, or the backbone's tokens) from frame 0's embedding
-with the action tokens as cross-attention context.
+DINOv2 / DINOv3 / SigLIP2 feature variants, and LARY's `magvit2` row: the LAQ
+on Open-MAGVIT2 latents, 18 wide), built as `dynamics.py` builds them. For
+an image pair the LAM embeds both frames (pixels: patches -> LayerNorm ->
+Linear -> LayerNorm; features: the frozen backbone's patch tokens as a grid),
+runs a spatial then a temporal transformer, quantises the change from frame 0
+to frame 1 with NSVQ into `code_seq_len` action tokens, and decodes frame 1
+(pixels, or the backbone's tokens) from frame 0's embedding with the action
+tokens as cross-attention context.
 
 API (what training and extraction call):
 
@@ -52,10 +53,11 @@ import numpy as np
 from flax import nnx
 
 from lary_jax.errors import LaryError
+from lary_jax.lams import embedded
 from lary_jax.lams import laq_layers
 from lary_jax.lams import nsvq
 
-FEATURES = ("", "dinov2", "dinov3", "siglip2")
+FEATURES = ("", "dinov2", "dinov3", "siglip2", "magvit2")
 LATENTS = ("nsvq", "quantized", "continuous")
 
 
@@ -109,6 +111,16 @@ class Config:
                    "features": "siglip2"} | kw))
 
   @classmethod
+  def magvit2(cls, **kw) -> Config:
+    """`magvit2.pt`: Open-MAGVIT2 latents (14 x 14, 18 wide), depth 4/4.
+
+    Heads of 64 x 16 on 18-wide tokens, as upstream's dynamics.py builds it.
+    """
+    return cls(**({"dim": 18, "patch_size": 16, "spatial_depth": 4,
+                   "temporal_depth": 4, "code_seq_len": 16,
+                   "features": "magvit2"} | kw))
+
+  @classmethod
   def sim_small(cls, **kw) -> Config:
     """A pixel LAQ that trains on LARY-Sim on 2 CPU cores in minutes.
 
@@ -151,6 +163,7 @@ VARIANTS = {
     "dinov2": Config.dinov2(),
     "dinov3": Config.dinov3(),
     "siglip2": Config.siglip2(),
+    "magvit2": Config.magvit2(),
     "sim_small": Config.sim_small(),
 }
 
@@ -267,6 +280,10 @@ class Model(nnx.Module):
       int32, "perplexity", "unique_codes", "recon" (pixels [B, H, W, C] or
       tokens [B, g, g, d])}).
     """
+    if self.cfg.features == "magvit2":
+      raise LaryError("lapa.Model.loss: upstream's MAGVIT2 LAQ trains "
+                      "against frame 1's pixels through a decoder head that "
+                      "lary-jax does not port; it extracts latents only")
     if noise is None:
       if key is None:
         raise LaryError("lapa.Model.loss needs key= (NSVQ noise)")
@@ -314,8 +331,8 @@ class Model(nnx.Module):
 
 def replace_unused_codes(model: Model, usage: jax.Array, key: jax.Array, *,
                          num_batches: int,
-                         threshold: float = nsvq.DISCARD_THRESHOLD
-                         ) -> jax.Array:
+                         threshold: float = nsvq.DISCARD_THRESHOLD,
+                         noise_scale: float = nsvq.EPS) -> jax.Array:
   """Re-seeds `model.vq.codebooks` in place (see nsvq.replace_unused_codes).
 
   Returns the number of replaced codes; reset `usage` afterwards. For a pure
@@ -323,7 +340,8 @@ def replace_unused_codes(model: Model, usage: jax.Array, key: jax.Array, *,
   """
   cb, n = nsvq.replace_unused_codes(model.vq.codebooks[...], usage, key,
                                     num_batches=num_batches,
-                                    threshold=threshold)
+                                    threshold=threshold,
+                                    noise_scale=noise_scale)
   model.vq.codebooks[...] = cb
   return n
 
@@ -357,13 +375,20 @@ def example_noise(x: jax.Array, cfg: Config, seed: int = 0) -> jax.Array:
 
 # Keys upstream saves that the LAM never reads: the self-attention's context
 # norm and (empty) null key/values, and the frozen backbone of a feature
-# variant (DINOv2/v3 `dino_tokenizer.*`, SigLIP2 `encoder.vision_model.*`),
-# which lary-jax loads as its own encoder (see `encoder_factory`).
+# variant (DINOv2/v3 `dino_tokenizer.*`, SigLIP2 `encoder.vision_model.*`,
+# MAGVIT2 `magvit2_tokenizer.*`), which lary-jax loads as its own encoder
+# (see `encoder_factory`).
 _UNUSED = (r".*\.layers\.\d+\.1\.null_kv",
            r".*\.layers\.\d+\.1\.context_norm\.(gamma|beta)",
            r".*\.beta",  # bias-less LayerNorms' zero buffers (checked below)
-           r"dino_tokenizer\..*", r"encoder\.vision_model\..*")
-BACKBONE_PREFIXES = ("dino_tokenizer.", "encoder.vision_model.")
+           r"dino_tokenizer\..*", r"encoder\.vision_model\..*",
+           r"magvit2_tokenizer\..*")
+BACKBONE_PREFIXES = ("dino_tokenizer.", "encoder.vision_model.",
+                     "magvit2_tokenizer.")
+# The MAGVIT2 LAQ decodes frame 1's pixels from its 18-wide tokens for its
+# training loss (`to_pixels_first_frame`); the latent upstream extracts
+# never reaches that head, and lary-jax does not train this variant.
+_UNUSED_MAGVIT2 = (r"to_pixels_first_frame\.0\.(weight|bias)",)
 
 
 def _transformer_table(nnx_name: str, depth: int, cross: bool
@@ -455,8 +480,9 @@ def params_from_torch(weights: dict[str, np.ndarray], cfg: Config
         "to_pixels.kernel": c.linear("to_pixels_first_frame.0.weight"),
         "to_pixels.bias": c.same("to_pixels_first_frame.0.bias"),
     }
+  unused = _UNUSED + (_UNUSED_MAGVIT2 if cfg.features == "magvit2" else ())
   return c.apply_table(weights, table, c.param_shapes(Model, cfg),
-                       unused=_UNUSED)
+                       unused=unused)
 
 
 def _depth(weights: dict[str, np.ndarray], name: str) -> int:
@@ -518,7 +544,44 @@ REGISTRY = {
     "lapa_dinov2": (Config.dinov2(), "dinov2"),
     "lapa_dinov3": (Config.dinov3(), "dinov3"),
     "lapa_siglip2": (Config.siglip2(), "siglip2"),
+    # LARY's `magvit2` row: the LAQ on Open-MAGVIT2's latents.
+    "magvit2": (Config.magvit2(), "magvit2_encoder"),
 }
+
+# Backbone encoder name -> the prefix under which upstream's feature LAQ
+# module keeps that frozen backbone (a submodule), and so where its saved
+# state dict holds the backbone's weights (transformers key names).
+EMBEDDED_PREFIX = {
+    "dinov2": "dino_tokenizer.",          # Dinov2Model
+    "dinov3": "dino_tokenizer.",          # DINOv3ViTModel
+    "siglip2": "encoder.vision_model.",   # AutoModel(...).vision_model
+    "magvit2_encoder": "magvit2_tokenizer.",  # Open-MAGVIT2's VQModel
+}
+# Where upstream itself loads each backbone from (named in errors).
+UPSTREAM_BACKBONE = {
+    "dinov2": "$DINO_V2_PATH, a transformers Dinov2Model folder (DINOv2 "
+              "ViT-L/14, e.g. facebook/dinov2-large; "
+              "get_latent_action/tokenizer.py load_dino)",
+    "dinov3": "$DINO_V3_PATH, a transformers DINOv3ViTModel folder (DINOv3 "
+              "ViT-L/16; get_latent_action/tokenizer.py load_dinov3)",
+    "siglip2": "$SIGLIP2_PATH, a transformers SigLIP folder (SigLIP2 "
+               "B/16-224, e.g. google/siglip2-base-patch16-224; "
+               "latent_action_quantization_siglipv2_feature.py)",
+    "magvit2_encoder": "$MAGVIT2_TOKENIZER_PATH, Open-MAGVIT2's Lightning "
+                       ".ckpt (pretrain256_262144, 18-wide latents; "
+                       "get_latent_action/tokenizer.py "
+                       "get_magvit2_tokenizer)",
+}
+# Load-time options a backbone must run with under its LAQ: upstream feeds
+# the MAGVIT2 encoder [0, 1] frames (`get_reps_magvit2`), which its LAQ was
+# trained on, whatever range a standalone magvit2_encoder is set to.
+BACKBONE_OPTIONS = {"magvit2_encoder": {"upstream_range": True}}
+
+
+def _backbone_options(name: str, module: Any, cfg: Any) -> Any:
+  """The backbone Config `cfg` of encoder `name` with BACKBONE_OPTIONS."""
+  options = BACKBONE_OPTIONS.get(name)
+  return module.load_options(cfg, **options) if options else cfg
 
 
 class PairEncoder(nnx.Module):
@@ -553,7 +616,9 @@ class PairEncoder(nnx.Module):
     frames = images.reshape(b * 2, *images.shape[2:])
     if self.backbone is not None:
       tokens, out = self.backbone(self.backbone_preprocess(frames))
-      x = self.backbone_select(tokens, out)
+      # select_tokens None: every token as it is (MAGVIT2's latents).
+      x = (tokens if self.backbone_select is None
+           else self.backbone_select(tokens, out))
       x = x.reshape(b, 2, *x.shape[1:])
     else:
       s = cfg.image_size
@@ -564,10 +629,16 @@ class PairEncoder(nnx.Module):
     return self.lam.encode(x, noise=noise, mode=self.latent)
 
 
-def load_lam(name: str, path: str, *, dtype=jnp.float32) -> Model:
-  """The LAM `name` (a REGISTRY key) from an upstream .pt or a converted dir."""
+def _read(name: str, path: str | None, *, variant: str | None = None,
+          with_backbone: bool = True
+          ) -> tuple[Config, dict[str, np.ndarray], Any]:
+  """(Config, LAQ params, embedded backbone or None) of the LAM at `path`.
+
+  `path`: upstream's .pt/.pth/.ckpt or a `convert`ed directory (whose
+  backbone, if any, is the sub-directory `embedded.converted_path(path)`;
+  the third item is then None). See `Adapter.read_pt`.
+  """
   from lary_jax.encoders import convert  # pylint: disable=g-import-not-at-top
-  preset, _ = REGISTRY[name]
   if path is None:
     raise LaryError(f"encoder {name!r} needs --checkpoint: upstream's LAQ "
                     ".pt/.pth/.ckpt or a directory written by `convert`")
@@ -575,9 +646,15 @@ def load_lam(name: str, path: str, *, dtype=jnp.float32) -> Model:
     saved, cfg_dict, params = convert.load_converted(path)
     if saved != name:
       raise LaryError(f"{path}: holds a {saved!r} checkpoint, not {name!r}")
-    cfg = Config.from_dict(cfg_dict)
-  else:
-    cfg, params = adapter(name).params_from_file(path)
+    return Config.from_dict(cfg_dict), params, None
+  return adapter(name).read_pt(path, variant=variant,
+                               with_backbone=with_backbone)
+
+
+def load_lam(name: str, path: str, *, dtype=jnp.float32) -> Model:
+  """The LAM `name` (a REGISTRY key) from an upstream .pt or a converted dir."""
+  from lary_jax.encoders import convert  # pylint: disable=g-import-not-at-top
+  cfg, params, _ = _read(name, path, with_backbone=False)
   return convert.build(Model, cfg, params, dtype=dtype)
 
 
@@ -594,7 +671,25 @@ def _backbone(name: str, path: str | None, dtype) -> tuple[nnx.Module, Any]:
     cfg = module.Config.from_dict(cfg_dict)
   else:
     cfg, params = convert.params_from_source(module, path)
+  cfg = _backbone_options(name, module, cfg)
   return convert.build(module.Model, cfg, params, dtype=dtype), module
+
+
+def _no_backbone(name: str, features: str, path: str) -> LaryError:
+  from lary_jax.encoders import convert  # pylint: disable=g-import-not-at-top
+  if convert.is_converted(path):
+    where = f"no {embedded.SUBDIR}/ sub-directory written by `convert`"
+  elif features in EMBEDDED_PREFIX:
+    where = f"no '{EMBEDDED_PREFIX[features]}*' keys"
+  else:
+    where = "none embedded"
+  upstream = UPSTREAM_BACKBONE.get(features)
+  return LaryError(
+      f"encoder {name!r} reads {features} tokens, but {path} holds no "
+      f"{features} backbone ({where}): give it with "
+      f"--config.extract.encoder_options=backbone=PATH (a {features} Hugging "
+      "Face folder or a `convert`ed directory)"
+      + (f"; upstream loads it from {upstream}" if upstream else ""))
 
 
 def encoder_factory(name: str):
@@ -603,28 +698,37 @@ def encoder_factory(name: str):
 
   Options (`--config.extract.encoder_options=backbone=DIR,latent=quantized`):
   backbone: the feature variant's DINOv2/DINOv3/SigLIP2 checkpoint (HF
-  folder or `convert`ed dir; required for lapa_dinov2/_dinov3/_siglip2);
+  folder or `convert`ed dir). Without it the backbone that the checkpoint
+  carries is used: upstream's state dicts hold it under EMBEDDED_PREFIX,
+  a `convert`ed directory in `backbone/`; an explicit one wins.
   latent: nsvq (default, upstream's), quantized or continuous; seed: the
   NSVQ noise seed.
   """
 
   def factory(path, *, dtype=jnp.float32, backbone: str | None = None,
               latent: str = "nsvq", seed: int = 0):
+    from lary_jax.encoders import convert  # pylint: disable=g-import-not-at-top
     from lary_jax.encoders import registry  # pylint: disable=g-import-not-at-top
-    preset, features = REGISTRY[name]
-    lam = load_lam(name, path, dtype=dtype)
-    bb = module = None
-    if features:
-      if backbone is None:
-        raise LaryError(
-            f"encoder {name!r} reads {features} tokens: give the backbone "
-            f"with --config.extract.encoder_options=backbone=PATH (a "
-            f"{features} Hugging Face folder or a `convert`ed directory)")
-      bb, module = _backbone(features, backbone, dtype)
-    elif backbone is not None:
+    _, features = REGISTRY[name]
+    if backbone is not None and not features:
       raise LaryError(f"encoder {name!r} reads pixels; backbone= is for the "
                       "feature variants")
-    del preset
+    # An explicit backbone wins: the embedded one is then not even read.
+    cfg, params, found = _read(name, path, with_backbone=backbone is None)
+    lam = convert.build(Model, cfg, params, dtype=dtype)
+    del params
+    bb = module = None
+    if features:
+      if backbone is not None:
+        bb, module = _backbone(features, backbone, dtype)
+      elif found is not None:
+        module = registry.model_module(features)
+        bb = convert.build(module.Model, _backbone_options(
+            features, module, found[0]), found[1], dtype=dtype)
+      elif (sub := embedded.converted_path(path)) is not None:
+        bb, module = _backbone(features, sub, dtype)
+      else:
+        raise _no_backbone(name, features, path)
     model = PairEncoder(lam, bb, backbone_module=module, latent=latent,
                         seed=int(seed))
     return registry.make_encoder(name, model, mode="pairs")
@@ -636,7 +740,7 @@ def encoder_factory(name: str):
 class Adapter:
   """What `convert` needs of a model module, for one LAPA registry name.
 
-  The four LAPA names share this file; each name fixes the preset (and so
+  The LAPA names share this file; each name fixes the preset (and so
   the backbone and token grid), which a state dict alone does not show.
   """
 
@@ -657,17 +761,61 @@ class Adapter:
                      ) -> dict[str, np.ndarray]:
     return params_from_torch(weights, cfg)
 
-  def params_from_file(self, path: str
-                       ) -> tuple[Config, dict[str, np.ndarray]]:
-    """(Config, params) from an upstream .pt/.pth/.ckpt state dict."""
+  def read_pt(self, path: str, *, variant: str | None = None,
+              with_backbone: bool = True
+              ) -> tuple[Config, dict[str, np.ndarray], Any]:
+    """(Config, LAQ params, embedded backbone) of an upstream .pt/.pth/.ckpt.
+
+    The file is read once. The embedded backbone is `(backbone Config,
+    params)` from the keys under EMBEDDED_PREFIX (see lams/embedded.py), or
+    None when the checkpoint has none, the LAQ reads pixels, or
+    `with_backbone` is False. `variant` (a VARIANTS key) replaces the sizes
+    read off the weights.
+    """
     from lary_jax.encoders import convert  # pylint: disable=g-import-not-at-top
     if not (os.path.isfile(path)
             and path.endswith((".pt", ".pth", ".ckpt"))):
       raise LaryError(f"{path}: expected upstream's LAQ .pt/.pth/.ckpt or a "
                       "directory written by `convert`")
     weights = convert.read_pt(path)
-    cfg = self.config_from_pt(weights)
-    return cfg, params_from_torch(weights, cfg)
+    if variant is None:
+      cfg = self.config_from_pt(weights)
+    elif variant in VARIANTS:
+      cfg = VARIANTS[variant]
+    else:
+      raise LaryError(f"variant {variant!r}: expected one of "
+                      f"{sorted(VARIANTS)}")
+    params = params_from_torch(weights, cfg)
+    features = REGISTRY[self.name][1]
+    found = None
+    if with_backbone and features in EMBEDDED_PREFIX:
+      found = embedded.backbone_from_weights(
+          weights, EMBEDDED_PREFIX[features], features)
+    return cfg, params, found
+
+  def params_from_file(self, path: str
+                       ) -> tuple[Config, dict[str, np.ndarray]]:
+    """(Config, params) of the LAQ alone from an upstream .pt/.pth/.ckpt."""
+    cfg, params, _ = self.read_pt(path, with_backbone=False)
+    return cfg, params
+
+  def convert_checkpoint(self, src: str, out: str, *,
+                         variant: str | None = None) -> str:
+    """`convert`: the LAQ into `out`, its embedded backbone into `out/backbone`.
+
+    Both are plain `convert` outputs (the backbone one names its encoder,
+    e.g. "dinov2"), so `out` extracts with no backbone= option and
+    `out/backbone` loads alone as an encoder. A checkpoint without an
+    embedded backbone leaves no `backbone/` (a stale one is removed).
+    """
+    from lary_jax.encoders import convert  # pylint: disable=g-import-not-at-top
+    cfg, params, found = self.read_pt(src, variant=variant)
+    out = convert.save(out, self.name, cfg, params)
+    if found is None:
+      embedded.remove(out)
+    else:
+      embedded.save(out, REGISTRY[self.name][1], *found)
+    return out
 
 
 def adapter(name: str) -> Adapter:

@@ -172,7 +172,8 @@ def replacement_due(step: int) -> bool:
 
 def replace_unused_codes(codebook: jax.Array, usage: jax.Array,
                          key: jax.Array, *, num_batches: int,
-                         threshold: float = DISCARD_THRESHOLD
+                         threshold: float = DISCARD_THRESHOLD,
+                         noise_scale: float = EPS
                          ) -> tuple[jax.Array, jax.Array]:
   """Re-seeds dead codebook entries from live ones (upstream's NSVQ rule).
 
@@ -192,6 +193,10 @@ def replace_unused_codes(codebook: jax.Array, usage: jax.Array,
     key: PRNG key.
     num_batches: the divisor of `usage` (upstream: the batch size).
     threshold: upstream's `discarding_threshold`, 0.1.
+    noise_scale: std of the noise added to the copies (upstream: 1e-12).
+      Copies of one live code that stay equal in float32 tie in every
+      nearest-code search, so the first wins and the rest die again; a
+      visible scale (e.g. 1e-2) lets the copies split its inputs.
 
   Returns:
     (new codebook [K, q], number of replaced codes). Pure and jittable;
@@ -213,7 +218,8 @@ def replace_unused_codes(codebook: jax.Array, usage: jax.Array,
   shuffled = pool[jnp.argsort(prio)][:k] % jnp.maximum(n_live, 1)
   src_rank = jnp.where(n_live < n_dead, shuffled[dead_rank], dead_rank)
   source = codebook[live_idx[jnp.clip(src_rank, 0, k - 1)]]
-  noise = EPS * jax.random.normal(knoise, codebook.shape, codebook.dtype)
+  noise = noise_scale * jax.random.normal(knoise, codebook.shape,
+                                         codebook.dtype)
   replaced = jnp.where((~live)[:, None], source + noise, codebook)
   out = jnp.where(n_live == 0, codebook + noise, replaced)
   return out, n_dead

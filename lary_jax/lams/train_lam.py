@@ -162,6 +162,7 @@ class Options:
   compute_dtype: str = "auto"  # float32 / bfloat16; auto: bf16 off CPU
   seed: int = 0
   replace_schedule: tuple[tuple[int, int], ...] = LAPA_REPLACE_SCHEDULE
+  reseed_noise: float = 1e-12  # upstream's; see nsvq.replace_unused_codes
   log_every: int = 10
   ckpt_every: int = 100
   read_threads: int = 4
@@ -332,7 +333,8 @@ def make_train_step(module: ModuleType, cfg: Any, graphdef: nnx.GraphDef,
     def reseed(params, usage):
       model = nnx.merge(graphdef, params, rest)
       n = module.replace_unused_codes(model, usage, replace_key,
-                                      num_batches=options.global_batch)
+                                      num_batches=options.global_batch,
+                                      noise_scale=options.reseed_noise)
       return nnx.state(model, nnx.Param), jnp.zeros_like(usage), n
 
     def keep(params, usage):
@@ -366,7 +368,8 @@ def train(module: ModuleType, cfg: Any, pairs: Sequence[Mapping[str, bytes]],
   Args:
     module: the model module: `Config`, `Model(cfg, *, dtype, rngs)` with
       `loss(pair, *, key) -> (loss, {"recon_loss", "indices", ...})`, and
-      `replace_unused_codes(model, usage, key, *, num_batches) -> count`
+      `replace_unused_codes(model, usage, key, *, num_batches, noise_scale)
+      -> count`
       (re-seeds in place; `lary_jax.lams.lapa`).
     cfg: its Config (`to_dict()`; `image_size`, `codebook_size`).
     pairs: random-access {"src_image", "tgt_image"} encoded frames

@@ -35,7 +35,7 @@ def _images(shape, seed=0):
 def test_available_lists_every_encoder():
   assert encoders.available() == ["dinov2", "dinov3", "flux2", "lapa",
                                   "lapa_dinov2", "lapa_dinov3",
-                                  "lapa_siglip2",
+                                  "lapa_siglip2", "magvit2",
                                   "magvit2_encoder", "pixels", "random_vit",
                                   "siglip2", "univla", "villa_x", "vjepa2",
                                   "wan2_2"]

@@ -20,7 +20,7 @@ from lary_jax.lams import lapa
 from lary_jax.lams import nsvq
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "..", "fixtures", "lams")
-NAMES = ("lapa", "lapa_dinov2", "lapa_dinov3")
+NAMES = ("lapa", "lapa_dinov2", "lapa_dinov3", "lapa_siglip2")
 # torch parameter -> (NNX path, transpose?) for the saved gradients.
 GRADS = {
     "vq.codebooks": ("vq.codebooks", False),
@@ -41,8 +41,8 @@ def _fixture(name):
   data = {k: z[k] for k in z.files}
   weights = {k[2:]: v for k, v in data.items() if k.startswith("w.")}
   fields = {k[4:]: int(v) for k, v in data.items() if k.startswith("cfg.")}
-  features = {"lapa": "", "lapa_dinov2": "dinov2",
-              "lapa_dinov3": "dinov3"}[name]
+  features = {"lapa": "", "lapa_dinov2": "dinov2", "lapa_dinov3": "dinov3",
+              "lapa_siglip2": "siglip2"}[name]
   cfg = lapa.Config(**fields, features=features)
   if features:
     x = data["features"].astype(np.float32)  # [B, 2, g, g, D]
@@ -152,6 +152,17 @@ def test_replace_unused_codes_copies_live_codes():
   assert int(n) == 6
   for i in (0, 1, 3, 4, 5, 6):
     assert any(np.allclose(new[i], cb[j], atol=1e-9, rtol=0) for j in (2, 7))
+  # A visible noise scale: copies of the one live code differ from it (and
+  # from each other) by about that much, so a nearest-code search splits.
+  cb = jax.random.normal(jax.random.key(2), (8, 3))
+  new, n = nsvq.replace_unused_codes(cb, jnp.array([9, 0, 0, 0, 0, 0, 0, 0]),
+                                     jax.random.key(3), num_batches=10,
+                                     noise_scale=1e-2)
+  assert int(n) == 7
+  np.testing.assert_array_equal(new[0], cb[0])
+  gaps = np.abs(np.asarray(new[1:]) - np.asarray(cb[0]))
+  assert 1e-4 < gaps.mean() < 3e-2 and gaps.max() < 6e-2
+  assert len({tuple(np.asarray(r)) for r in new}) == 8
   usage = nsvq.count_usage(jnp.zeros(8, jnp.int32), jnp.array([[1, 1, 3]]))
   np.testing.assert_array_equal(usage, [0, 1, 0, 1, 0, 0, 0, 0])
   assert [s for s in range(1, 6000) if nsvq.replacement_due(s)][:12] == [
@@ -220,10 +231,11 @@ def test_registry_feature_lapa_runs_backbone_then_lam(tmp_path):
       hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
       image_size=28, patch_size=14))
   hf.save_pretrained(tmp_path / "dino")
-  # Upstream's feature LAQ saves its backbone inside; it is skipped.
-  embedded = {f"dino_tokenizer.{k}": v.numpy()
-              for k, v in hf.state_dict().items()}
-  pt = _save_pt(tmp_path / "laq_dinov2.pt", weights, embedded)
+  # A checkpoint without its backbone (the fixture's own embedded one is
+  # left out; embedded backbones: tests/lams/lapa_backbone_test.py).
+  weights = {k: v for k, v in weights.items()
+             if not k.startswith("dino_tokenizer.")}
+  pt = _save_pt(tmp_path / "laq_dinov2.pt", weights)
   with pytest.raises(LaryError, match="backbone=PATH"):
     encoders.load("lapa_dinov2", pt)
   enc = encoders.load("lapa_dinov2", pt, backbone=str(tmp_path / "dino"),
