@@ -130,7 +130,9 @@ def worker_torch(args) -> dict:
   import torch
   from tests.fixtures import make_lam_fixtures
   cfg = _config(args.shape)
-  mods = make_lam_fixtures.import_laq(os.path.abspath(args.upstream))
+  # (import_laq also saves the tiny feature-variant backbones it imports.)
+  mods = make_lam_fixtures.import_laq(os.path.abspath(args.upstream),
+                                      os.path.join(args.tmp, "backbones"))
   optimizer = importlib.import_module(
       "get_latent_action.models.laq_model.optimizer")
   torch.manual_seed(0)
