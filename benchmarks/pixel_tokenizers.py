@@ -118,7 +118,7 @@ def _wan(quick: bool):
   def run_torch():
     with torch.inference_mode():
       mu = (model.encode(x).latent_dist.mode() - mean) * inv_std
-      return mu.permute(0, 2, 3, 4, 1).reshape(1, -1, 48).numpy()
+      return mu.permute(0, 2, 3, 4, 1).reshape(1, mu.shape[2], -1, 48).numpy()
 
   return (wan_vae, cfg, wan_vae.params_from_torch(weights, cfg), "video",
           clips, run_torch, f"diffusers AutoencoderKLWan, one 9 x {size}^2 "

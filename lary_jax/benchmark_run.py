@@ -83,6 +83,7 @@ def parse_decoders(text: str) -> list[tuple[str, str]]:
 def models_in(models_dir: str) -> list[Model]:
   """Every converted checkpoint (a `convert` output) under `models_dir`."""
   from lary_jax.encoders import convert  # pylint: disable=g-import-not-at-top
+  from lary_jax.encoders import registry  # pylint: disable=g-import-not-at-top
   if not os.path.isdir(models_dir):
     raise LaryError(f"--models_dir {models_dir}: not a directory")
   found = []
@@ -90,6 +91,13 @@ def models_in(models_dir: str) -> list[Model]:
     path = os.path.join(models_dir, entry)
     if os.path.isdir(path) and convert.is_converted(path):
       name, _, _ = convert.load_converted(path)
+      # The folder name is the model's name in features and results, and
+      # extraction looks it up first: another built-in model's name would
+      # load that model (e.g. `magvit2`, the LAQ, for a magvit2_encoder).
+      if entry != name and entry in registry.available():
+        raise LaryError(f"--models_dir {models_dir}: folder {entry!r} holds "
+                        f"a {name!r} checkpoint, but {entry!r} is another "
+                        f"built-in model; rename the folder (e.g. {name!r})")
       found.append(Model(name=name, checkpoint=path, label=entry))
   if not found:
     raise LaryError(f"--models_dir {models_dir}: no checkpoint written by "

@@ -24,8 +24,11 @@ What upstream LARY does (model `wan2-2`), and what this module does:
    By default (`pairs_as_images=True`) each frame of a 2-frame input is
    encoded as its own one-frame video, giving 2 x 196 tokens;
    `pairs_as_images=False` reproduces upstream (196 tokens, source only).
-5. Tokens. Latent frames, rows, columns flattened, channels last:
-   [B, T' * 196, 48] (upstream stores [T', 196, 48] per row; same order).
+5. Tokens. Per latent frame, rows and columns flattened, channels last:
+   [B, T', 196, 48], the [T', 196, 48] per row that upstream stores. The
+   frame axis stays, as upstream's: its attentive probe adds a temporal
+   embedding to [T, N, D] features, and the laptop probes pool each frame's
+   square grid (`pool_grid`), which a flat T' * 196 axis has not.
 
 Checkpoints: a diffusers folder (`AutoencoderKLWan` with `is_residual`,
 e.g. Wan2.2-TI2V-5B-Diffusers' `vae/`) or the original `Wan2.2_VAE.pth`.
@@ -276,7 +279,7 @@ class Model(nnx.Module):
         `cfg.downsample`.
 
     Returns:
-      (tokens [B, T' * H' * W', z_dim], out) with out["latents"] the same as
+      (tokens [B, T', H' * W', z_dim], out) with out["latents"] the same as
       [B, T', H', W', z_dim].
     """
     cfg = self.cfg
@@ -292,7 +295,7 @@ class Model(nnx.Module):
       z = z.reshape(b, t, *z.shape[2:])
     else:
       z = self.encode(x)
-    return z.reshape(b, -1, z.shape[-1]), {"latents": z}
+    return z.reshape(*z.shape[:2], -1, z.shape[-1]), {"latents": z}
 
 
 def _space_to_depth(x: jax.Array, p: int) -> jax.Array:
@@ -307,8 +310,8 @@ def _space_to_depth(x: jax.Array, p: int) -> jax.Array:
 
 # uint8 or [0, 1] float images -> float32 [0, 1] (the model scales itself).
 preprocess = vit_layers.to_unit_float
-# The tokens are the model's output as it is: every latent, [B, T' * 196, 48] at 224,
-# latent-frame-major.
+# The tokens are the model's output as it is: every latent, [B, T', 196, 48]
+# at 224.
 select_tokens = None
 load_options = cl.load_options
 

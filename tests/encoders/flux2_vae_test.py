@@ -23,10 +23,11 @@ _TINY = dict(block_out_channels=(32, 64), layers_per_block=1,
              up_block_types=("UpDecoderBlock2D",) * 2)
 
 
-def _vae(path=None, seed=0):
-  """A random tiny AutoencoderKLFlux2 at unit gain, with BatchNorm stats."""
+def _vae(path=None, seed=0, **config):
+  """A random tiny AutoencoderKLFlux2 at unit gain, with BatchNorm stats;
+  `config` replaces fields of _TINY."""
   torch.manual_seed(seed)
-  model = diffusers.AutoencoderKLFlux2(**_TINY).eval()
+  model = diffusers.AutoencoderKLFlux2(**(_TINY | config)).eval()
   with torch.no_grad():
     for name, p in model.named_parameters():
       if p.ndim >= 2:

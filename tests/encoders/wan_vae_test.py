@@ -45,13 +45,14 @@ def _vae(path=None, seed=0):
 
 def _tokens(model, clips_u8):
   """diffusers' posterior mean of each clip, normalised as upstream's
-  Wan2_2_VAE does, as [B, T' * h * w, z]."""
+  Wan2_2_VAE does, in upstream's stored layout [B, T', h * w, z]."""
   x = torch.from_numpy(clips_u8.astype(np.float32) / 127.5 - 1)
   with torch.no_grad():
     mu = model.encode(x.permute(0, 4, 1, 2, 3)).latent_dist.mode()
   mean = torch.tensor(_MEAN).view(1, -1, 1, 1, 1)
   mu = (mu - mean) * (1 / torch.tensor(_STD)).view(1, -1, 1, 1, 1)
-  return mu.permute(0, 2, 3, 4, 1).reshape(mu.shape[0], -1, _Z).numpy()
+  b, _, t = mu.shape[:3]
+  return mu.permute(0, 2, 3, 4, 1).reshape(b, t, -1, _Z).numpy()
 
 
 def _clips(shape, seed=0):
@@ -62,19 +63,19 @@ def test_converted_encoder_matches_diffusers(tmp_path):
   model = _vae(tmp_path / "hf")
   out = convert.convert("wan2_2", str(tmp_path / "hf"), str(tmp_path / "o"))
   enc = encoders.load("wan2_2", out)
-  # A LARY clip: 9 frames -> latent frames from 0, 1-4, 5-8.
-  assert (enc.mode, enc.dim, enc.num_tokens) == ("video", _Z, 3 * 14 * 14)
+  # A LARY clip: 9 frames -> latent frames from 0, 1-4, 5-8, each 14 x 14.
+  assert (enc.mode, enc.dim, enc.num_tokens) == ("video", _Z, 14 * 14)
   # What extraction stores per row: a clip, and a pair (as two images).
-  assert extract.token_shape(enc, "video") == (3 * 196, _Z)
-  assert extract.token_shape(enc, "image") == (2 * 196, _Z)
+  assert extract.token_shape(enc, "video") == (3, 196, _Z)
+  assert extract.token_shape(enc, "image") == (2, 196, _Z)
   clips = _clips((2, 9, 32, 32, 3))
   got, want = np.asarray(enc(clips)), _tokens(model, clips)
-  assert got.shape == want.shape == (2, 3 * 4, _Z)
+  assert got.shape == want.shape == (2, 3, 4, _Z)
   assert np.abs(got - want).max() < 1e-4
   # 7 frames: upstream's chunks never reach frames 5 and 6.
   clips = _clips((1, 7, 32, 32, 3), seed=1)
   got, want = np.asarray(enc(clips)), _tokens(model, clips)
-  assert got.shape == want.shape == (1, 2 * 4, _Z)
+  assert got.shape == want.shape == (1, 2, 4, _Z)
   assert np.abs(got - want).max() < 1e-4
 
 
@@ -83,13 +84,14 @@ def test_pairs(tmp_path):
   pairs = _clips((2, 2, 32, 32, 3), seed=2)
   # Default: each frame of the pair is its own one-frame video.
   got = np.asarray(encoders.load("wan2_2", str(tmp_path))(pairs))
-  want = np.stack([_tokens(model, pairs[:, i:i + 1]) for i in range(2)], 1)
-  assert got.shape == (2, 2 * 4, _Z)
-  assert np.abs(got - want.reshape(got.shape)).max() < 1e-4
+  want = np.concatenate([_tokens(model, pairs[:, i:i + 1]) for i in range(2)],
+                        1)
+  assert got.shape == want.shape == (2, 2, 4, _Z)
+  assert np.abs(got - want).max() < 1e-4
   # Upstream: the pair as a 2-frame video, which encodes frame 0 only.
   enc = encoders.load("wan2_2", str(tmp_path), pairs_as_images=0)
   got, want = np.asarray(enc(pairs)), _tokens(model, pairs)
-  assert got.shape == want.shape == (2, 4, _Z)
+  assert got.shape == want.shape == (2, 1, 4, _Z)
   assert np.abs(got - want).max() < 1e-4
   assert np.abs(got - _tokens(model, pairs[:, :1])).max() < 1e-4
 
