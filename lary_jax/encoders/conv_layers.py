@@ -54,6 +54,31 @@ def swish(x: jax.Array) -> jax.Array:
   return x * jax.nn.sigmoid(x)
 
 
+class ResnetBlock(nnx.Module):
+  """GroupNorm -> swish -> conv, twice, plus a 1x1 shortcut on width change.
+
+  The VAE/tokenizer encoders' block (FLUX.2 with biases, Open-MAGVIT2
+  without); attribute names are their state dicts'.
+  """
+
+  def __init__(self, din: int, dout: int, groups: int, *, bias: bool = True,
+               dtype, rngs: nnx.Rngs):
+    kw = dict(dtype=dtype, rngs=rngs)
+    self.norm1 = group_norm(din, groups=groups, **kw)
+    self.conv1 = conv(din, dout, 3, padding=1, bias=bias, **kw)
+    self.norm2 = group_norm(dout, groups=groups, **kw)
+    self.conv2 = conv(dout, dout, 3, padding=1, bias=bias, **kw)
+    self.nin_shortcut = (conv(din, dout, 1, bias=bias, **kw)
+                         if din != dout else None)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    h = self.conv1(swish(self.norm1(x)))
+    h = self.conv2(swish(self.norm2(h)))
+    if self.nin_shortcut is not None:
+      x = self.nin_shortcut(x)
+    return x + h
+
+
 def spatial_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
   """One-head softmax attention over pixels: [B, N, C] each -> [B, N, C]."""
   scale = q.shape[-1] ** -0.5

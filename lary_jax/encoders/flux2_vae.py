@@ -81,26 +81,6 @@ class Config(config_dict.DictConfig):
 VARIANTS = {"flux2": Config()}
 
 
-class ResnetBlock(nnx.Module):
-  """GroupNorm -> swish -> conv, twice, plus a 1x1 shortcut on width change."""
-
-  def __init__(self, din: int, dout: int, groups: int, *, dtype,
-               rngs: nnx.Rngs):
-    kw = dict(dtype=dtype, rngs=rngs)
-    self.norm1 = cl.group_norm(din, groups=groups, **kw)
-    self.conv1 = cl.conv(din, dout, 3, padding=1, **kw)
-    self.norm2 = cl.group_norm(dout, groups=groups, **kw)
-    self.conv2 = cl.conv(dout, dout, 3, padding=1, **kw)
-    self.nin_shortcut = cl.conv(din, dout, 1, **kw) if din != dout else None
-
-  def __call__(self, x: jax.Array) -> jax.Array:
-    h = self.conv1(cl.swish(self.norm1(x)))
-    h = self.conv2(cl.swish(self.norm2(h)))
-    if self.nin_shortcut is not None:
-      x = self.nin_shortcut(x)
-    return x + h
-
-
 class AttnBlock(nnx.Module):
   """One-head self-attention over the pixels (1x1 convs as Linears)."""
 
@@ -134,7 +114,7 @@ class Level(nnx.Module):
                rngs: nnx.Rngs):
     g = cfg.norm_groups
     self.block = nnx.List([
-        ResnetBlock(din if i == 0 else dout, dout, g, dtype=dtype, rngs=rngs)
+        cl.ResnetBlock(din if i == 0 else dout, dout, g, dtype=dtype, rngs=rngs)
         for i in range(cfg.num_res_blocks)])
     self.downsample = (None if last else
                        Downsample(dout, dtype=dtype, rngs=rngs))
@@ -143,9 +123,9 @@ class Level(nnx.Module):
 class Mid(nnx.Module):
 
   def __init__(self, dim: int, groups: int, *, dtype, rngs: nnx.Rngs):
-    self.block_1 = ResnetBlock(dim, dim, groups, dtype=dtype, rngs=rngs)
+    self.block_1 = cl.ResnetBlock(dim, dim, groups, dtype=dtype, rngs=rngs)
     self.attn_1 = AttnBlock(dim, groups, dtype=dtype, rngs=rngs)
-    self.block_2 = ResnetBlock(dim, dim, groups, dtype=dtype, rngs=rngs)
+    self.block_2 = cl.ResnetBlock(dim, dim, groups, dtype=dtype, rngs=rngs)
 
 
 class Model(nnx.Module):

@@ -74,35 +74,15 @@ class Config(config_dict.DictConfig):
 VARIANTS = {"pretrain256_262144": Config()}
 
 
-class ResBlock(nnx.Module):
-  """GroupNorm -> swish -> conv, twice; bias-free; 1x1 shortcut on width."""
-
-  def __init__(self, din: int, dout: int, groups: int, *, dtype,
-               rngs: nnx.Rngs):
-    kw = dict(dtype=dtype, rngs=rngs)
-    self.norm1 = cl.group_norm(din, groups=groups, **kw)
-    self.conv1 = cl.conv(din, dout, 3, padding=1, bias=False, **kw)
-    self.norm2 = cl.group_norm(dout, groups=groups, **kw)
-    self.conv2 = cl.conv(dout, dout, 3, padding=1, bias=False, **kw)
-    self.nin_shortcut = (cl.conv(din, dout, 1, bias=False, **kw)
-                         if din != dout else None)
-
-  def __call__(self, x: jax.Array) -> jax.Array:
-    h = self.conv1(cl.swish(self.norm1(x)))
-    h = self.conv2(cl.swish(self.norm2(h)))
-    if self.nin_shortcut is not None:
-      x = self.nin_shortcut(x)
-    return x + h
-
-
 class Level(nnx.Module):
   """ResNet blocks, then (except the last level) a stride-2 3x3 conv."""
 
   def __init__(self, din: int, dout: int, cfg: Config, last: bool, *, dtype,
                rngs: nnx.Rngs):
     self.block = nnx.List([
-        ResBlock(din if i == 0 else dout, dout, cfg.norm_groups, dtype=dtype,
-                 rngs=rngs) for i in range(cfg.num_res_blocks)])
+        cl.ResnetBlock(din if i == 0 else dout, dout, cfg.norm_groups,
+                       bias=False, dtype=dtype, rngs=rngs)
+        for i in range(cfg.num_res_blocks)])
     self.downsample = None if last else cl.conv(
         dout, dout, 3, stride=2, padding=1, dtype=dtype, rngs=rngs)
 
@@ -120,7 +100,8 @@ class Model(nnx.Module):
         Level(cfg.ch if i == 0 else widths[i - 1], w, cfg,
               i == len(widths) - 1, **kw) for i, w in enumerate(widths)])
     self.mid_block = nnx.List([
-        ResBlock(widths[-1], widths[-1], cfg.norm_groups, **kw)
+        cl.ResnetBlock(widths[-1], widths[-1], cfg.norm_groups, bias=False,
+                       **kw)
         for _ in range(cfg.num_res_blocks)])
     self.norm_out = cl.group_norm(widths[-1], groups=cfg.norm_groups, **kw)
     self.conv_out = cl.conv(widths[-1], cfg.z_channels, 1, **kw)
