@@ -52,6 +52,7 @@ from lary_jax.encoders import convert
 from lary_jax.encoders import dinov2
 from lary_jax.encoders import vit_layers
 from lary_jax.errors import LaryError
+from lary_jax.lams import vector_quantizer
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -258,12 +259,7 @@ class Codebook(nnx.Module):
 
   def __call__(self, z: jax.Array) -> tuple[jax.Array, jax.Array]:
     """[..., dim] -> (z_q [..., dim], indices [...] int32)."""
-    codes = self.codebook[...]
-    zf = z.astype(jnp.float32)
-    dist = ((zf[..., None, :] - codes) ** 2).sum(-1)
-    idx = jnp.argmin(dist, axis=-1).astype(jnp.int32)
-    # Upstream's straight-through value z + (code - z): the code, rounded.
-    return (zf + (codes[idx] - zf)).astype(z.dtype), idx
+    return vector_quantizer.quantize(z, self.codebook[...])
 
 
 class Model(nnx.Module):

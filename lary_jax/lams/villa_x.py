@@ -49,6 +49,7 @@ from lary_jax.encoders import config_dict
 from lary_jax.encoders import convert
 from lary_jax.encoders import vit_layers
 from lary_jax.errors import LaryError
+from lary_jax.lams import vector_quantizer
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -260,11 +261,7 @@ class Codebook(nnx.Module):
 
   def __call__(self, z: jax.Array) -> tuple[jax.Array, jax.Array]:
     """[..., dim] -> (z_q [..., dim], indices [...] int32)."""
-    codes = self.embedding[...]
-    zf = z.astype(jnp.float32)
-    idx = jnp.argmin(((zf[..., None, :] - codes) ** 2).sum(-1), axis=-1)
-    idx = idx.astype(jnp.int32)
-    return (zf + (codes[idx] - zf)).astype(z.dtype), idx  # z + (z_q - z)
+    return vector_quantizer.quantize(z, self.embedding[...])
 
 
 class Model(nnx.Module):
