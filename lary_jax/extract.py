@@ -29,6 +29,7 @@ import math
 import os
 import signal
 import time
+import weakref
 from collections.abc import Collection, Sequence
 from typing import Any
 
@@ -529,6 +530,19 @@ def extract_split(encoder: Any, source: Any, *, mode: str, store_dir: str,
   return summary
 
 
+# The last encoder's compiled steps, so that its other splits (same shapes)
+# are not compiled again; a weak reference, not to keep its parameters alive.
+_LAST_COMPILED: list[Any] = [None, {}]
+
+
+def _compiled_steps(encoder: Any) -> dict[tuple, Any]:
+  """The cache of compiled steps for `encoder` (emptied for a new one)."""
+  ref, _ = _LAST_COMPILED
+  if ref is None or ref() is not encoder:
+    _LAST_COMPILED[:] = [weakref.ref(encoder), {}]
+  return _LAST_COMPILED[1]
+
+
 def _run(encoder, source, example: Mode, keys: Sequence[str], store_dir: str,
          plan: Plan, pending: np.ndarray, options: Options, dtype: np.dtype,
          mesh: Mesh, summary: Summary, progress: bool | None) -> None:
@@ -536,18 +550,23 @@ def _run(encoder, source, example: Mode, keys: Sequence[str], store_dir: str,
   me = jax.process_index()
   data = NamedSharding(mesh, P("data"))
   params = replicate(encoder.params, mesh)
-  step_fn = make_step(encoder, mesh, micro_batch=options.micro_batch,
-                      dtype=dtype)
-  compiled_by_rows: dict[int, Any] = {}
+  compiled = _compiled_steps(encoder)
+  step_fn = None
 
   def compiled_for(rows: int):
-    if rows not in compiled_by_rows:
+    nonlocal step_fn
+    key = (mesh, options.micro_batch, np.dtype(dtype).str, example.frames,
+           rows)
+    if key not in compiled:
       start = time.perf_counter()
-      compiled_by_rows[rows] = step_fn.lower(params, jax.ShapeDtypeStruct(
+      step_fn = step_fn or make_step(encoder, mesh,
+                                     micro_batch=options.micro_batch,
+                                     dtype=dtype)
+      compiled[key] = step_fn.lower(params, jax.ShapeDtypeStruct(
           (rows, example.frames, IMAGE_SIZE, IMAGE_SIZE, 3), jnp.uint8,
           sharding=data)).compile()
       summary.compile_s += time.perf_counter() - start
-    return compiled_by_rows[rows]
+    return compiled[key]
 
   compiled_for(plan.global_batch)
 

@@ -131,6 +131,18 @@ def test_image_mode_stores_each_pair_as_float16(prepared, tmp_path):
   np.testing.assert_array_equal(row["features"], features[29])
 
 
+def test_an_encoders_other_splits_reuse_its_compiled_steps(prepared,
+                                                          tmp_path):
+  encoder = registry.load("pixels")
+  first = _extract(prepared, tmp_path / "a", encoder=encoder)
+  again = _extract(prepared, tmp_path / "b", encoder=encoder)
+  assert first.compile_s > 0 and again.compile_s == 0
+  np.testing.assert_array_equal(_read(tmp_path / "a")[0],
+                                _read(tmp_path / "b")[0])
+  other = _extract(prepared, tmp_path / "c", encoder=registry.load("pixels"))
+  assert other.compile_s > 0  # a new encoder compiles its own
+
+
 def test_video_mode_stores_nine_frames_per_clip(prepared, tmp_path):
   records = _source(prepared, "human_1st", "train")
   _extract(prepared, tmp_path, name="human_1st", split="train", mode="video")
