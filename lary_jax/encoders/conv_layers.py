@@ -54,6 +54,17 @@ def swish(x: jax.Array) -> jax.Array:
   return x * jax.nn.sigmoid(x)
 
 
+def check_images(x: jax.Array, name: str, downsample: int) -> None:
+  """Raises unless x is images [B, H, W, C] with H, W multiples of
+  `downsample` (the encoder `name`'s pixels per token side)."""
+  if x.ndim != 4:
+    raise LaryError(f"{name} expects images [B, H, W, C], got {x.shape}")
+  h, w = x.shape[1:3]
+  if h % downsample or w % downsample:
+    raise LaryError(f"{name}: image size {h}x{w} is not a multiple of "
+                    f"{downsample}")
+
+
 class ResnetBlock(nnx.Module):
   """GroupNorm -> swish -> conv, twice, plus a 1x1 shortcut on width change.
 

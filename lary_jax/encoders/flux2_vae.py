@@ -162,12 +162,8 @@ class Model(nnx.Module):
       patching [B, 2H', 2W', 32].
     """
     cfg = self.cfg
-    if x.ndim != 4:
-      raise LaryError(f"flux2 expects images [B, H, W, C], got {x.shape}")
+    cl.check_images(x, "flux2", cfg.downsample)
     b, h, w, c = x.shape
-    if h % cfg.downsample or w % cfg.downsample:
-      raise LaryError(f"flux2: image size {h}x{w} is not a multiple of "
-                      f"{cfg.downsample}")
     x = x * (2 * 255.0) - 1 if cfg.upstream_uint8 else x * 2 - 1
     if cfg.upstream_layout:  # the HWC buffer read as CHW, as upstream
       x = x.reshape(b, c, h, w).transpose(0, 2, 3, 1)

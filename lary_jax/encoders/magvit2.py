@@ -118,12 +118,8 @@ class Model(nnx.Module):
       [B, H', W', z_channels].
     """
     cfg = self.cfg
-    if x.ndim != 4:
-      raise LaryError(f"magvit2 expects images [B, H, W, C], got {x.shape}")
+    cl.check_images(x, "magvit2", cfg.downsample)
     b, h, w, _ = x.shape
-    if h % cfg.downsample or w % cfg.downsample:
-      raise LaryError(f"magvit2: image size {h}x{w} is not a multiple of "
-                      f"{cfg.downsample}")
     if not cfg.upstream_range:
       x = x * 2 - 1
     x = self.conv_in(x)
