@@ -303,11 +303,17 @@ def _extract(commands, flags, cfg, model: Model) -> None:
     commands["extract"](flags, cfg)
     return
   from lary_jax.encoders import registry  # pylint: disable=g-import-not-at-top
-  if model.store_name not in registry.available():
-    registry.register(model.store_name,
-                      lambda path, name=model.name, **kw: registry.load(
-                          name, path, **kw))
-  commands["extract"](StageFlags(flags, model=model.store_name), cfg)
+  if model.store_name in registry.available():
+    commands["extract"](StageFlags(flags, model=model.store_name), cfg)
+    return
+  # An alias for this stage only: the process's registry stays as it was.
+  registry.register(model.store_name,
+                    lambda path, name=model.name, **kw: registry.load(
+                        name, path, **kw))
+  try:
+    commands["extract"](StageFlags(flags, model=model.store_name), cfg)
+  finally:
+    registry.unregister(model.store_name)
 
 
 def _with_encoder_options(cfg: ml_collections.ConfigDict, name: str

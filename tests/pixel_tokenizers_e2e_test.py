@@ -125,7 +125,10 @@ def workdir(tmp_path_factory):
   render._simulate(str(root / "data"), SMALL, tiny=False, seed=SEED,
                    num_workers=1, progress=False)
   models = _checkpoints(root)
+  before = registry.available()
   assert commands.run(_flags(root, models), _config()) == 0
+  # A folder extracted under its own name (open_magvit2) leaves no alias.
+  assert registry.available() == before
   return root / "wd"
 
 

@@ -226,6 +226,13 @@ def register(name: str, factory: Factory) -> None:
   _FACTORIES[name] = factory
 
 
+def unregister(name: str) -> None:
+  """Removes a name `register` added (built-in names stay)."""
+  if name in _MODEL_MODULES or name in ("pixels", "random_vit"):
+    raise LaryError(f"encoder name {name!r} is built in; it stays")
+  _FACTORIES.pop(name, None)
+
+
 def load(name: str, path: str | None = None, *, dtype=jnp.float32,
          **options: Any) -> Encoder:
   """Builds encoder `name`.
