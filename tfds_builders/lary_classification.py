@@ -10,12 +10,15 @@ Each example is one clip: its 9 frames (ids from the CSV's `sample_indices`,
 else from the motion-guided sampler; 224x224 bicubic, encoded), with
 `vjepa2_view` also `frames_vjepa2` (V-JEPA 2's view of them), the label
 (class names = sorted actions of the train split), the action text, the
-source dataset and the row's identity (`video_path`). Every split's labels,
-in record order, are also in `info.metadata["labels"]` for balanced sampling.
+source dataset and the row's identity (`video_path`); LARY-Sim clips also
+hold `states`, the robot's state at each of the 9 frames (ground truth).
+Every split's labels, in record order, are also in `info.metadata["labels"]`
+for balanced sampling.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import tensorflow_datasets as tfds
 
 from tfds_builders import lary_builder
@@ -38,6 +41,9 @@ class LaryClassification(lary_builder.LaryBuilder):
         "dataset": text,
         "video_path": text,
     }
+    if self.spec.has_states:  # LARY-Sim's ground truth (`sim_oracle`)
+      features["states"] = tfds.features.Tensor(
+          shape=(loaders.NUM_FRAMES, None), dtype=np.float32)
     view = "frames" + loaders.VJEPA2_SUFFIX
     if self._with_vjepa2_view(view):
       features[view] = lary_builder.frames_feature(loaders.NUM_FRAMES)

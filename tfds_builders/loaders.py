@@ -157,10 +157,22 @@ def _load_clip(spec: metadata.DatasetSpec, row: metadata.Row,
   # Like upstream, ids past the end of the video repeat the last frame.
   ids = np.clip(np.asarray(ids), 0, len(frames) - 1)
   views = _views(frames[ids], "frames", options)
-  return {
+  ex = {
       **{k: np.array([options.encode(f) for f in clip], dtype=object)
          for k, clip in views.items()},
       "action": row.fields["action"],
       "dataset": row.fields.get("dataset", spec.name),
       "video_path": row.fields["video_path"],
   }
+  if spec.has_states:
+    ex["states"] = _frame_states(row.paths["state_path"], len(frames))[ids]
+  return ex
+
+
+def _frame_states(path: str, num_frames: int) -> np.ndarray:
+  """A clip's per-frame states [num_frames, S]; raises _Bad if unusable."""
+  states = load_array(path, "state_path")
+  if states.ndim != 2 or len(states) != num_frames:
+    raise _Bad(f"state_path .npy has shape {states.shape}: expected one "
+               f"state per video frame ({num_frames}, S)", "state_path")
+  return states

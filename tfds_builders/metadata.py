@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import os
+import re
 from typing import Iterator, Literal
 
 from lary_jax.errors import LaryError
@@ -26,6 +27,8 @@ SPLITS: dict[str, tuple[str, ...]] = {
 }
 
 _REGRESSION_PAIR = ("src_img", "tgt_img", "action")
+# LARY-Sim's clips also name their per-frame robot states (not upstream's).
+_STATE_PATH = ("state_path",)
 _CALVIN_COLUMNS = (
     "dataset", "type", "perspective", "src_img", "src_state", "tgt_img",
     "tgt_state", "action",
@@ -57,6 +60,9 @@ class DatasetSpec:
       schemas are known exactly from upstream's CSVs; for classification
       upstream promises only "at least" its columns, so extras are ignored.
     label_action: the `action` column is a class name, not a `.npy` path.
+    clip_source: how a clip's source video follows from its `video_path`
+      (`source_video`): "path" (every clip is a video of its own) or
+      "clip_index" (upstream's cut clips, `<source>_<index>[_rev].mp4`).
   """
 
   name: str
@@ -74,11 +80,12 @@ class DatasetSpec:
   stats_file: str | None = None
   extra_columns_ok: bool = False
   label_action: bool = False
+  clip_source: Literal["path", "clip_index"] = "path"
 
   @property
   def required_columns(self) -> tuple[str, ...]:
     if self.kind == "classification":
-      return ("video_path", "action")
+      return ("video_path", "action") + _STATE_PATH[:self.has_states]
     return tuple(c for c in self.columns if c in _REGRESSION_PAIR + (
         "src_state", "tgt_state", "robot_type"))
 
@@ -90,7 +97,7 @@ class DatasetSpec:
   @property
   def path_columns(self) -> tuple[str, ...]:
     if self.kind == "classification":
-      return ("video_path",)
+      return ("video_path",) + _STATE_PATH[:self.has_states]
     cols = ("src_img", "tgt_img", "src_state", "tgt_state")
     if not self.label_action:
       cols += ("action",)
@@ -98,7 +105,9 @@ class DatasetSpec:
 
   @property
   def has_states(self) -> bool:
-    return "src_state" in self.columns
+    """Rows name robot states: a pair's (regression, CALVIN schema), or a
+    clip's per-frame ground truth (LARY-Sim classification)."""
+    return "src_state" in self.columns or _STATE_PATH[0] in self.columns
 
   def csv_name(self, upstream_split: str) -> str:
     return f"{self.csv_stem}_metadata_{upstream_split}.csv"
@@ -153,16 +162,18 @@ DATASETS: dict[str, DatasetSpec] = {
             name="human_1st", kind="classification", config="human_1st",
             csv_stem="human_1st",
             columns=("dataset", "video_path", "action", "sample_indices"),
-            root=("classification",), extra_columns_ok=True),
+            root=("classification",), extra_columns_ok=True,
+            clip_source="clip_index"),
         DatasetSpec(
             name="robot_1st", kind="classification", config="robot_1st",
             csv_stem="robot_1st",
             columns=("dataset", "video_path", "action", "sample_indices"),
-            root=("classification",), extra_columns_ok=True),
+            root=("classification",), extra_columns_ok=True,
+            clip_source="clip_index"),
         DatasetSpec(
             name="sim_classification", kind="classification", config="sim",
             csv_stem="sim_classification",
-            columns=("dataset", "video_path", "action"),
+            columns=("dataset", "video_path", "action") + _STATE_PATH,
             root=("classification",),
             optional_columns=("la_path", "sample_indices")),
     )
@@ -172,6 +183,26 @@ DATASETS: dict[str, DatasetSpec] = {
 ALIASES: dict[str, tuple[str, ...]] = {
     "sim": ("sim_classification", "sim_regression"),
 }
+
+
+_CLIP_SUFFIX = re.compile(r"(_\d+)?(_rev)?$")
+
+
+def source_video(spec: DatasetSpec, video_path: str) -> str:
+  """The source video a clip was cut from, for grouping clips.
+
+  Upstream cuts Human_1st clips as `SSv2/<video>_<line>[_rev].mp4` and
+  `EgoDex/<name>/<video>_<line>[_rev].mp4` (utils/prepare_ssv2_egodex.py),
+  a reversed copy beside its clip: such clips share `<video>` and must not
+  be split between a training set and a held-out slice. LARY-Sim's clips
+  are videos of their own.
+  """
+  path = video_path.replace("\\", "/")
+  if spec.clip_source == "path":
+    return path
+  stem, _ = os.path.splitext(path)
+  folder, name = os.path.split(stem)
+  return os.path.join(folder, _CLIP_SUFFIX.sub("", name) or name)
 
 
 def tfds_name(spec: DatasetSpec) -> str:

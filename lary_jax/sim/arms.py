@@ -12,6 +12,9 @@ wrap around +-pi the way raw link Euler angles of a downward gripper do.
 """
 
 import dataclasses
+import hashlib
+import os
+import tempfile
 
 import numpy as np
 
@@ -34,6 +37,7 @@ class ArmSpec:
   Attributes:
     name: "panda" or "iiwa".
     asset: the pybullet_data path of the model.
+    low_poly: draw the links with their collision meshes (see `asset_path`).
     base_position: where the base sits; the table top is z = 0.
     ik_link: the link whose pose inverse kinematics solves for.
     tcp_offset: TCP position in the ik_link frame.
@@ -49,6 +53,7 @@ class ArmSpec:
 
   name: str
   asset: str
+  low_poly: bool
   base_position: tuple[float, float, float]
   ik_link: int
   tcp_offset: tuple[float, float, float]
@@ -64,6 +69,7 @@ class ArmSpec:
 PANDA = ArmSpec(
     name="panda",
     asset="franka_panda/panda.urdf",
+    low_poly=True,
     base_position=(0.0, 0.0, 0.0),
     ik_link=11,
     tcp_offset=(0.0, 0.0, 0.0),
@@ -79,6 +85,7 @@ PANDA = ArmSpec(
 IIWA = ArmSpec(
     name="iiwa",
     asset="kuka_iiwa/kuka_with_gripper2.sdf",
+    low_poly=False,
     base_position=(-0.05, 0.0, 0.0),
     ik_link=6,
     # The gripper sits 2.4 cm off the flange axis in this model.
@@ -93,6 +100,42 @@ IIWA = ArmSpec(
 )
 
 ARM_SPECS = {"panda": PANDA, "iiwa": IIWA}
+
+
+def asset_path(spec: ArmSpec, data_path: str) -> str:
+  """The model file to load: the asset, or its low-poly copy.
+
+  The Panda's visual meshes hold ~100k triangles, and the software renderer
+  spends most of a frame on them (36 vs 16 ms a 224 x 224 frame); its
+  collision meshes (~3k triangles) have the same outline. A low-poly arm is
+  a copy of the URDF that draws every link with its collision mesh, written
+  once into the temp folder (named by its content, so processes share it).
+
+  Args:
+    spec: the arm.
+    data_path: pybullet_data's folder.
+
+  Returns:
+    A path PyBullet can load.
+  """
+  if not spec.low_poly:
+    return spec.asset
+  source = os.path.join(data_path, spec.asset)
+  with open(source) as f:
+    text = f.read()
+  meshes = os.path.join(os.path.dirname(source), "meshes")
+  text = text.replace("package://meshes/visual/", "package://meshes/collision/")
+  text = text.replace("package://meshes/", meshes + "/")
+  digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+  folder = os.path.join(tempfile.gettempdir(), "lary_sim_assets")
+  path = os.path.join(folder, f"{spec.name}_low_poly_{digest}.urdf")
+  if not os.path.exists(path):
+    os.makedirs(folder, exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+      f.write(text)
+    os.replace(tmp, path)
+  return path
 
 
 @dataclasses.dataclass
@@ -119,7 +162,7 @@ class Arm:
         )
       else:
         self.body = pb.loadURDF(
-            spec.asset,
+            asset_path(spec, client.data_path),
             spec.base_position,
             useFixedBase=True,
             physicsClientId=cid,

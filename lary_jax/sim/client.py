@@ -56,6 +56,7 @@ class Client:
   Attributes:
     pb: the pybullet module.
     cid: the physics client id to pass as `physicsClientId`.
+    data_path: pybullet_data's folder (the robot and prop assets).
   """
 
   def __init__(self):
@@ -64,9 +65,8 @@ class Client:
 
     with _output_silenced():
       self.cid = self.pb.connect(self.pb.DIRECT)
-    self.pb.setAdditionalSearchPath(
-        pybullet_data.getDataPath(), physicsClientId=self.cid
-    )
+    self.data_path = pybullet_data.getDataPath()
+    self.pb.setAdditionalSearchPath(self.data_path, physicsClientId=self.cid)
 
   def reset(self) -> None:
     """Empties the world so that every clip starts from the same state."""

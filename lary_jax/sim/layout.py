@@ -15,7 +15,7 @@ from lary_jax.sim import motions
 from lary_jax.sim import scene as scene_lib
 
 NAME = "LARY-Sim"
-VERSION = "1.0.0"
+VERSION = "2.0.0"
 SPLITS = ("seen_train", "seen_val", "unseen")
 FPS = 10
 STRIDE = 5  # regression pairs (t, t + STRIDE); action chunks of STRIDE steps
@@ -25,7 +25,9 @@ PARTIAL_FILE = ".LARY_SIM.partial.json"
 CLASSIFICATION_DIR = "classification"
 REGRESSION_DIR = "regression/lary_sim"
 METADATA_DIR = "metadata"
-CLASSIFICATION_COLUMNS = ("dataset", "video_path", "action")
+# `state_path`: the clip's ground truth, one robot state per video frame
+# (STATE_DIMS), for the `sim_oracle` control; not a LARYBench column.
+CLASSIFICATION_COLUMNS = ("dataset", "video_path", "action", "state_path")
 REGRESSION_COLUMNS = ("dataset", "type", "perspective", "src_img",
                       "src_state", "tgt_img", "tgt_state", "action")
 ACTION_DIMS = ("x", "y", "z", "roll", "pitch", "yaw", "gripper")
@@ -49,7 +51,9 @@ class Sizes:
   """
 
   classes: tuple[str, ...] = motions.CLASSES
-  clips_per_class: tuple[int, int, int] = (20, 5, 5)
+  # 12 x 12 = 144 validation and unseen clips: the standard error of a top-1
+  # at chance (1/12) is then sqrt(p (1 - p) / 144) = 2.3 points.
+  clips_per_class: tuple[int, int, int] = (24, 12, 12)
   episodes: tuple[int, int, int] = (40, 10, 10)
   frames_per_clip: int = 24
 
@@ -111,6 +115,15 @@ class ClipPlan:
     return (f"{NAME}/{self.arm}/{self.class_name}/"
             f"clip_{self.clip_id:06d}.mp4")
 
+  @property
+  def state_path(self) -> str:
+    """The per-frame states [frames, 15] beside the video."""
+    return self.video_path[:-len(".mp4")] + "_states.npy"
+
+  def files(self) -> list[str]:
+    """Every file of the clip, relative to <out>/classification/."""
+    return [self.video_path, self.state_path]
+
   def spec(self):
     """(scene, camera, trajectory [frames, 7]) of this clip."""
     rs, rc, rm = _generators(self.seed, self.split, _CLIP, self.index)
@@ -150,7 +163,7 @@ class EpisodePlan:
     trajectory = motions.episode_trajectory(
         self.task, rm, np.asarray(scene.cube_xy), scene.cube_yaw,
         scene.cube_half, np.asarray(scene.goal_xy), STRIDE)
-    return scene, camera_lib.sample_camera(rc), trajectory
+    return scene, camera_lib.fixed_camera(scene.style, rc), trajectory
 
   def image_path(self, t: int) -> str:
     return f"images/ep_{self.episode_id}/frame_{t:06d}.png"
@@ -202,7 +215,7 @@ def plan_episodes(sizes: Sizes, seed: int) -> list[EpisodePlan]:
 
 
 def classification_rows(plans: list[ClipPlan], split: str) -> list[tuple]:
-  return [(f"{NAME}-{p.arm}", p.video_path, p.class_name)
+  return [(f"{NAME}-{p.arm}", p.video_path, p.class_name, p.state_path)
           for p in plans if p.split == split]
 
 

@@ -46,11 +46,14 @@ def _npy_bytes(array: np.ndarray) -> bytes:
 
 
 def _render_clip(plan: layout.ClipPlan, root: str) -> None:
-  path = os.path.join(root, layout.CLASSIFICATION_DIR, plan.video_path)
+  base = os.path.join(root, layout.CLASSIFICATION_DIR)
   scene, camera, trajectory = plan.spec()
-  frames, _ = rollout(process_client(), plan.arm, scene, camera, trajectory)
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  video.write_video(path, frames, fps=layout.FPS)
+  frames, states = rollout(process_client(), plan.arm, scene, camera,
+                           trajectory)
+  _write_missing(base, {plan.state_path: lambda: _npy_bytes(states)})
+  path = os.path.join(base, plan.video_path)
+  if not os.path.exists(path):
+    video.write_video(path, frames, fps=layout.FPS)  # atomic itself
 
 
 def _render_episode(plan: layout.EpisodePlan, root: str) -> None:
@@ -67,6 +70,11 @@ def _render_episode(plan: layout.EpisodePlan, root: str) -> None:
     if t < plan.steps:
       files[plan.action_path(t)] = lambda t=t: _npy_bytes(
           commands[t:t + layout.STRIDE])
+  _write_missing(base, files)
+
+
+def _write_missing(base: str, files: dict[str, Any]) -> None:
+  """Writes each `relative path: encode()` that `base` lacks, atomically."""
   for rel, encode in files.items():
     path = os.path.join(base, rel)
     if not os.path.exists(path):
@@ -187,7 +195,7 @@ def _simulate(
     if not all(os.path.exists(os.path.join(reg_root, f)) for f in p.files()):
       jobs.append(("episode", p, out_dir))
   for p in clips:
-    if not os.path.exists(os.path.join(cls_root, p.video_path)):
+    if not all(os.path.exists(os.path.join(cls_root, f)) for f in p.files()):
       jobs.append(("clip", p, out_dir))
   if jobs:
     import_pybullet()  # fail here, in one line, rather than in every worker

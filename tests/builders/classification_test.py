@@ -46,6 +46,24 @@ def test_sim_style_rows_use_the_motion_guided_sampler(tmp_path):
   ids = sampler.sample_frame_ids(clip)
   frames = np.stack([images.decode_image(f) for f in record["frames"]])
   np.testing.assert_array_equal(frames, images.resize_bicubic(clip[ids]))
+  # LARY-Sim's ground truth: the robot state at each sampled frame.
+  states = np.load(f"{data_dir}/classification/{record['video_path'].decode()}"
+                   .replace(".mp4", "_states.npy"))
+  np.testing.assert_array_equal(record["states"], states[ids])
+
+
+def test_sim_state_file_of_the_wrong_length_is_a_bad_row(tmp_path):
+  data_dir = str(tmp_path / "data")
+  fake_data_dir.make_classification(data_dir, "sim_classification",
+                                    with_indices=False)
+  path = f"{data_dir}/classification/SSv2/train/1_0_states.npy"
+  np.save(path, np.zeros((3, 15), np.float32))
+  spec = metadata.DATASETS["sim_classification"]
+  total, bad = prepare.check(spec, data_dir, num_workers=0)
+  assert [(b.csv, b.line, b.path) for b in bad] == [(
+      "sim_classification_metadata_train.csv", 5,
+      "SSv2/train/1_0_states.npy")]
+  assert "expected one state per video frame (20, S)" in bad[0].reason
 
 
 def test_validation_class_missing_from_train_is_named(tmp_path):

@@ -111,6 +111,8 @@ def make_classification(data_dir: str, name: str, *, clips_per_class=(3, 1),
   rng = np.random.default_rng(seed)
   meta_dir = os.path.join(data_dir, "metadata")
   header = ["dataset", "video_path", "action"]
+  if spec.has_states:  # LARY-Sim: each clip's per-frame robot states
+    header.append("state_path")
   if with_indices:
     header.append("sample_indices")
   for split, per_class in zip(("train", "val"), clips_per_class):
@@ -122,6 +124,10 @@ def make_classification(data_dir: str, name: str, *, clips_per_class=(3, 1),
         frames = rng.integers(0, 256, (num_frames, 40, 48, 3), dtype=np.uint8)
         write_mp4(os.path.join(data_dir, *spec.root, rel), frames)
         row = ["SSv2", rel, action]
+        if spec.has_states:
+          row.append(rel.replace(".mp4", "_states.npy"))
+          _npy(os.path.join(data_dir, *spec.root, row[-1]),
+               rng.normal(size=(num_frames, 15)).astype(np.float32))
         if with_indices:
           row.append(",".join(str(j) for j in range(0, 18, 2)))
         rows.append(row)

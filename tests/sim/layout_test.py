@@ -30,9 +30,10 @@ def test_clip_plans():
     assert {p.arm for p in ps} == {"iiwa" if split == "unseen" else "panda"}
   p = plans[13]
   assert p.video_path == "LARY-Sim/panda/reach_right/clip_000013.mp4"
+  assert p.state_path == "LARY-Sim/panda/reach_right/clip_000013_states.npy"
   assert layout.classification_rows(plans, "unseen")[0] == (
       "LARY-Sim-iiwa", "LARY-Sim/iiwa/reach_left/clip_000036.mp4",
-      "reach_left")
+      "reach_left", "LARY-Sim/iiwa/reach_left/clip_000036_states.npy")
 
 
 def test_episode_plans_and_regression_rows():

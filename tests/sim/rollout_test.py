@@ -81,7 +81,7 @@ def test_rendering_is_repeatable_and_follows_the_camera(client):
   p, scene, camera, trajectory = _episode("seen_train", "poke", 2)
   a, _ = rollout(client, p.arm, scene, camera, trajectory[:6])
   b, _ = rollout(client, p.arm, scene, camera, trajectory[:6])
-  assert a.shape == (6, 224, 224, 3) and a.dtype == np.uint8
+  assert a.shape == (6, camera_lib.IMAGE_SIZE, camera_lib.IMAGE_SIZE, 3) and a.dtype == np.uint8
   np.testing.assert_array_equal(a, b)
   other = camera_lib.sample_camera(np.random.default_rng(99))
   c, _ = rollout(client, p.arm, scene, other, trajectory[:1])

@@ -15,6 +15,7 @@ from PIL import Image
 
 from lary_jax.data import video
 from lary_jax.errors import LaryError
+from lary_jax.sim import camera
 from lary_jax.sim import layout
 from lary_jax.sim import render
 
@@ -76,15 +77,18 @@ def test_tiny_layout_and_csvs(tiny):
   meta = os.path.join(out, "metadata")
   for split in layout.SPLITS:
     raw = files[f"metadata/sim_classification_metadata_{split}.csv"]
-    assert raw.startswith(b"dataset,video_path,action\n")
+    assert raw.startswith(b"dataset,video_path,action,state_path\n")
     assert b"\r" not in raw
     rows = _read_csv(os.path.join(meta, layout.csv_name("classification",
                                                          split)))[1:]
     assert len(rows) == summary["counts"]["classification"][split]
     assert {r[2] for r in rows} == set(summary["classes"])
-    for dataset, path, action in rows:
+    for dataset, path, action, state_path in rows:
       assert path.startswith(f"LARY-Sim/{dataset.split('-')[-1]}/{action}/")
       assert f"classification/{path}" in files
+      states = np.load(os.path.join(out, "classification", state_path))
+      assert states.shape == (layout.TINY_SIZES.frames_per_clip,
+                              len(layout.STATE_DIMS))
     raw = files[f"metadata/sim_regression_metadata_{split}.csv"]
     assert raw.startswith(b"dataset,type,perspective,src_img,src_state,"
                           b"tgt_img,tgt_state,action\n")
@@ -108,7 +112,8 @@ def test_tiny_videos_decode(tiny):
       out, "metadata", layout.csv_name("classification", s)))[1:]]
   for path in paths:
     frames = video.read_video(os.path.join(out, "classification", path))
-    assert frames.shape == (24, 224, 224, 3) and frames.dtype == np.uint8
+    side = camera.IMAGE_SIZE
+    assert frames.shape == (24, side, side, 3) and frames.dtype == np.uint8
   # Something moves in every clip (the gripper classes move the least).
   frames = video.read_video(os.path.join(out, "classification", paths[0]))
   assert np.abs(frames[-1].astype(int) - frames[0]).mean() > 0.2
@@ -132,7 +137,7 @@ def test_tiny_regression_arrays(tiny):
       reached.append(np.linalg.norm(s1[:3] - a[-1, :3]))
       for img in (src_img, tgt_img):
         with Image.open(img) as im:
-          assert im.size == (224, 224) and im.mode == "RGB"
+          assert im.size == (camera.IMAGE_SIZE,) * 2 and im.mode == "RGB"
   # The lagging controller ends a chunk near its last command.
   assert np.median(reached) < 0.02 and max(reached) < 0.08
 
