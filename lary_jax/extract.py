@@ -63,11 +63,15 @@ class Mode:
   identity_key: str  # record key naming the example
   unit: str  # what the progress bar counts
   frame_keys: tuple[str, ...]  # record keys of the squashed 224 frames
+  state_keys: tuple[str, ...]  # record keys of the robot states, if any
 
   def transforms(self, frame_keys: Sequence[str]
                  ) -> tuple[grain.transforms.Map, ...]:
-    """Decodes `frame_keys` (this mode's, or a view's) into `frames`."""
-    if self.kind == "classification":
+    """Decodes `frame_keys` (this mode's, a view's, or the states) into
+    `frames`."""
+    if tuple(frame_keys) == self.state_keys:
+      decode = pl.StackArrays(keys=self.state_keys, out_key="frames")
+    elif self.kind == "classification":
       (key,) = frame_keys
       decode = pl.DecodeFrames(key=key, num_frames=self.frames,
                                image_size=IMAGE_SIZE, out_key="frames")
@@ -80,10 +84,11 @@ class Mode:
 
 MODES = {
     # The clip's 9 sampled frames.
-    "video": Mode("classification", 9, "video_path", "clip", ("frames",)),
+    "video": Mode("classification", 9, "video_path", "clip", ("frames",),
+                  ("states",)),
     # The row's (source, target) image pair.
     "image": Mode("regression", 2, "src_path", "pair",
-                  ("src_image", "tgt_image")),
+                  ("src_image", "tgt_image"), ("src_state", "tgt_state")),
 }
 # config.extract.frames: "model" reads the encoder's own view where it has
 # one (`Encoder.frames_view`), "squashed" the 224 x 224 frames for any model.
@@ -106,6 +111,8 @@ def frame_keys(encoder: Any, mode: str, frames: str = "model"
   if frames not in FRAMES:
     raise LaryError(f"--config.extract.frames={frames!r}: expected one of "
                     f"{list(FRAMES)}")
+  if getattr(encoder, "inputs", "frames") == "states":
+    return MODES[mode].state_keys
   view = getattr(encoder, "frames_view", "") if frames == "model" else ""
   return tuple(f"{k}_{view}" if view else k for k in MODES[mode].frame_keys)
 
@@ -116,6 +123,11 @@ def check_frame_keys(keys: Sequence[str], available: Collection[str],
   missing = [k for k in keys if k not in available]
   if not missing:
     return
+  if tuple(keys) in [m.state_keys for m in MODES.values()]:
+    raise LaryError(
+        f"{dataset} has no {', '.join(missing)}: this model reads the robot "
+        "states a simulator recorded with each frame (ground truth), which "
+        "LARY-Sim's datasets hold and this one does not")
   view = missing[0].rpartition("_")[2]
   raise LaryError(
       f"{dataset} has no {', '.join(missing)} (the {view} view of the "
@@ -195,12 +207,23 @@ def encode_rows(encoder: Any, params: Any, frames: jax.Array) -> jax.Array:
   return encoder.apply(params, frames)
 
 
+def input_struct(encoder: Any, mode: str, rows: int,
+                 sharding: Any = None) -> jax.ShapeDtypeStruct:
+  """The input of `rows` examples of `mode`: uint8 frames [rows, T, 224,
+  224, 3], or what a state encoder reads per frame ([rows, T, S])."""
+  example = getattr(encoder, "example", None)
+  if getattr(encoder, "inputs", "frames") == "states":
+    per_frame, dtype = tuple(example.shape), example.dtype
+  else:
+    per_frame, dtype = (IMAGE_SIZE, IMAGE_SIZE, 3), jnp.uint8
+  return jax.ShapeDtypeStruct((rows, MODES[mode].frames, *per_frame), dtype,
+                              sharding=sharding)
+
+
 def token_shape(encoder: Any, mode: str) -> tuple[int, ...]:
   """The features' shape for one example of `mode`."""
-  example = jax.ShapeDtypeStruct(
-      (1, MODES[mode].frames, IMAGE_SIZE, IMAGE_SIZE, 3), jnp.uint8)
   shape = jax.eval_shape(lambda p, x: encode_rows(encoder, p, x),
-                         encoder.params, example).shape
+                         encoder.params, input_struct(encoder, mode, 1)).shape
   return tuple(shape[1:])
 
 
@@ -520,7 +543,7 @@ def extract_split(encoder: Any, source: Any, *, mode: str, store_dir: str,
     os.remove(manifest)  # no longer complete until the redone shards are in
   if pending.any():
     _run(encoder, source, example, keys, store_dir, plan, pending, options,
-         dtype, mesh, summary, progress)
+         dtype, mesh, summary, progress, mode)
   multihost_utils.sync_global_devices("lary_extract_shards_written")
   if jax.process_index() == 0:
     stems = [fs.shard_stem(s, p) for s in range(plan.num_shards)
@@ -545,7 +568,8 @@ def _compiled_steps(encoder: Any) -> dict[tuple, Any]:
 
 def _run(encoder, source, example: Mode, keys: Sequence[str], store_dir: str,
          plan: Plan, pending: np.ndarray, options: Options, dtype: np.dtype,
-         mesh: Mesh, summary: Summary, progress: bool | None) -> None:
+         mesh: Mesh, summary: Summary, progress: bool | None,
+         mode: str) -> None:
   """Computes the pending shards; writes those this process lacks."""
   me = jax.process_index()
   data = NamedSharding(mesh, P("data"))
@@ -562,9 +586,8 @@ def _run(encoder, source, example: Mode, keys: Sequence[str], store_dir: str,
       step_fn = step_fn or make_step(encoder, mesh,
                                      micro_batch=options.micro_batch,
                                      dtype=dtype)
-      compiled[key] = step_fn.lower(params, jax.ShapeDtypeStruct(
-          (rows, example.frames, IMAGE_SIZE, IMAGE_SIZE, 3), jnp.uint8,
-          sharding=data)).compile()
+      compiled[key] = step_fn.lower(params, input_struct(
+          encoder, mode, rows, data)).compile()
       summary.compile_s += time.perf_counter() - start
     return compiled[key]
 

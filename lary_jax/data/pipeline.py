@@ -103,6 +103,24 @@ class DecodePair(grain.transforms.Map):
 
 
 @dataclasses.dataclass(frozen=True)
+class StackArrays(grain.transforms.Map):
+  """Stacks numeric record keys (e.g. a pair's two states) into `out_key`.
+
+  One key is taken as it is ([T, S] per-frame states of a clip); several
+  are stacked along a new first axis ([2, S] for a pair).
+  """
+
+  keys: tuple[str, ...]
+  out_key: str
+
+  def map(self, record: Record) -> Record:
+    arrays = [np.asarray(record[k], np.float32) for k in self.keys]
+    out = {k: v for k, v in record.items() if k not in self.keys}
+    out[self.out_key] = arrays[0] if len(arrays) == 1 else np.stack(arrays)
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
 class ActionTarget(grain.transforms.Map):
   """Makes the regression target from a record's action chunk.
 
@@ -356,22 +374,33 @@ def train_dataset(
   """
   process_index, process_count = _process(process_index, process_count)
   _check_batch(global_batch, process_count)
-  if seed < 0:
-    raise LaryError(f"seed {seed}: expected a non-negative integer")
   source = _as_map_dataset(source)
-  if not len(source):
-    raise LaryError("the training split has no records")
-  if labels is None:
-    order = grain.MapDataset.range(len(source)).shuffle(
-        seed=_shuffle_seed(seed)).repeat(num_epochs)
-  else:
-    if len(labels) != len(source):
-      raise LaryError(
-          f"{len(labels)} labels for {len(source)} records: expected one "
-          "label per record")
-    order = _BalancedOrder(labels, seed, num_epochs)
+  order = train_order(len(source), seed=seed, num_epochs=num_epochs,
+                      labels=labels)
   return _finish(order, source, transforms, keys, global_batch, process_index,
                  process_count)
+
+
+def train_order(num_records: int, *, seed: int, num_epochs: int | None = None,
+                labels: np.ndarray | None = None) -> grain.MapDataset:
+  """The record index at each global position of `train_dataset`'s stream.
+
+  Position p of the stream (step p // B, row p % B of its global batch) reads
+  record `train_order(...)[p]`: a reshuffle each epoch, or class-balanced
+  draws with replacement when `labels` are given.
+  """
+  if seed < 0:
+    raise LaryError(f"seed {seed}: expected a non-negative integer")
+  if not num_records:
+    raise LaryError("the training split has no records")
+  if labels is None:
+    return grain.MapDataset.range(num_records).shuffle(
+        seed=_shuffle_seed(seed)).repeat(num_epochs)
+  if len(labels) != num_records:
+    raise LaryError(
+        f"{len(labels)} labels for {num_records} records: expected one "
+        "label per record")
+  return _BalancedOrder(labels, seed, num_epochs)
 
 
 def eval_steps(num_examples: int, global_batch: int) -> int:

@@ -27,6 +27,7 @@ from lary_jax.encoders import dinov2
 from lary_jax.encoders import dinov3
 from lary_jax.encoders import flux2_vae
 from lary_jax.encoders import magvit2
+from lary_jax.encoders import sim_oracle
 from lary_jax.encoders import vit_layers
 from lary_jax.encoders import wan_vae
 from lary_jax.errors import LaryError
@@ -72,6 +73,9 @@ EXAMPLE_SHAPE = {"image": (224, 224, 3), "video": (9, 224, 224, 3),
                  "pairs": (2, 224, 224, 3)}
 # Stored frame views a prepared dataset can hold ("": the squashed frames).
 FRAMES_VIEWS = ("", "vjepa2")
+# What extraction feeds an encoder: decoded uint8 frames, or the robot
+# states a simulator recorded with them (ground truth; `sim_oracle`).
+INPUTS = ("frames", "states")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -84,6 +88,8 @@ class Encoder:
   for callers that place `params` themselves (e.g. replicated on a mesh).
   `frames_view` names the stored frames extraction feeds it: "" the 224
   squashed frames, "vjepa2" V-JEPA 2's crop of the full-resolution frames.
+  `inputs` is "frames", or "states" for an encoder of the robot states
+  recorded with each frame (then `example` is one frame's state, float32).
   """
 
   name: str
@@ -93,6 +99,9 @@ class Encoder:
   params: Any
   static: tuple[Any, ...]  # hashable (graphdef, preprocess, select, ...)
   frames_view: str = ""
+  inputs: str = "frames"
+  example: jax.ShapeDtypeStruct = jax.ShapeDtypeStruct((224, 224, 3),
+                                                       jnp.uint8)
 
   def apply(self, params: Any, images: jax.Array) -> jax.Array:
     return _encode(*self.static, params, images)
@@ -101,12 +110,17 @@ class Encoder:
     return _encode_jit(*self.static, self.params, images)
 
 
-def _encode(graphdef, preprocess, select_tokens, mode, name, params, images):
-  """preprocess -> model -> select_tokens; image models fold [B, T] frames."""
-  frame_rank = len(EXAMPLE_SHAPE[mode]) + 1
+def _encode(graphdef, preprocess, select_tokens, mode, name, frame_rank,
+            params, images):
+  """preprocess -> model -> select_tokens; image models fold [B, T] frames.
+
+  `frame_rank` is the rank of a batch of one mode's examples ([B, H, W, 3]
+  for image mode), so [B, T, ...] is a batch of clips.
+  """
   if images.ndim == frame_rank + 1 and mode == "image":
     b, t = images.shape[:2]
-    tokens = _encode(graphdef, preprocess, select_tokens, mode, name, params,
+    tokens = _encode(graphdef, preprocess, select_tokens, mode, name,
+                     frame_rank, params,
                      images.reshape(b * t, *images.shape[2:]))
     return tokens.reshape(b, t, *tokens.shape[1:])
   if images.ndim != frame_rank:
@@ -119,14 +133,16 @@ def _encode(graphdef, preprocess, select_tokens, mode, name, params, images):
 
 # Module level with a static model structure, so that encoders built twice
 # from the same architecture share compilations.
-_encode_jit = jax.jit(_encode, static_argnums=(0, 1, 2, 3, 4))
+_encode_jit = jax.jit(_encode, static_argnums=(0, 1, 2, 3, 4, 5))
 
 
 def make_encoder(name: str, model: nnx.Module, *,
                  preprocess: Callable[[jax.Array], jax.Array] | None = None,
                  select_tokens: Callable[[jax.Array, dict], jax.Array]
                  | None = None,
-                 mode: str = "image", frames_view: str = "") -> Encoder:
+                 mode: str = "image", frames_view: str = "",
+                 inputs: str = "frames",
+                 example: jax.ShapeDtypeStruct | None = None) -> Encoder:
   """Wraps an NNX model with the encoder contract into an `Encoder`.
 
   Args:
@@ -137,9 +153,13 @@ def make_encoder(name: str, model: nnx.Module, *,
     mode: "image" or "video".
     frames_view: the stored frames the model reads ("": squashed 224,
       "vjepa2": V-JEPA 2's view; see `Encoder`).
+    inputs: "frames", or "states" (see `Encoder`).
+    example: one example's input (default: a uint8 224 frame, clip or pair
+      of frames as `mode` says); for an image-mode state encoder, one
+      frame's state vector.
 
   Returns:
-    The Encoder, with `dim` and `num_tokens` measured on EXAMPLE_SHAPE.
+    The Encoder, with `dim` and `num_tokens` measured on `example`.
   """
   if mode not in EXAMPLE_SHAPE:
     raise LaryError(f"encoder {name!r}: mode={mode!r}, expected one of "
@@ -147,14 +167,20 @@ def make_encoder(name: str, model: nnx.Module, *,
   if frames_view not in FRAMES_VIEWS:
     raise LaryError(f"encoder {name!r}: frames_view={frames_view!r}, "
                     f"expected one of {FRAMES_VIEWS}")
+  if inputs not in INPUTS:
+    raise LaryError(f"encoder {name!r}: inputs={inputs!r}, expected one of "
+                    f"{INPUTS}")
+  if example is None:
+    example = jax.ShapeDtypeStruct(EXAMPLE_SHAPE[mode], jnp.uint8)
   graphdef, params = nnx.split(model)
   static = (graphdef, preprocess or vit_layers.to_unit_float, select_tokens,
-            mode, name)
-  example = jax.ShapeDtypeStruct((1, *EXAMPLE_SHAPE[mode]), jnp.uint8)
+            mode, name, len(example.shape) + 1)
+  batch = jax.ShapeDtypeStruct((1, *example.shape), example.dtype)
   shape = jax.eval_shape(functools.partial(_encode, *static), params,
-                         example).shape
+                         batch).shape
   return Encoder(name=name, dim=shape[-1], num_tokens=shape[-2], mode=mode,
-                 params=params, static=static, frames_view=frames_view)
+                 params=params, static=static, frames_view=frames_view,
+                 inputs=inputs, example=example)
 
 
 class Factory(Protocol):
@@ -209,7 +235,11 @@ _FACTORIES: dict[str, Factory] = {
     **{name: _checkpoint_factory(name) for name in _MODEL_MODULES},
     "pixels": baselines.pixels_encoder,
     "random_vit": baselines.random_vit_encoder,
+    # A positive control: LARY-Sim's recorded robot states, not pixels.
+    "sim_oracle": sim_oracle.sim_oracle_encoder,
 }
+# Weight-free names (baselines and controls): no checkpoint, not replaceable.
+_BUILT_IN = ("pixels", "random_vit", "sim_oracle")
 # LAPA loads its own way (a feature variant also builds its backbone).
 _FACTORIES.update({name: lapa.encoder_factory(name) for name in lapa.REGISTRY})
 
@@ -221,14 +251,14 @@ def available() -> list[str]:
 
 def register(name: str, factory: Factory) -> None:
   """Registers `factory(path, *, dtype, **options) -> Encoder` as `name`."""
-  if name in _MODEL_MODULES or name in ("pixels", "random_vit"):
+  if name in _MODEL_MODULES or name in _BUILT_IN:
     raise LaryError(f"encoder name {name!r} is built in; pick another")
   _FACTORIES[name] = factory
 
 
 def unregister(name: str) -> None:
   """Removes a name `register` added (built-in names stay)."""
-  if name in _MODEL_MODULES or name in ("pixels", "random_vit"):
+  if name in _MODEL_MODULES or name in _BUILT_IN:
     raise LaryError(f"encoder name {name!r} is built in; it stays")
   _FACTORIES.pop(name, None)
 
