@@ -2,8 +2,8 @@
 
 A built-in model module (dinov2, dinov3, siglip2, vjepa2) loads from a
 converted orbax directory or a Hugging Face folder (converted on the fly).
-The baselines (`pixels`, `random_vit`) need no files. A user's own encoder
-plugs in with one call:
+The baselines (`pixels`, `random_vit`, `flow`) need no files. A user's own
+encoder plugs in with one call:
 
   encoders.register("mine", lambda path, *, dtype, **kw: encoders.make_encoder(
       "mine", MyModel(rngs=nnx.Rngs(0)), preprocess=my_preprocess))
@@ -27,6 +27,7 @@ from lary_jax.encoders import dinov2
 from lary_jax.encoders import dinov3
 from lary_jax.encoders import flux2_vae
 from lary_jax.encoders import magvit2
+from lary_jax.encoders import optical_flow
 from lary_jax.encoders import vit_layers
 from lary_jax.encoders import wan_vae
 from lary_jax.errors import LaryError
@@ -209,7 +210,10 @@ _FACTORIES: dict[str, Factory] = {
     **{name: _checkpoint_factory(name) for name in _MODEL_MODULES},
     "pixels": baselines.pixels_encoder,
     "random_vit": baselines.random_vit_encoder,
+    "flow": optical_flow.flow_encoder,
 }
+# Built-in encoders that need no checkpoint.
+_WEIGHT_FREE = ("pixels", "random_vit", "flow")
 # LAPA loads its own way (a feature variant also builds its backbone).
 _FACTORIES.update({name: lapa.encoder_factory(name) for name in lapa.REGISTRY})
 
@@ -221,14 +225,14 @@ def available() -> list[str]:
 
 def register(name: str, factory: Factory) -> None:
   """Registers `factory(path, *, dtype, **options) -> Encoder` as `name`."""
-  if name in _MODEL_MODULES or name in ("pixels", "random_vit"):
+  if name in _MODEL_MODULES or name in _WEIGHT_FREE:
     raise LaryError(f"encoder name {name!r} is built in; pick another")
   _FACTORIES[name] = factory
 
 
 def unregister(name: str) -> None:
   """Removes a name `register` added (built-in names stay)."""
-  if name in _MODEL_MODULES or name in ("pixels", "random_vit"):
+  if name in _MODEL_MODULES or name in _WEIGHT_FREE:
     raise LaryError(f"encoder name {name!r} is built in; it stays")
   _FACTORIES.pop(name, None)
 
