@@ -284,9 +284,9 @@ def ilk_flow(reference: jax.Array, moving: jax.Array, *, radius: int = 7,
   levels = levels[::-1]
   solve = functools.partial(_ilk_level, radius=radius, num_warp=num_warp,
                             gaussian=gaussian)
-  b = reference.shape[0]
-  flow = jnp.zeros((b, 2, *sizes[0]), reference.dtype)
-  flow = solve(levels[0][:, 0], levels[0][:, 1], flow)
+  # zeros_like: under shard_map the carry must vary over devices as the
+  # frames do.
+  flow = solve(levels[0][:, 0], levels[0][:, 1], jnp.zeros_like(levels[0]))
   for prev_size, frames in zip(sizes, levels[1:]):
     (h0, w0), (h, w) = prev_size, frames.shape[-2:]
     flow = flow[:, :, _upsample_index(h0, h)][:, :, :, _upsample_index(w0, w)]
@@ -363,7 +363,7 @@ def make_config(**options: Any) -> FlowConfig:
     raise LaryError(f"flow: unknown option(s) {unknown}; options: "
                     f"{sorted(fields)}")
   c = FlowConfig()
-  size = _option("size", options.get("size", c.size), 2 * _MIN_SIZE)
+  size = _option("size", options.get("size", c.size), _MIN_SIZE)
   grid = _option("grid", options.get("grid", c.grid), 1)
   radius = _option("radius", options.get("radius", c.radius), 1)
   num_warp = _option("num_warp", options.get("num_warp", c.num_warp), 1)
