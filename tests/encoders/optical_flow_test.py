@@ -148,10 +148,14 @@ def test_tokens_are_scikit_images_flow_moments():
   dy, dx = flow
   moments = np.stack([dx, dy, dx * dx, dy * dy, dx * dy], -1)
   expected = moments.reshape(8, 14, 8, 14, 5).mean(axis=(1, 3))
-  tokens = np.asarray(encoders.load("flow", dtype=jnp.bfloat16)(clip[None]))
+  enc = encoders.load("flow", dtype=jnp.bfloat16)  # computes in float32
+  tokens = np.asarray(enc(clip[None]))
   assert tokens.dtype == np.float32
   np.testing.assert_allclose(tokens[0], expected.reshape(64, 5), rtol=0,
                              atol=1e-4)
+  # Frames given as floats in [0, 1] read the same.
+  np.testing.assert_allclose(enc(clip[None] / np.float32(255)), tokens,
+                             rtol=0, atol=1e-5)
 
 
 def test_moments_average_exactly_when_a_probe_pools_cells():
