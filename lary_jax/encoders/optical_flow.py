@@ -56,9 +56,10 @@ from lary_jax.errors import LaryError
 
 # scikit-image's rgb2gray (ITU-R BT.709 luma) weights.
 GREY_WEIGHTS = (0.2125, 0.7154, 0.0721)
-# Flow in input pixels per frame is divided by this before the moments:
-# a fixed scale (not per example), chosen so that the motions of LARY-Sim's
-# motion-sampled frames give tokens of order 1.
+# Flow in input pixels per frame is divided by this before the moments: a
+# fixed scale (not per example), so that tokens are of order 1. On LARY-Sim
+# at 224 the tokens' largest values are ~2 (clips' consecutive frames) and
+# ~4 (regression pairs, 5 frames apart), far inside float16's range.
 FLOW_SCALE = 8.0
 # scikit-image's pyramid: factor 2, at most 10 levels, none below 16 px.
 _DOWNSCALE = 2
@@ -276,11 +277,10 @@ def ilk_flow(reference: jax.Array, moving: jax.Array, *, radius: int = 7,
                     f"{moving.shape}; expected two equal [B, H, W]")
   sizes = pyramid_sizes(reference.shape[1:])
   levels = [jnp.stack([reference, moving], 1)]
-  for (h, w) in sizes[-2::-1]:
+  for _ in sizes[1:]:
     prev = levels[-1]
     levels.append(_separable(prev, _reduce_matrix(prev.shape[-2]),
                              _reduce_matrix(prev.shape[-1])))
-    assert levels[-1].shape[-2:] == (h, w)
   levels = levels[::-1]
   solve = functools.partial(_ilk_level, radius=radius, num_warp=num_warp,
                             gaussian=gaussian)
@@ -350,7 +350,8 @@ class OpticalFlow(nnx.Module):
     flow = ilk_flow(grey[:, 0], grey[:, 1], radius=c.radius,
                     num_warp=c.num_warp, gaussian=c.gaussian)
     # Flow in pixels of the input frames, whatever the working size.
-    flow = flow * (pairs.shape[-2] / c.size)
+    h, w = pairs.shape[-3:-1]
+    flow = flow * jnp.asarray([h / c.size, w / c.size])[:, None, None]
     return flow_tokens(flow, c.grid)
 
 
