@@ -197,6 +197,24 @@ def test_eight_devices_give_the_bits_of_one(prepared, vit_on_one_device):
   assert manifest["identities"] == vit_on_one_device[1]["identities"]
 
 
+def test_flow_on_eight_devices_gives_the_bits_of_one(prepared):
+  # A pair encoder on clips: each device takes micro-batches of 2 clips,
+  # 16 frame pairs, whatever the device count, so not even rounding moves.
+  outs = [prepared.root / f"flow{d}" for d in (1, 8)]
+  logs = _finish(*[
+      _main("extract", "--dataset=human_1st", "--split=train",
+            f"--tfds_dir={prepared.tfds_dir}", f"--out={out}", *SETTINGS,
+            "--model=flow", devices=d, cwd=prepared.root)
+      for d, out in zip((1, 8), outs)])
+  for log in logs:
+    assert "9 of 9 rows" in log, log[-3000:]
+  (one, manifest), (eight, _) = (
+      _read(out / "human_1st" / "train" / "flow") for out in outs)
+  assert one.shape == (9, 8, 64, 5) and manifest["mode"] == "video"
+  assert np.abs(one).max() > 0.1  # the fake clips' frames do differ
+  np.testing.assert_array_equal(eight, one)
+
+
 def _free_port():
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))

@@ -2,8 +2,8 @@
 
 A built-in model module (dinov2, dinov3, siglip2, vjepa2) loads from a
 converted orbax directory or a Hugging Face folder (converted on the fly).
-The baselines (`pixels`, `random_vit`) need no files. A user's own encoder
-plugs in with one call:
+The baselines (`pixels`, `random_vit`, `flow`) need no files. A user's own
+encoder plugs in with one call:
 
   encoders.register("mine", lambda path, *, dtype, **kw: encoders.make_encoder(
       "mine", MyModel(rngs=nnx.Rngs(0)), preprocess=my_preprocess))
@@ -27,6 +27,7 @@ from lary_jax.encoders import dinov2
 from lary_jax.encoders import dinov3
 from lary_jax.encoders import flux2_vae
 from lary_jax.encoders import magvit2
+from lary_jax.encoders import optical_flow
 from lary_jax.encoders import sim_oracle
 from lary_jax.encoders import vit_layers
 from lary_jax.encoders import wan_vae
@@ -235,11 +236,13 @@ _FACTORIES: dict[str, Factory] = {
     **{name: _checkpoint_factory(name) for name in _MODEL_MODULES},
     "pixels": baselines.pixels_encoder,
     "random_vit": baselines.random_vit_encoder,
-    # A positive control: LARY-Sim's recorded robot states, not pixels.
+    # Positive controls: classical optical flow, and LARY-Sim's recorded
+    # robot states (not pixels).
+    "flow": optical_flow.flow_encoder,
     "sim_oracle": sim_oracle.sim_oracle_encoder,
 }
-# Weight-free names (baselines and controls): no checkpoint, not replaceable.
-_BUILT_IN = ("pixels", "random_vit", "sim_oracle")
+# Built-in encoders that need no checkpoint.
+_WEIGHT_FREE = ("pixels", "random_vit", "flow", "sim_oracle")
 # LAPA loads its own way (a feature variant also builds its backbone).
 _FACTORIES.update({name: lapa.encoder_factory(name) for name in lapa.REGISTRY})
 
@@ -251,14 +254,14 @@ def available() -> list[str]:
 
 def register(name: str, factory: Factory) -> None:
   """Registers `factory(path, *, dtype, **options) -> Encoder` as `name`."""
-  if name in _MODEL_MODULES or name in _BUILT_IN:
+  if name in _MODEL_MODULES or name in _WEIGHT_FREE:
     raise LaryError(f"encoder name {name!r} is built in; pick another")
   _FACTORIES[name] = factory
 
 
 def unregister(name: str) -> None:
   """Removes a name `register` added (built-in names stay)."""
-  if name in _MODEL_MODULES or name in _BUILT_IN:
+  if name in _MODEL_MODULES or name in _WEIGHT_FREE:
     raise LaryError(f"encoder name {name!r} is built in; it stays")
   _FACTORIES.pop(name, None)
 

@@ -33,7 +33,7 @@ def _images(shape, seed=0):
 
 
 def test_available_lists_every_encoder():
-  assert encoders.available() == ["dinov2", "dinov3", "flux2", "lapa",
+  assert encoders.available() == ["dinov2", "dinov3", "flow", "flux2", "lapa",
                                   "lapa_dinov2", "lapa_dinov3",
                                   "lapa_siglip2", "magvit2",
                                   "magvit2_encoder", "pixels", "random_vit",
@@ -104,8 +104,9 @@ def test_register_plugs_in_a_user_encoder(monkeypatch):
   np.testing.assert_allclose(enc(images), np.full((4, 1, 3), 0.4), atol=1e-6)
   assert (enc.dim, enc.num_tokens, enc.mode) == (3, 1, "image")
   assert enc.frames_view == ""  # the squashed 224 frames
-  with pytest.raises(LaryError, match="built in"):
-    encoders.register("dinov2", factory)
+  for name in ("dinov2", "flow"):
+    with pytest.raises(LaryError, match="built in"):
+      encoders.register(name, factory)
   with pytest.raises(LaryError, match="frames_view='crop', expected one of"):
     encoders.make_encoder("colour", _MeanColour(nnx.Rngs(0)),
                           frames_view="crop")
