@@ -37,8 +37,8 @@ def test_available_lists_every_encoder():
                                   "lapa_dinov2", "lapa_dinov3",
                                   "lapa_siglip2", "magvit2",
                                   "magvit2_encoder", "pixels", "random_vit",
-                                  "siglip2", "univla", "villa_x", "vjepa2",
-                                  "wan2_2"]
+                                  "siglip2", "sim_oracle", "univla",
+                                  "villa_x", "vjepa2", "wan2_2"]
 
 
 def test_convert_then_load_equals_load_from_hf_folder(dinov2_folder,
@@ -104,7 +104,7 @@ def test_register_plugs_in_a_user_encoder(monkeypatch):
   np.testing.assert_allclose(enc(images), np.full((4, 1, 3), 0.4), atol=1e-6)
   assert (enc.dim, enc.num_tokens, enc.mode) == (3, 1, "image")
   assert enc.frames_view == ""  # the squashed 224 frames
-  for name in ("dinov2", "flow"):
+  for name in ("dinov2", "flow", "sim_oracle"):
     with pytest.raises(LaryError, match="built in"):
       encoders.register(name, factory)
   with pytest.raises(LaryError, match="frames_view='crop', expected one of"):
