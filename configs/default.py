@@ -58,6 +58,10 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.classify = ml_collections.ConfigDict()
   config.classify.epochs = 20
+  # 0: an epoch is one pass over train (upstream). n > 0: epochs grow so that
+  # training makes at least n updates in all (a small dataset's probe could
+  # not learn in 20 passes of a few steps; `run` on LARY-Sim).
+  config.classify.min_updates = 0
   # Examples per step over all devices (upstream: 256), fixed so that the
   # numbers do not depend on the device count.
   config.classify.global_batch = 256
@@ -71,9 +75,16 @@ def get_config() -> ml_collections.ConfigDict:
   # Share of train held out (per class) to pick the honest head and epoch;
   # 0 trains on all of train, as upstream, and reports no honest number.
   config.classify.holdout = 0.1
+  # The five probes' (learning rate, weight decay), upstream's.
+  config.classify.heads = ((5e-3, 0.01), (3e-3, 0.1), (1e-3, 0.4),
+                           (3e-4, 0.8), (1e-4, 0.01))
   config.classify.label_smoothing = 0.1
   config.classify.balanced = True  # class-balanced draws with replacement
   config.classify.read_threads = 4
+  # Splits whose (pooled) features fit this many MiB are held on the devices
+  # and trained without an input pipeline (lary_jax/probes/in_memory.py):
+  # LARY-Sim's small probes; 0 always streams.
+  config.classify.in_memory_mb = 1024.0
   config.classify.probe = ml_collections.ConfigDict()
   config.classify.probe.model_dim = 768
   config.classify.probe.num_heads = 16
@@ -84,6 +95,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.regress = ml_collections.ConfigDict()
   config.regress.epochs = 20
+  config.regress.min_updates = 0  # as classify.min_updates
   config.regress.global_batch = 256  # fixed whatever the device count
   config.regress.eval_batch = 256
   config.regress.lr = 1e-4
@@ -96,6 +108,7 @@ def get_config() -> ml_collections.ConfigDict:
   # 2.1 B-parameter first layer. Negative: never shard.
   config.regress.shard_min_mb = 256.0
   config.regress.read_threads = 4
+  config.regress.in_memory_mb = 1024.0  # as classify.in_memory_mb
   # >0 averages each frame's tokens to pool_grid x pool_grid cells before
   # flattening: not the protocol, a laptop speed-up (configs/laptop.py).
   config.regress.pool_grid = 0
@@ -112,25 +125,32 @@ def get_config() -> ml_collections.ConfigDict:
   # `run`: the whole benchmark in one command (lary_jax/benchmark_run.py).
   config.run = ml_collections.ConfigDict()
   # Registry names; "run_lam" is the LAM that `run` trains (lam_config).
-  config.run.models = "pixels,random_vit,run_lam"
+  # sim_oracle (LARY-Sim's recorded states) and flow (optical flow) are
+  # positive controls; pixels and random_vit are floors.
+  config.run.models = "sim_oracle,flow,pixels,random_vit,run_lam"
   config.run.lam_config = "lam/lapa_sim.py"  # relative to configs/
-  config.run.seeds = "0"
+  config.run.seeds = "0,1,2"
   # Encoder options per model (config.extract.encoder_options for the others):
   # a ViT-Ti/16 keeps the random-ViT baseline inside the laptop budget.
   config.run.encoder_options = ml_collections.ConfigDict(dict(
       random_vit="variant=Ti/16"))
   # Regression decoders, TYPE:MODE (mlp|dit : absolute|relative).
-  config.run.decoders = "mlp:absolute"
-  # True: the probes of `run` take config.run.overrides, a laptop-sized probe
-  # (not the protocol, and marked so in the report) that runs the default
-  # LARY-Sim in minutes on 2 CPU cores; False: the protocol's probes.
-  config.run.small_probes = True
+  config.run.decoders = "mlp:absolute,mlp:relative"
+  # Which probes `run` trains: "auto" the small ones below on LARY-Sim and
+  # the protocol's on LARYBench data (--datasets/--data_dir); "small" or
+  # "protocol" for every dataset.
+  config.run.probes = "auto"
+  # The small probes (not the protocol, and marked so in the report): sized
+  # by updates, not epochs, so that LARY-Sim's few hundred examples are
+  # learnt from (sim_oracle reaches its thresholds), in minutes on 2 CPU
+  # cores. Every model of a dataset gets the same settings.
   config.run.overrides = ml_collections.ConfigDict()
   config.run.overrides.classify = ml_collections.ConfigDict(dict(
-      epochs=10, global_batch=32, eval_batch=64,
-      probe=dict(model_dim=64, num_heads=2, depth=2, pool_grid=2)))
+      epochs=10, min_updates=1000, global_batch=16, eval_batch=64,
+      heads=((1e-2, 0.01), (5e-3, 0.01), (3e-3, 0.1)),
+      probe=dict(model_dim=32, num_heads=2, depth=2, pool_grid=2)))
   config.run.overrides.regress = ml_collections.ConfigDict(dict(
-      epochs=10, global_batch=32, eval_batch=64, pool_grid=2,
-      mlp_hidden=256, dit_hidden=64, dit_depth=2, dit_heads=2))
+      epochs=10, min_updates=1000, global_batch=32, eval_batch=64, lr=1e-3,
+      pool_grid=2, mlp_hidden=512, dit_hidden=64, dit_depth=2, dit_heads=2))
 
   return config

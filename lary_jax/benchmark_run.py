@@ -105,11 +105,20 @@ def models_in(models_dir: str) -> list[Model]:
   return found
 
 
-def stage_config(config: ml_collections.ConfigDict
+PROBES = ("auto", "small", "protocol")
+
+
+def stage_config(config: ml_collections.ConfigDict, on_sim: bool = True
                  ) -> ml_collections.ConfigDict:
-  """The config the stages run with: `config.run.overrides` applied."""
+  """The config the stages run with: `config.run.overrides` applied where
+  the small probes are asked for (`config.run.probes`; "auto": when every
+  dataset is LARY-Sim's, so that LARYBench data gets the protocol's)."""
+  probes = config.run.probes
+  if probes not in PROBES:
+    raise LaryError(f"--config.run.probes={probes!r}: expected one of "
+                    f"{PROBES}")
   out = ml_collections.ConfigDict(copy.deepcopy(config.to_dict()))
-  if config.run.small_probes:
+  if probes == "small" or (probes == "auto" and on_sim):
     for section, fields in config.run.overrides.items():
       out[section].update(fields)  # nested sections merge field by field
   out.lock()
@@ -200,7 +209,6 @@ def run(flags: Any, config: ml_collections.ConfigDict,
   import jax  # pylint: disable=g-import-not-at-top
   is_main = jax.process_index() == 0
   workdir = flags.workdir
-  cfg = stage_config(config)
   stages = Stages(workdir, is_main, _barrier_fn())
   data_dir = flags.data_dir or os.path.join(
       workdir, "lary_sim_tiny" if flags.tiny else "lary_sim")
@@ -208,6 +216,7 @@ def run(flags: Any, config: ml_collections.ConfigDict,
       workdir, "tfds_tiny" if flags.tiny else "tfds")
   datasets = flags.dataset or "sim"
   specs = metadata.resolve_datasets(datasets, flags.stride)
+  cfg = stage_config(config, on_sim=all(metadata.is_sim(s) for s in specs))
   models = plan_models(flags, cfg)
   decoders = parse_decoders(cfg.run.decoders)
   seeds = flags.seeds or cfg.run.seeds

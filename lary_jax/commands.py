@@ -6,6 +6,7 @@ here decodes, trains or writes data itself.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -332,10 +333,12 @@ def classify(flags, config: Config) -> int:
   from tfds_builders import metadata  # pylint: disable=g-import-not-at-top
   c = config.classify
   options = train_classifier.Options(
-      epochs=c.epochs, global_batch=c.global_batch, eval_batch=c.eval_batch,
+      epochs=c.epochs, min_updates=c.min_updates,
+      global_batch=c.global_batch, eval_batch=c.eval_batch,
+      heads=tuple(tuple(float(v) for v in h) for h in c.heads),
       label_smoothing=c.label_smoothing, compute_dtype=c.compute_dtype,
       head_batch=c.head_batch, balanced=c.balanced,
-      read_threads=c.read_threads)
+      read_threads=c.read_threads, in_memory_mb=c.in_memory_mb)
   shape = classify_lib.ProbeShape(**c.probe.to_dict())
   seeds = _seeds(flags)
   for spec in metadata.resolve_datasets(flags.dataset, flags.stride):
@@ -349,7 +352,8 @@ def classify(flags, config: Config) -> int:
     summary = classify_lib.classify(
         builder, stores, out_dir, seeds=seeds, holdout=c.holdout, shape=shape,
         options=options, dim=flags.dim, classes=flags.classes,
-        fields={"model": flags.model, "dataset": spec.name})
+        fields={"model": flags.model, "dataset": spec.name},
+        source_video=functools.partial(metadata.source_video, spec))
     if jax.process_index() == 0:
       print(classify_lib.describe(summary, out_dir))
   return 0
@@ -364,10 +368,12 @@ def regress(flags, config: Config) -> int:
   from tfds_builders import metadata  # pylint: disable=g-import-not-at-top
   c = config.regress
   options = train_regressor.Options(
-      epochs=c.epochs, global_batch=c.global_batch, eval_batch=c.eval_batch,
+      epochs=c.epochs, min_updates=c.min_updates,
+      global_batch=c.global_batch, eval_batch=c.eval_batch,
       lr=c.lr, weight_decay=c.weight_decay, warmup=c.warmup,
       compute_dtype=c.compute_dtype, pool_grid=c.pool_grid,
-      shard_min_mb=c.shard_min_mb, read_threads=c.read_threads)
+      shard_min_mb=c.shard_min_mb, read_threads=c.read_threads,
+      in_memory_mb=c.in_memory_mb)
   if flags.model_type == "mlp":
     shape = dict(hidden=c.mlp_hidden, blocks=c.mlp_blocks)
     factory = regress_lib.mlp(**shape)

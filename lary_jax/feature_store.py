@@ -328,6 +328,21 @@ class FeatureSource:
     return out
 
 
+def check_identities(features: FeatureSource, records: Any) -> None:
+  """Raises a LaryError unless record i is the row features were made of."""
+  if len(records) != len(features):
+    raise LaryError(f"{features.store_dir}: {len(features)} feature rows "
+                    f"for {len(records)} records; extract again")
+  key = features.manifest["identity_key"]
+  for i in range(len(records)):
+    identity = _text(records[i][key])
+    if identity != features.identities[i]:
+      raise LaryError(
+          f"record {i} is {identity!r} but {features.store_dir} holds the "
+          f"features of {features.identities[i]!r}; the dataset was "
+          "prepared again since extraction: extract again")
+
+
 class JoinedSource:
   """Features joined with the dataset's records (labels, actions, ...).
 

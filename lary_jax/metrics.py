@@ -5,6 +5,7 @@ Pure numpy on host arrays; nothing here knows about models or devices.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -92,30 +93,45 @@ def seed_spread(runs: Sequence[Mapping[str, Any]], splits: Sequence[str],
           for split in splits if split in runs[0]}
 
 
-def stratified_holdout(labels: np.ndarray, fraction: float, seed: int
+def stratified_holdout(labels: np.ndarray, fraction: float, seed: int,
+                       groups: Sequence[Any] | None = None
                        ) -> tuple[np.ndarray, np.ndarray]:
   """Splits record ids into (train, held-out), class by class.
 
-  Each class with at least two records gives round(fraction * count)
-  records (at least one) to the held-out slice; a singleton class stays
-  in train. Both id arrays are sorted.
+  Each class held in at least two groups gives whole groups to the held-out
+  slice until it holds round(fraction * count) of the class's records (at
+  least one; never every record of the class); other classes keep theirs in
+  train. A group (e.g. the clips cut from one source video) goes to one
+  side whole, so the held-out slice is no near copy of training records.
+  Without `groups` every record is its own group. Both id arrays are
+  sorted.
   """
   labels = np.asarray(labels)
   if fraction <= 0:
     return np.arange(len(labels)), np.zeros(0, np.int64)
   if fraction >= 1:
     raise ValueError(f"holdout fraction {fraction} must be < 1")
+  if groups is None:
+    group_of = np.arange(len(labels))
+  else:
+    if len(groups) != len(labels):
+      raise ValueError(f"{len(groups)} groups for {len(labels)} labels")
+    group_of = np.unique(np.asarray(groups), return_inverse=True)[1]
   rng = np.random.default_rng(seed)
-  held = []
+  held = np.zeros(group_of.max() + 1 if len(labels) else 0, bool)
   for c in np.unique(labels):
-    members = np.flatnonzero(labels == c)
-    if len(members) < 2:
+    members = group_of[labels == c]  # the group of each record of class c
+    candidates = np.unique(members)
+    if len(candidates) < 2:
       continue
     take = min(len(members) - 1, max(1, round(fraction * len(members))))
-    held.append(rng.choice(members, take, replace=False))
-  held = np.sort(np.concatenate(held)) if held else np.zeros(0, np.int64)
-  train = np.setdiff1d(np.arange(len(labels)), held)
-  return train, held
+    for g in rng.permutation(candidates):
+      if held[members].sum() >= take:
+        break
+      if not (held[members] | (members == g)).all():
+        held[g] = True
+  held_ids = np.flatnonzero(held[group_of])
+  return np.setdiff1d(np.arange(len(labels)), held_ids), held_ids
 
 
 def group_holdout(groups: Sequence[str], fraction: float, seed: int
@@ -137,3 +153,68 @@ def group_holdout(groups: Sequence[str], fraction: float, seed: int
   chosen = np.random.default_rng(seed).choice(len(names), take, replace=False)
   held = np.flatnonzero(np.isin(group_of, chosen))
   return np.setdiff1d(np.arange(len(groups)), held), held
+
+
+def bootstrap_interval(values: np.ndarray, *, level: float = 0.95,
+                       draws: int = 2000, seed: int = 0) -> dict[str, float]:
+  """A percentile bootstrap interval of the mean over seeds and examples.
+
+  Each draw resamples the examples (the same rows for every seed: the seeds
+  saw the same examples) and the seeds, both with replacement, and takes
+  the mean; the interval holds `level` of the draws. It covers both the
+  finite evaluation set and the seed-to-seed spread.
+
+  Args:
+    values: [seeds, examples] per-example scores (1 = correct, or an
+      example's squared error).
+    level: the interval's coverage.
+    draws: bootstrap draws.
+    seed: the resampling seed (fixed: the same results, the same interval).
+
+  Returns:
+    {"low", "high", "mean", "level"}.
+  """
+  values = np.asarray(values, np.float64)
+  if values.ndim != 2 or not values.size:
+    raise ValueError(f"values must be [seeds, examples], got {values.shape}")
+  s, n = values.shape
+  rng = np.random.default_rng(seed)
+  means = np.empty(draws)
+  for i in range(draws):  # a loop keeps memory at one [s, n] draw
+    rows = rng.integers(0, s, s)
+    cols = rng.integers(0, n, n)
+    means[i] = values[rows][:, cols].mean()
+  tail = 100 * (1 - level) / 2
+  low, high = np.percentile(means, [tail, 100 - tail])
+  return {"low": float(low), "high": float(high),
+          "mean": float(values.mean()), "level": level}
+
+
+def chance_band(num_examples: int, num_classes: int,
+                level: float = 0.95) -> dict[str, float]:
+  """Where a guesser's top-1 lands on `num_examples` examples.
+
+  A uniform guess among `num_classes` is right with probability 1 / K, so
+  its accuracy is Binomial(N, 1/K) / N; the band is that distribution's
+  central `level` interval (exact, from the binomial pmf).
+
+  Returns:
+    {"chance", "low", "high", "level", "se"}: the rate, the band and the
+    standard error sqrt(p (1 - p) / N).
+  """
+  if num_examples <= 0 or num_classes <= 0:
+    raise ValueError(f"need examples and classes, got {num_examples}, "
+                     f"{num_classes}")
+  p = 1.0 / num_classes
+  k = np.arange(num_examples + 1)
+  log_pmf = (np.array([math.lgamma(num_examples + 1) - math.lgamma(i + 1)
+                       - math.lgamma(num_examples - i + 1) for i in k])
+             + k * math.log(p) + (num_examples - k) * math.log1p(-p)
+             if p < 1 else np.where(k == num_examples, 0.0, -np.inf))
+  cdf = np.cumsum(np.exp(log_pmf))
+  tail = (1 - level) / 2
+  low = int(np.searchsorted(cdf, tail))
+  high = int(np.searchsorted(cdf, 1 - tail))
+  return {"chance": p, "low": low / num_examples,
+          "high": min(high, num_examples) / num_examples, "level": level,
+          "se": math.sqrt(p * (1 - p) / num_examples)}

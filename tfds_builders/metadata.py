@@ -205,6 +205,11 @@ def source_video(spec: DatasetSpec, video_path: str) -> str:
   return os.path.join(folder, _CLIP_SUFFIX.sub("", name) or name)
 
 
+def is_sim(spec: DatasetSpec) -> bool:
+  """Whether `spec` is one of LARY-Sim's datasets (rendered, not LARYBench)."""
+  return spec.config == "sim"
+
+
 def tfds_name(spec: DatasetSpec) -> str:
   """The registered TFDS name, e.g. `lary_regression/calvin`."""
   return f"lary_{spec.kind}/{spec.config}"

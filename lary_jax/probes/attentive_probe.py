@@ -165,19 +165,35 @@ class AttentiveProbe(nnx.Module):
     return self.head(pooled).astype(jnp.float32)
 
 
+def pool_features(x: jax.Array, grid: int) -> jax.Array:
+  """`pool_tokens` of a batch of [T, N, D] or [N, D] rows, rank kept: what
+  the probe does to its input first, so that it can be done once ahead."""
+  if not grid:
+    return x
+  if x.ndim == 3:
+    return pool_tokens(x[:, None], grid)[:, 0]
+  return pool_tokens(x, grid)
+
+
 def pool_tokens(x: jax.Array, grid: int) -> jax.Array:
   """Averages each frame's square token grid to grid x grid cells.
 
+  A frame with at most grid x grid tokens (a LAM's few codes, a control's
+  one token) passes unchanged: pooling only ever reduces.
+
   Args:
-    x: [B, T, N, D] with N a square (s x s tokens, row major).
+    x: [B, T, N, D] with N a square (s x s tokens, row major) when N is
+      more than grid * grid.
     grid: output side g <= s; cells as torch's AdaptiveAvgPool2d.
 
   Returns:
-    [B, T, g * g, D].
+    [B, T, g * g, D], or x itself when N <= g * g.
   """
   b, t, n, d = x.shape
+  if n <= grid * grid:
+    return x
   s = math.isqrt(n)
-  if s * s != n or not 0 < grid <= s:
+  if s * s != n or grid <= 0:
     raise LaryError(f"pool_grid={grid}: needs a square token grid of side "
                     f">= {grid}, got {n} tokens")
   x = x.reshape(b, t, s, s, d)

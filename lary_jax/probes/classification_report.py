@@ -45,9 +45,12 @@ def _selection(history: Mapping[str, np.ndarray],
   for split, topk in history.items():
     if split == HOLDOUT and on != HOLDOUT:
       continue
+    top = topk[epoch, head]
     out[split] = {
-        "top1": metrics.topk_accuracy(topk[epoch, head], labels[split], 1),
-        "top5": metrics.topk_accuracy(topk[epoch, head], labels[split], 5)}
+        "top1": metrics.topk_accuracy(top, labels[split], 1),
+        "top5": metrics.topk_accuracy(top, labels[split], 5),
+        # Per example, for the interval over seeds and examples.
+        "correct": (top[:, 0] == labels[split]).astype(int).tolist()}
   return out
 
 
@@ -124,8 +127,11 @@ def write_seed(out_dir: str, history: Mapping[str, np.ndarray],
 def write_summary(out_dir: str, per_seed: Mapping[int, Mapping[str, Any]],
                   fields: Mapping[str, Any], *, write: bool = True
                   ) -> dict[str, Any]:
-  """results.json over seeds: each seed's numbers, their mean and std."""
+  """results.json over seeds: each seed's numbers, their mean and std, a
+  95% interval of top-1 (bootstrap over examples and seeds) and the band
+  where a guess would land on each split."""
   out: dict[str, Any] = {**fields, "seeds": sorted(per_seed)}
+  classes = fields.get("num_classes")
   for name, how in (UPSTREAM, HONEST):
     runs = [r[name] for r in per_seed.values() if name in r]
     if not runs:
@@ -134,6 +140,15 @@ def write_summary(out_dir: str, per_seed: Mapping[int, Mapping[str, Any]],
               if s != HOLDOUT and isinstance(v, dict) and "top1" in v]
     out[name] = {"how": how,
                  **metrics.seed_spread(runs, splits, ("top1", "top5"))}
+    for split in splits:
+      correct = np.array([r[split]["correct"] for r in runs])
+      out[name][split]["examples"] = int(correct.shape[1])
+      out[name][split]["top1_ci95"] = metrics.bootstrap_interval(correct)
+      if classes:
+        band = metrics.chance_band(correct.shape[1], classes)
+        out[name][split]["chance"] = band
+        out[name][split]["at_chance"] = bool(
+            out[name][split]["top1_ci95"]["low"] <= band["chance"])
     out[name]["per_seed"] = {
         str(s): {"epoch": r[name]["epoch"], "head": r[name]["head"],
                  "validation_top1": r[name][VALIDATION]["top1"]}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -38,18 +38,20 @@ class ProbeShape:
 
 
 class _Labelled:
-  """Feature rows joined with their labels; labels as int32, the dtype the
-  device computes with."""
+  """Feature rows with their labels (int32, the dtype the device computes
+  with); the rows' identities are checked against the records once, so a
+  step reads features only."""
 
-  def __init__(self, joined: fs.JoinedSource):
-    self.joined = joined
+  def __init__(self, features: fs.FeatureSource, records: Any,
+               labels: np.ndarray):
+    fs.check_identities(features, records)
+    self.features, self.labels = features, labels
 
   def __len__(self) -> int:
-    return len(self.joined)
+    return len(self.features)
 
   def __getitem__(self, i: int) -> dict[str, Any]:
-    record = self.joined[i]
-    return {**record, "label": np.int32(record["label"])}
+    return {**self.features[i], "label": np.int32(self.labels[int(i)])}
 
 
 def _labels(builder: Any, split: str) -> np.ndarray:
@@ -77,7 +79,9 @@ def classify(builder: Any, stores: Mapping[str, str], out_dir: str, *,
              holdout: float, shape: ProbeShape = ProbeShape(),
              options: tc.Options = tc.Options(), dim: int | None = None,
              classes: int | None = None, mesh: Any = None,
-             progress: bool | None = None) -> dict[str, Any]:
+             progress: bool | None = None,
+             source_video: Callable[[str], str] | None = None
+             ) -> dict[str, Any]:
   """Trains and evaluates the probes for every seed; writes the results.
 
   Args:
@@ -94,6 +98,8 @@ def classify(builder: Any, stores: Mapping[str, str], out_dir: str, *,
     classes: expected class count (checked against the dataset) or None.
     mesh: device mesh.
     progress: tqdm bars.
+    source_video: a clip's `video_path` -> the video it was cut from; the
+      held-out slice takes whole source videos (default: each clip its own).
 
   Returns:
     The summary written to `out_dir/results.json`.
@@ -110,8 +116,8 @@ def classify(builder: Any, stores: Mapping[str, str], out_dir: str, *,
   for split, store_dir in stores.items():
     feats = fs.FeatureSource(store_dir)
     records = builder.as_data_source()[split]
-    sources[split] = _Labelled(fs.JoinedSource(feats, records, ("label",)))
     labels[split] = _labels(builder, split)
+    sources[split] = _Labelled(feats, records, labels[split])
     if len(labels[split]) != len(feats):
       raise LaryError(f"{store_dir}: {len(feats)} feature rows, but the "
                       f"{split} split has {len(labels[split])} labels; "
@@ -131,10 +137,15 @@ def classify(builder: Any, stores: Mapping[str, str], out_dir: str, *,
     sources_of_val = [_text(records[i]["dataset"])
                       for i in range(len(records))]
 
+  groups = None
+  if holdout > 0 and source_video is not None:
+    records = builder.as_data_source()[TRAIN]
+    groups = [source_video(_text(records[i]["video_path"]))
+              for i in range(len(records))]
   per_seed = {}
   for seed in seeds:
     train_ids, held_ids = metrics.stratified_holdout(labels[TRAIN], holdout,
-                                                     seed)
+                                                     seed, groups)
     train = tc.Split(tc.Rows(sources[TRAIN], train_ids),
                      labels[TRAIN][train_ids])
     evals = {s: tc.Split(src, labels[s]) for s, src in sources.items()
@@ -148,14 +159,15 @@ def classify(builder: Any, stores: Mapping[str, str], out_dir: str, *,
                        inputs={**_digests(stores), "holdout": holdout})
     run_fields = {**fields, "seed": seed, "holdout_fraction": holdout,
                   "probe": dataclasses.asdict(probe),
-                  "training": _options_dict(options)}
+                  "training": _options_dict(options),
+                  "schedule": run_state.schedule(len(train_ids), options)}
     per_seed[seed] = report.write_seed(
         seed_dir, history, {s: e.labels for s, e in evals.items()},
         mh.head_table(mh.StepOptions(heads=tuple(options.heads))), names,
         run_fields, sources_of_val, write=jax.process_index() == 0)
   return report.write_summary(out_dir, per_seed, {
-      **fields, "holdout_fraction": holdout, "num_classes": len(names)},
-                              write=jax.process_index() == 0)
+      **fields, "holdout_fraction": holdout, "num_classes": len(names),
+      "trained_on": run_state.trained_on(holdout)}, write=jax.process_index() == 0)
 
 
 def _digests(stores: Mapping[str, str]) -> dict[str, str]:

@@ -12,7 +12,6 @@ how many devices computed them.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Callable
 
 import jax
@@ -131,6 +130,13 @@ def make_train_step(graphdef: nnx.GraphDef, options: StepOptions
   A head whose loss or logits are not finite skips its update (upstream
   skips it too) and says so in `finite`.
   """
+  return jax.jit(make_step_fn(graphdef, options), donate_argnums=(0, 1),
+                 compiler_options=compiler_options())
+
+
+def make_step_fn(graphdef: nnx.GraphDef, options: StepOptions
+                 ) -> Callable[..., tuple[Any, ...]]:
+  """`make_train_step`'s function before jit (to run inside a scan)."""
   lrs = jnp.asarray([h[0] for h in options.heads], jnp.float32)
   wds = jnp.asarray([h[1] for h in options.heads], jnp.float32)
   if options.total_steps < 1:
@@ -156,8 +162,7 @@ def make_train_step(graphdef: nnx.GraphDef, options: StepOptions
     return jax.lax.map(one_head, (params, opt_state, lrs, wds),
                        batch_size=_head_batch(options, len(options.heads)))
 
-  return jax.jit(step_fn, donate_argnums=(0, 1),
-                 compiler_options=compiler_options())
+  return step_fn
 
 
 def make_eval_step(graphdef: nnx.GraphDef, num_classes: int,
@@ -185,11 +190,6 @@ def _head_batch(options: StepOptions, num_heads: int) -> int:
   if options.head_batch < 1:
     raise LaryError(f"head_batch {options.head_batch}: expected >= 1")
   return min(options.head_batch, num_heads)
-
-
-def steps_per_epoch(num_examples: int, global_batch: int) -> int:
-  """Training steps of one epoch: ceil(N / B), at least one."""
-  return max(1, math.ceil(num_examples / global_batch))
 
 
 def head_table(options: StepOptions) -> list[dict[str, float]]:

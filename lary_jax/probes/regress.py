@@ -182,6 +182,7 @@ def regress(builder: Any, spec: Any, stores: Mapping[str, str],
                   "steps": steps, "action_dim": stats.dim,
                   "token_shape": list(token_shape),
                   "training": dataclasses.asdict(options),
+                  "schedule": run_state.schedule(len(train_ids), options),
                   "decoder_shape": dict(decoder_shape or {}),
                   "floor": mean_floor(targets[TRAIN].subset(train_ids),
                                       seed_targets, labels, groups)}
@@ -190,6 +191,7 @@ def regress(builder: Any, spec: Any, stores: Mapping[str, str],
                                        write=jax.process_index() == 0)
   summary_fields = {**fields, "model_type": model_type,
                     "action_mode": action_mode, "holdout_fraction": holdout,
+                    "trained_on": run_state.trained_on(holdout),
                     "floor": next(iter(per_seed.values()))["floor"]}
   return report.write_summary(out_dir, per_seed, summary_fields,
                               write=jax.process_index() == 0)

@@ -3,9 +3,11 @@
 Per seed: `results.json` (MSE per epoch and split, normalised and in the
 robot's units, per dimension and group; the epoch chosen on validation as
 upstream does, and the honest one chosen on a held-out slice of train),
-`best_result.csv` in upstream's columns (its `best_epoch` 0-based, as
-upstream writes it), and `trajectories_<split>.png` (predicted vs true per
-dimension). Over seeds: `results.json` with mean and standard deviation.
+`best_result.csv` in upstream's columns (its `best_epoch` 1-based, as
+upstream's loop counts epochs; `val_*_loss` is the Huber loss of the
+predicted chunk, which for the DiT is not upstream's logged
+noise-prediction loss), and `trajectories_<split>.png` (predicted vs true
+per dimension). Over seeds: `results.json` with mean and standard deviation.
 """
 
 from __future__ import annotations
@@ -84,7 +86,17 @@ def _select(history: Mapping[str, np.ndarray], targets: Mapping[str, Targets],
       continue
     out[split] = split_metrics(history[split][epoch], targets[split], labels,
                                groups)
+    # Per example, for the interval over seeds and examples.
+    out[split]["example_mse"] = example_mse(history[split][epoch],
+                                            targets[split]).tolist()
   return out
+
+
+def example_mse(prediction: np.ndarray, targets: Targets) -> np.ndarray:
+  """[N] squared error of each example's normalised chunk, averaged."""
+  true = targets.normalised
+  err = prediction.reshape(true.shape).astype(np.float64) - true
+  return (err**2).reshape(len(true), -1).mean(-1)
 
 
 def write_seed(out_dir: str, history: Mapping[str, np.ndarray],
@@ -139,7 +151,7 @@ def write_seed(out_dir: str, history: Mapping[str, np.ndarray],
 
 def _write_best_result(path: str, best: Mapping[str, Any]) -> None:
   """Upstream's best_result.csv columns for the validation-chosen epoch."""
-  row = {"best_epoch": best["epoch"] - 1, "train_loss": best["train_loss"]}
+  row = {"best_epoch": best["epoch"], "train_loss": best["train_loss"]}
   for split, prefix in ((VALIDATION, "val_seen"), (UNSEEN, "val_unseen")):
     if split not in best:
       continue
@@ -191,7 +203,8 @@ def _plot_trajectories(path: str, prediction: np.ndarray, targets: Targets,
 def write_summary(out_dir: str, per_seed: Mapping[int, Mapping[str, Any]],
                   fields: Mapping[str, Any], *, write: bool = True
                   ) -> dict[str, Any]:
-  """results.json over seeds: each seed's MSEs, their mean and std."""
+  """results.json over seeds: each seed's MSEs, their mean and std, and a
+  95% interval of the MSE (bootstrap over examples and seeds)."""
   out: dict[str, Any] = {**fields, "seeds": sorted(per_seed)}
   for name, how in (UPSTREAM, HONEST):
     runs = [r[name] for r in per_seed.values() if name in r]
@@ -199,6 +212,16 @@ def write_summary(out_dir: str, per_seed: Mapping[int, Mapping[str, Any]],
       continue
     out[name] = {"how": how, **metrics.seed_spread(
         runs, (VALIDATION, UNSEEN), ("mse", "mse_units"))}
+    floor = fields.get("floor", {})
+    for split in (VALIDATION, UNSEEN):
+      if split not in out[name]:
+        continue
+      errors = np.array([r[split]["example_mse"] for r in runs])
+      interval = metrics.bootstrap_interval(errors)
+      out[name][split]["mse_ci95"] = interval
+      if split in floor:
+        # Not shown to beat always predicting the training mean.
+        out[name][split]["at_floor"] = bool(interval["high"] >= floor[split])
     out[name]["per_seed"] = {
         str(s): {"epoch": r[name]["epoch"],
                  "validation_mse": r[name][VALIDATION]["mse"]}

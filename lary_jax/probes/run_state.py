@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import signal
 from collections.abc import Mapping
@@ -114,3 +115,35 @@ class Checkpoints:
 
   def close(self) -> None:
     self._manager.close()
+
+
+def steps_per_epoch(num_examples: int, global_batch: int, *,
+                    epochs: int = 1, min_updates: int = 0) -> int:
+  """Training steps of one epoch: ceil(N / B), at least one, and at least
+  ceil(min_updates / epochs).
+
+  An epoch is a count of steps on an endless stream of batches, so a small
+  dataset can be given enough updates (`min_updates`, LARY-Sim's `run`)
+  without more epochs, i.e. without more evaluations and more candidates
+  for the selection to choose among.
+  """
+  steps = max(1, math.ceil(num_examples / global_batch))
+  return max(steps, math.ceil(min_updates / max(epochs, 1)))
+
+
+def schedule(train_examples: int, options: Any) -> dict[str, int]:
+  """How many updates the probes made: epochs x steps of one epoch."""
+  per_epoch = steps_per_epoch(train_examples, options.global_batch,
+                                 epochs=options.epochs,
+                                 min_updates=options.min_updates)
+  return {"train_examples": int(train_examples), "epochs": options.epochs,
+          "steps_per_epoch": per_epoch, "updates": per_epoch * options.epochs,
+          "global_batch": options.global_batch}
+
+
+def trained_on(holdout: float) -> str:
+  """What both numbers were trained on (upstream: all of train)."""
+  if holdout <= 0:
+    return "all of train, as upstream"
+  return (f"train minus the {100 * holdout:g}% held-out slice, for both "
+          "numbers (upstream trains on all of train)")

@@ -26,6 +26,7 @@ from lary_jax import mesh as mesh_lib
 from lary_jax.data import pipeline as pl
 from lary_jax.errors import LaryError
 from lary_jax.probes import attentive_probe
+from lary_jax.probes import in_memory
 from lary_jax.probes import multi_head as mh
 from lary_jax.probes import run_state
 
@@ -38,6 +39,9 @@ class Options:
   """Training options (config section `classify`)."""
 
   epochs: int = 20
+  # 0: an epoch is one pass (ceil(N / B) steps), as upstream; n > 0: at
+  # least n updates in all, by longer epochs (small datasets; `run`).
+  min_updates: int = 0
   global_batch: int = 256
   eval_batch: int = 256
   heads: tuple[tuple[float, float], ...] = mh.HEADS
@@ -47,6 +51,9 @@ class Options:
   balanced: bool = True  # class-balanced draws with replacement
   read_threads: int = 4
   prefetch: int = 4
+  # Splits whose pooled features fit this many MiB are held on the devices
+  # and trained without an input pipeline (`in_memory`); 0: never.
+  in_memory_mb: float = 1024.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,7 +107,9 @@ def train(probe: attentive_probe.Config, train_split: Split,
     if batch % n_dev or batch % jax.process_count():
       raise LaryError(f"classify.{name}={batch} must be a multiple of the "
                       f"{n_dev} devices")
-  per_epoch = mh.steps_per_epoch(len(train_split.source), options.global_batch)
+  per_epoch = run_state.steps_per_epoch(
+      len(train_split.source), options.global_batch, epochs=options.epochs,
+      min_updates=options.min_updates)
   total = options.epochs * per_epoch
   step_options = mh.StepOptions(
       heads=tuple(options.heads), total_steps=total,
@@ -126,39 +135,58 @@ def train(probe: attentive_probe.Config, train_split: Split,
   if start_epoch:
     _log.info("%s: resumed after epoch %d", workdir, start_epoch)
 
-  train_step = mh.make_train_step(graphdef, step_options)
   eval_step = mh.make_eval_step(eval_graphdef, probe.num_classes,
                                 options.head_batch)
-  batches = pl.train_dataset(
-      train_split.source, (), KEYS, global_batch=options.global_batch,
-      seed=seed, labels=train_split.labels if options.balanced else None)
-  start = start_epoch * per_epoch
-  iterator = pl.make_iterator(batches[start:total],
-                              read_threads=options.read_threads,
-                              prefetch=options.prefetch)
+  held = _hold(probe, train_split, evals, options, mesh)
+  if held is not None:
+    order = pl.train_order(len(train_split.source), seed=seed, labels=(
+        train_split.labels if options.balanced else None))
+    run_epoch = in_memory.make_epoch(
+        mh.make_step_fn(graphdef, step_options), KEYS, mesh,
+        mh.compiler_options())
+  else:
+    train_step = mh.make_train_step(graphdef, step_options)
+    batches = pl.train_dataset(
+        train_split.source, (), KEYS, global_batch=options.global_batch,
+        seed=seed, labels=train_split.labels if options.balanced else None)
+    iterator = pl.make_iterator(batches[start_epoch * per_epoch:total],
+                                read_threads=options.read_threads,
+                                prefetch=options.prefetch)
   show = progress if progress is not None else None
   if jax.process_index() != 0:
     show = False
-  bar = tqdm.tqdm(total=total, initial=start, unit="step",
+  bar = tqdm.tqdm(total=total, initial=start_epoch * per_epoch, unit="step",
                   desc=f"classify {os.path.basename(workdir)}",
                   disable=None if show is None else not show)
   for epoch in range(start_epoch, options.epochs):
-    losses, hits = [], []
-    for step in range(epoch * per_epoch, (epoch + 1) * per_epoch):
-      batch = pl.to_device(next(iterator), mesh)
-      params, opt_state, loss, correct, _ = train_step(
-          params, opt_state, jnp.int32(step), batch["features"],
-          batch["label"])
-      losses.append(loss)
-      hits.append(correct)
-      bar.update(1)
-    loss = np.asarray(jnp.stack(losses)).mean(0)
-    predictions = {name: predict(eval_step, params, split.source,
-                                 options.eval_batch, mesh)
-                   for name, split in evals.items()}
+    first = epoch * per_epoch
+    if held is not None:
+      ids = in_memory.epoch_indices(order, first, per_epoch,
+                                    options.global_batch)
+      params, opt_state, (losses, hits, _) = run_epoch(
+          params, opt_state, jnp.int32(first), held["train"], ids)
+    else:
+      losses, hits = [], []
+      for step in range(first, first + per_epoch):
+        batch = pl.to_device(next(iterator), mesh)
+        params, opt_state, loss, correct, _ = train_step(
+            params, opt_state, jnp.int32(step), batch["features"],
+            batch["label"])
+        losses.append(loss)
+        hits.append(correct)
+      losses, hits = jnp.stack(losses), jnp.stack(hits)
+    bar.update(per_epoch)
+    loss = np.asarray(losses).mean(0)
+    predictions = {
+        name: (predict(eval_step, params, split.source, options.eval_batch,
+                       mesh) if held is None else in_memory.predict(
+                           lambda k, x: eval_step(params, x),
+                           held[name]["features"], options.eval_batch, mesh,
+                           axis=1))
+        for name, split in evals.items()}
     # What the heads saw while training (bf16 where training is): [H] each.
     predictions["train_loss"] = loss.astype(np.float32)
-    predictions["train_top1"] = (np.asarray(jnp.stack(hits)).sum(0) / (
+    predictions["train_top1"] = (np.asarray(hits).sum(0) / (
         per_epoch * options.global_batch)).astype(np.float32)
     if jax.process_index() == 0:
       run_state.write_epoch(workdir, epoch, predictions)
@@ -176,9 +204,28 @@ def train(probe: attentive_probe.Config, train_split: Split,
       bar.write(f"epoch {epoch + 1}/{options.epochs}: {summary}")
   bar.close()
   checkpoints.close()
-  if hasattr(iterator, "close"):
+  if held is None and hasattr(iterator, "close"):
     iterator.close()
   return run_state.read_history(workdir, options.epochs)
+
+
+def _hold(probe: attentive_probe.Config, train_split: Split,
+          evals: Mapping[str, Split], options: Options, mesh: Mesh
+          ) -> dict[str, dict[str, jax.Array]] | None:
+  """Every split's pooled features (and labels) on the devices, if they fit
+  `options.in_memory_mb` together; else None (the streaming pipeline)."""
+  budget = options.in_memory_mb
+  splits = {"train": train_split, **evals}
+  held = {}
+  for name, split in splits.items():
+    arrays = in_memory.load(
+        split.source, KEYS, budget_mb=budget,
+        prepare=lambda x: attentive_probe.pool_features(x, probe.pool_grid))
+    if arrays is None:
+      return None
+    budget -= sum(a.nbytes for a in arrays.values()) / 2**20
+    held[name] = in_memory.to_devices(arrays, mesh)
+  return held
 
 
 def _top1(topk: np.ndarray, labels: np.ndarray) -> float:

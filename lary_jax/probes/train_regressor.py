@@ -34,6 +34,7 @@ from lary_jax import mesh as mesh_lib
 from lary_jax.data import pipeline as pl
 from lary_jax.errors import LaryError
 from lary_jax.probes import attentive_probe
+from lary_jax.probes import in_memory
 from lary_jax.probes import run_state
 
 _log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ class Options:
   """Training options (config section `regress`)."""
 
   epochs: int = 20
+  min_updates: int = 0  # as train_classifier.Options.min_updates
   global_batch: int = 256
   eval_batch: int = 256
   lr: float = 1e-4
@@ -55,6 +57,7 @@ class Options:
   shard_min_mb: float = 256.0  # shard parameters at least this big
   read_threads: int = 4
   prefetch: int = 4
+  in_memory_mb: float = 1024.0  # as train_classifier.Options.in_memory_mb
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,17 +101,22 @@ def lr_factor(step: jax.Array, warmup_steps: int) -> jax.Array:
 
 def flatten_features(x: jax.Array, pool_grid: int) -> jax.Array:
   """[B, T, N, D] (or [B, N, D]) tokens -> [B, T * N * D], float32."""
-  if pool_grid:
-    if x.ndim == 3:
-      x = x[:, None]
-    x = attentive_probe.pool_tokens(x.astype(jnp.float32), pool_grid)
+  x = pool_features(x, pool_grid)
   return x.reshape(x.shape[0], -1).astype(jnp.float32)
+
+
+def pool_features(x: jax.Array, pool_grid: int) -> jax.Array:
+  """The pooling `flatten_features` starts with (float32), rank kept; done
+  once ahead for features held in memory (then a no-op per step)."""
+  if not pool_grid:
+    return x
+  return attentive_probe.pool_features(x.astype(jnp.float32), pool_grid)
 
 
 def input_dim(token_shape: tuple[int, ...], pool_grid: int) -> int:
   """Width of the flattened input for stored tokens of `token_shape`."""
   shape = tuple(token_shape)
-  if pool_grid:
+  if pool_grid and shape[-2] > pool_grid * pool_grid:
     frames = shape[0] if len(shape) == 3 else 1
     return frames * pool_grid * pool_grid * shape[-1]
   return int(np.prod(shape))
@@ -183,7 +191,9 @@ def train(decoder: Decoder, token_shape: tuple[int, ...], train_split: Split,
     if batch % mesh.devices.size:
       raise LaryError(f"regress.{name}={batch} must be a multiple of the "
                       f"{mesh.devices.size} devices")
-  per_epoch = max(1, -(-len(train_split.source) // options.global_batch))
+  per_epoch = run_state.steps_per_epoch(
+      len(train_split.source), options.global_batch, epochs=options.epochs,
+      min_updates=options.min_updates)
   total = options.epochs * per_epoch
   warmup_steps = int(total * options.warmup)
   dtype = getattr(jnp, options.compute_dtype)
@@ -238,27 +248,44 @@ def train(decoder: Decoder, token_shape: tuple[int, ...], train_split: Split,
   eval_step = jax.jit(eval_fn, in_shardings=(p_sharding, replicated, data),
                       out_shardings=data)
 
-  batches = pl.train_dataset(train_split.source, (), KEYS,
-                             global_batch=options.global_batch, seed=seed)
-  start = start_epoch * per_epoch
-  iterator = pl.make_iterator(batches[start:total],
-                              read_threads=options.read_threads,
-                              prefetch=options.prefetch)
+  held = _hold(train_split, evals, options, mesh)
+  if held is not None:
+    order = pl.train_order(len(train_split.source), seed=seed)
+    run_epoch = in_memory.make_epoch(
+        step_fn, KEYS, mesh, compiler_options(mesh.devices.flat[0].platform),
+        state_shardings=(p_sharding, o_sharding))
+  else:
+    batches = pl.train_dataset(train_split.source, (), KEYS,
+                               global_batch=options.global_batch, seed=seed)
+    iterator = pl.make_iterator(batches[start_epoch * per_epoch:total],
+                                read_threads=options.read_threads,
+                                prefetch=options.prefetch)
   show = progress if jax.process_index() == 0 else False
-  bar = tqdm.tqdm(total=total, initial=start, unit="step",
+  bar = tqdm.tqdm(total=total, initial=start_epoch * per_epoch, unit="step",
                   desc=f"regress {decoder.name}",
                   disable=None if show is None else not show)
   for epoch in range(start_epoch, options.epochs):
-    losses = []
-    for step in range(epoch * per_epoch, (epoch + 1) * per_epoch):
-      batch = pl.to_device(next(iterator), mesh)
-      params, opt_state, loss = train_step(
-          params, opt_state, jnp.int32(step), batch["features"],
-          batch["target"])
-      losses.append(loss)
-      bar.update(1)
-    out = {name: predict(eval_step, params, split.source, options.eval_batch,
-                         mesh) for name, split in evals.items()}
+    first = epoch * per_epoch
+    if held is not None:
+      ids = in_memory.epoch_indices(order, first, per_epoch,
+                                    options.global_batch)
+      params, opt_state, (losses,) = run_epoch(
+          params, opt_state, jnp.int32(first), held["train"], ids)
+    else:
+      losses = []
+      for step in range(first, first + per_epoch):
+        batch = pl.to_device(next(iterator), mesh)
+        params, opt_state, loss = train_step(
+            params, opt_state, jnp.int32(step), batch["features"],
+            batch["target"])
+        losses.append(loss)
+    bar.update(per_epoch)
+    out = {name: (predict(eval_step, params, split.source, options.eval_batch,
+                          mesh) if held is None else in_memory.predict(
+                              lambda k, x: eval_step(params, jnp.int32(k), x),
+                              held[name]["features"], options.eval_batch,
+                              mesh))
+           for name, split in evals.items()}
     out["train_loss"] = np.asarray(float(np.mean(jax.device_get(losses))))
     if jax.process_index() == 0:
       run_state.write_epoch(workdir, epoch, out)
@@ -268,9 +295,27 @@ def train(decoder: Decoder, token_shape: tuple[int, ...], train_split: Split,
               out["train_loss"])
   bar.close()
   checkpoints.close()
-  if hasattr(iterator, "close"):
+  if held is None and hasattr(iterator, "close"):
     iterator.close()
   return run_state.read_history(workdir, options.epochs)
+
+
+def _hold(train_split: Split, evals: Mapping[str, Split], options: Options,
+          mesh: Mesh) -> dict[str, dict[str, jax.Array]] | None:
+  """Every split's pooled features (and targets) on the devices, if they
+  fit `options.in_memory_mb` together; else None (the streaming pipeline)."""
+  budget = options.in_memory_mb
+  held = {}
+  for name, split in {"train": train_split, **evals}.items():
+    keys = KEYS if name == "train" else ("features",)
+    arrays = in_memory.load(split.source, keys, budget_mb=budget,
+                            prepare=lambda x: pool_features(
+                                x, options.pool_grid))
+    if arrays is None:
+      return None
+    budget -= sum(a.nbytes for a in arrays.values()) / 2**20
+    held[name] = in_memory.to_devices(arrays, mesh)
+  return held
 
 
 def predict(eval_step, params: Any, source: Any, eval_batch: int,

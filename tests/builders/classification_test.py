@@ -22,13 +22,13 @@ def test_clips_with_upstream_sample_indices(tmp_path, name):
   train, val = b.as_data_source()["train"], b.as_data_source()["validation"]
   assert (len(train), len(val)) == (9, 3)
   record = train[1]
-  assert record["video_path"] == b"SSv2/train/0_1.mp4"
+  assert record["video_path"] == b"SSv2/train/1_0.mp4"
   assert record["action"] == b"pick up the cup"
   assert record["label"] == sorted(fake_data_dir.CLASSES).index(
       "pick up the cup")
   frames = np.stack([images.decode_image(f) for f in record["frames"]])
   assert frames.shape == (9, 224, 224, 3)
-  clip = video.read_video(f"{data_dir}/classification/SSv2/train/0_1.mp4")
+  clip = video.read_video(f"{data_dir}/classification/SSv2/train/1_0.mp4")
   expected = images.resize_bicubic(clip[list(range(0, 18, 2))])
   np.testing.assert_array_equal(frames, expected)
 
@@ -56,13 +56,13 @@ def test_sim_state_file_of_the_wrong_length_is_a_bad_row(tmp_path):
   data_dir = str(tmp_path / "data")
   fake_data_dir.make_classification(data_dir, "sim_classification",
                                     with_indices=False)
-  path = f"{data_dir}/classification/SSv2/train/1_0_states.npy"
+  path = f"{data_dir}/classification/SSv2/train/100_0_states.npy"
   np.save(path, np.zeros((3, 15), np.float32))
   spec = metadata.DATASETS["sim_classification"]
   total, bad = prepare.check(spec, data_dir, num_workers=0)
   assert [(b.csv, b.line, b.path) for b in bad] == [(
       "sim_classification_metadata_train.csv", 5,
-      "SSv2/train/1_0_states.npy")]
+      "SSv2/train/100_0_states.npy")]
   assert "expected one state per video frame (20, S)" in bad[0].reason
 
 

@@ -119,7 +119,9 @@ def make_classification(data_dir: str, name: str, *, clips_per_class=(3, 1),
     rows = []
     for c, action in enumerate(CLASSES):
       for i in range(per_class):
-        rel = f"SSv2/{split}/{c}_{i}.mp4"
+        # Upstream's clip names, <source video>_<line>.mp4: every clip a
+        # source of its own.
+        rel = f"SSv2/{split}/{100 * c + i}_0.mp4"
         num_frames = 20 + 4 * i
         frames = rng.integers(0, 256, (num_frames, 40, 48, 3), dtype=np.uint8)
         write_mp4(os.path.join(data_dir, *spec.root, rel), frames)

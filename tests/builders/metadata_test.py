@@ -150,3 +150,15 @@ def test_resolve_datasets():
     names("calvin", 10)
   assert metadata.tfds_name(metadata.DATASETS["sim_regression"]) == (
       "lary_regression/sim")
+
+
+def test_source_video_groups_upstream_clips_and_their_reversals():
+  human = metadata.DATASETS["human_1st"]
+  for path, source in (("SSv2/123_4.mp4", "SSv2/123"),
+                       ("SSv2/123_4_rev.mp4", "SSv2/123"),
+                       ("EgoDex/3279/12_0.mp4", "EgoDex/3279/12"),
+                       ("Ego4D/clip.mp4", "Ego4D/clip")):
+    assert metadata.source_video(human, path) == source
+  sim = metadata.DATASETS["sim_classification"]
+  path = "LARY-Sim/panda/wave/clip_000007.mp4"
+  assert metadata.source_video(sim, path) == path

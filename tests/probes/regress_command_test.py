@@ -87,7 +87,7 @@ def test_results_seeds_relative_and_resume(workdir):
   assert header[:4] == ["best_epoch", "train_loss", "val_seen_loss",
                         "val_seen_mse"]
   assert "val_seen_mse_gripper" in header and "val_seen_mse_yaw" in header
-  assert int(row[0]) == best["epoch"] - 1  # upstream's 0-based epoch
+  assert int(row[0]) == best["epoch"]  # 1-based, as upstream counts epochs
   assert float(row[3]) == pytest.approx(best["validation"]["mse"], rel=1e-6)
   assert (seed_dir / "trajectories_validation.png").read_bytes()[:4] == \
       b"\x89PNG"

@@ -1,0 +1,84 @@
+"""Small splits held in memory train to the numbers of the streaming
+pipeline: same batches (order), same steps, same evaluation."""
+
+import numpy as np
+import pytest
+
+from lary_jax.probes import attentive_probe
+from lary_jax.probes import in_memory
+from lary_jax.probes import mlp_decoder
+from lary_jax.probes import train_classifier as tc
+from lary_jax.probes import train_regressor as tr
+from lary_jax.data import pipeline as pl
+
+CLASSES, T, N, D = 4, 2, 16, 8
+
+
+def _rows(n, seed, target=False):
+  rng = np.random.default_rng(seed)
+  centres = np.random.default_rng(99).standard_normal((CLASSES, 1, 1, D))
+  labels = np.arange(n) % CLASSES
+  feats = (centres[labels] + rng.standard_normal((n, T, N, D))).astype(
+      np.float16)
+  if target:
+    return [{"features": f, "target": np.float32([y, -y])}
+            for f, y in zip(feats, labels)]
+  return [{"features": f, "label": np.int32(y)} for f, y in zip(feats, labels)]
+
+
+def test_epoch_indices_are_the_streams_order():
+  order = pl.train_order(10, seed=3, labels=np.arange(10) % 2)
+  ids = in_memory.epoch_indices(order, first_step=2, steps=3, global_batch=4)
+  assert ids.shape == (3, 4)
+  np.testing.assert_array_equal(ids.ravel(),
+                                [order[p] for p in range(8, 20)])
+
+
+def test_load_prepares_once_and_respects_the_budget():
+  rows = _rows(5, 0)
+  held = in_memory.load(rows, ("features", "label"), budget_mb=1,
+                        prepare=lambda x: attentive_probe.pool_features(x, 2))
+  assert held["features"].shape == (5, T, 4, D)
+  np.testing.assert_array_equal(held["label"], np.arange(5) % CLASSES)
+  assert in_memory.load(rows, ("features",), budget_mb=1e-4) is None
+  assert in_memory.load(rows, ("features",), budget_mb=0) is None
+
+
+@pytest.mark.parametrize("pool_grid", [0, 2])
+def test_classifier_in_memory_equals_streaming(tmp_path, pool_grid):
+  probe = attentive_probe.Config(dim=D, num_classes=CLASSES, model_dim=16,
+                                 num_heads=2, depth=2, pool_grid=pool_grid)
+  train = tc.Split(_rows(24, 0), np.arange(24) % CLASSES)
+  evals = {"validation": tc.Split(_rows(10, 1), np.arange(10) % CLASSES)}
+  runs = {}
+  for name, budget in (("streaming", 0.0), ("held", 64.0)):
+    options = tc.Options(epochs=2, min_updates=6, global_batch=8,
+                         eval_batch=4, compute_dtype="float32",
+                         heads=((1e-2, 0.01), (1e-3, 0.1)),
+                         in_memory_mb=budget)
+    runs[name] = tc.train(probe, train, evals, str(tmp_path / name), seed=1,
+                          options=options, progress=False)
+  assert runs["held"]["validation"].shape == (2, 2, 10, 4)
+  np.testing.assert_array_equal(runs["held"]["validation"],
+                                runs["streaming"]["validation"])
+  np.testing.assert_allclose(runs["held"]["train_loss"],
+                             runs["streaming"]["train_loss"], rtol=1e-5)
+
+
+def test_regressor_in_memory_equals_streaming(tmp_path):
+  decoder = tr.decoder_from_module(
+      "mlp", mlp_decoder, lambda dim, seed, dtype: mlp_decoder.make(
+          mlp_decoder.Config(dim, 2, hidden=16, blocks=1), seed=seed,
+          dtype=dtype))
+  train = tr.Split(_rows(24, 0, target=True))
+  evals = {"validation": tr.Split(_rows(10, 1, target=True))}
+  runs = {}
+  for name, budget in (("streaming", 0.0), ("held", 64.0)):
+    options = tr.Options(epochs=2, min_updates=6, global_batch=8,
+                         eval_batch=4, pool_grid=2, in_memory_mb=budget)
+    runs[name] = tr.train(decoder, (T, N, D), train, evals,
+                          str(tmp_path / name), seed=1, options=options,
+                          progress=False)
+  np.testing.assert_allclose(runs["held"]["validation"],
+                             runs["streaming"]["validation"], rtol=1e-5,
+                             atol=1e-6)
