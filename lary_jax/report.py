@@ -50,6 +50,8 @@ SELECTIONS = (("upstream_style", "upstream-style"), ("honest", "honest"))
 SPLIT_LABELS = {VALIDATION: "seen", UNSEEN: "unseen"}
 METRIC = {CLASSIFICATION: "top1", REGRESSION: "mse"}
 NOT_PROTOCOL = "laptop config, not the protocol"
+CONTROL_BANNER = ("A positive control missed its threshold: the probes or "
+                  "the data path failed, not (only) the models")
 NOT_RECORDED = "config not recorded"
 
 # What a run records (path in a seed's results.json) -> the config field
@@ -79,6 +81,25 @@ _DECODER_CHECKS = {
             ("decoder_shape.num_heads", "regress.dit_heads"),
             ("decoder_shape.clip_sample", "regress.dit_clip_sample"))}
 
+# Rows by role. Positive controls must reach their thresholds on LARY-Sim
+# (when one misses, the probes failed, not the models); floors are what no
+# representation should lose to.
+CONTROLS = ("sim_oracle", "flow")
+FLOORS = ("pixels", "random_vit")
+# (model, task, decoder ("" any), split, check, threshold): honest numbers,
+# mean over seeds, on LARY-Sim's datasets. "top1": at least; "mse_ratio":
+# MSE / predict-the-mean at most; "above_chance": the 95% interval of
+# top-1 above chance.
+CONTROL_CHECKS = (
+    ("sim_oracle", CLASSIFICATION, "", VALIDATION, "top1", 0.90),
+    ("sim_oracle", CLASSIFICATION, "", UNSEEN, "top1", 0.80),
+    ("sim_oracle", REGRESSION, "mlp_absolute", VALIDATION, "mse_ratio", 0.3),
+    ("sim_oracle", REGRESSION, "mlp_relative", VALIDATION, "mse_ratio", 0.3),
+    ("flow", CLASSIFICATION, "", VALIDATION, "above_chance", 0.0),
+)
+# Models beat the best floor when the gap exceeds this many standard errors.
+FLOOR_MARGIN_SE = 3.0
+
 # (task, dataset, model, decoder, split); decoder "" matches any decoder.
 PublishedKey = tuple[str, str, str, str, str]
 Table = tuple[list[str], list[list[str]]]  # header, rows of cells
@@ -100,6 +121,44 @@ class Run:
   @property
   def name(self) -> str:
     return " ".join(filter(None, (self.dataset, self.model, self.decoder)))
+
+  @property
+  def role(self) -> str:
+    """"control", "floor" or "model"."""
+    if self.model in CONTROLS:
+      return "control"
+    return "floor" if self.model in FLOORS else "model"
+
+  def honest(self, split: str) -> Mapping[str, Any]:
+    """The honest selection's numbers on `split` (upstream-style where the
+    run held nothing out), {} where there are none."""
+    for sel in ("honest", "upstream_style"):
+      value = self.summary.get(sel, {}).get(split)
+      if isinstance(value, dict):
+        return value
+    return {}
+
+  def standard_error(self, split: str) -> float | None:
+    """Of the honest mean over seeds: the examples' binomial (or MSE)
+    variance and the seed spread together."""
+    value = self.honest(split)
+    metric = METRIC[self.task]
+    if metric not in value:
+      return None
+    stat = value[metric]
+    n_seeds = max(int(stat.get("n", 1)), 1)
+    seed_var = stat["std"] ** 2 / n_seeds
+    if self.task == CLASSIFICATION:
+      examples = value.get("examples")
+      p = stat["mean"]
+      if not examples:
+        return None
+      return math.sqrt(p * (1 - p) / examples + seed_var)
+    ci = value.get("mse_ci95")
+    if not ci:
+      return None
+    # The interval's half width is ~1.96 standard errors.
+    return (ci["high"] - ci["low"]) / (2 * 1.96)
 
   @property
   def splits(self) -> list[str]:
@@ -393,54 +452,177 @@ def _config_notes(board: Leaderboard) -> dict[str, int]:
   return notes
 
 
-def _classification_table(board: Leaderboard) -> Table:
-  """One row per (dataset, model, split): top-1 % of both selections."""
+def _interval(value: Mapping[str, Any], key: str,
+              fmt: Callable[[float], str]) -> str:
+  ci = value.get(key)
+  return f"[{fmt(ci['low'])}, {fmt(ci['high'])}]" if ci else ""
+
+
+def _versus_floors(board: Leaderboard, run: Run, split: str) -> str:
+  """How far a model's honest number is from the best floor's, in standard
+  errors of the difference: "+12.3 (4.1 SE)"; "" for floors and controls."""
+  if run.role != "model":
+    return ""
+  floors = [r for r in board.runs if r.role == "floor" and
+            (r.task, r.dataset, r.decoder) == (run.task, run.dataset,
+                                               run.decoder)]
+  metric = METRIC[run.task]
+  mine = run.honest(split).get(metric)
+  se = run.standard_error(split)
+  if not floors or not mine or se is None:
+    return ""
+  sign = 1 if run.task == CLASSIFICATION else -1  # MSE: lower is better
+  best = max(floors, key=lambda r: sign * r.honest(split).get(
+      metric, {"mean": -sign * np.inf})["mean"])
+  theirs = best.honest(split).get(metric)
+  their_se = best.standard_error(split)
+  if not theirs or their_se is None:
+    return ""
+  gap = sign * (mine["mean"] - theirs["mean"])
+  z = gap / max(math.hypot(se, their_se), 1e-12)
+  shown = _percent(gap) if run.task == CLASSIFICATION else _mse(gap)
+  mark = " ✓" if z > FLOOR_MARGIN_SE else ""
+  return f"{'+' if gap >= 0 else ''}{shown} ({z:.1f} SE vs {best.model}){mark}"
+
+
+def _classification_table(board: Leaderboard,
+                          roles: Sequence[str] = ("model", "floor")) -> Table:
+  """One row per (dataset, model, split) of `roles`: the honest top-1 % with
+  its 95% interval, the upstream-style one, and where chance lands."""
   notes = _config_notes(board)
-  header = ["dataset", "model", "split", "top-1 upstream-style",
-            "top-1 honest", "top-5 upstream-style / honest", "chance",
-            "published top-1", "seeds", "config"]
+  header = ["dataset", "model", "role", "split",
+            "top-1 honest (95% interval)", "top-1 upstream-style",
+            "top-5 upstream-style / honest", "chance (95% band)",
+            "vs best floor", "published top-1", "seeds", "config"]
   rows = []
   for run in board.of(CLASSIFICATION):
-    classes = run.summary.get("num_classes")
+    if run.role not in roles:
+      continue
     for split in run.splits:
       top5 = [_spread(run.score(sel, split, "top5"), _percent)
               for sel, _ in SELECTIONS]
       published = board.published_value(run, split)
-      rows.append([
-          run.dataset, run.model, SPLIT_LABELS.get(split, split),
-          _spread(run.score("upstream_style", split, "top1"), _percent),
+      value = run.honest(split)
+      band = value.get("chance")
+      chance = (f"{_percent(band['chance'])} ({_percent(band['low'])}-"
+                f"{_percent(band['high'])})" if band else "-")
+      honest = " ".join(filter(None, (
           _spread(run.score("honest", split, "top1"), _percent),
-          " / ".join(top5),
-          f"{100 / classes:.1f}" if classes else "-",
+          _interval(value, "top1_ci95", _percent))))
+      if value.get("at_chance"):
+        honest += " ≈ chance"
+      rows.append([
+          run.dataset, run.model, run.role, SPLIT_LABELS.get(split, split),
+          honest, _spread(run.score("upstream_style", split, "top1"),
+                          _percent),
+          " / ".join(top5), chance, _versus_floors(board, run, split),
           "-" if published is None else f"{published:.1f}",
-          ",".join(map(str, run.summary["seeds"])), _config_cell(run, notes)])
+          str(len(run.summary["seeds"])), _config_cell(run, notes)])
   return header, rows
 
 
-def _regression_table(board: Leaderboard) -> Table:
-  """One row per (dataset, model, decoder, split): MSE of both selections
-  beside the predict-the-train-mean floor."""
+def _regression_table(board: Leaderboard,
+                      roles: Sequence[str] = ("model", "floor")) -> Table:
+  """One row per (dataset, model, decoder, split) of `roles`: the honest MSE
+  with its 95% interval beside the predict-the-train-mean floor."""
   notes = _config_notes(board)
-  header = ["dataset", "model", "decoder", "split", "MSE upstream-style",
-            "MSE honest", "predict-the-mean MSE",
+  header = ["dataset", "model", "role", "decoder", "split",
+            "MSE honest (95% interval)", "MSE upstream-style",
+            "predict-the-mean MSE", "vs best floor",
             "robot-units MSE upstream-style / honest", "published MSE",
             "seeds", "config"]
   rows = []
   for run in board.of(REGRESSION):
+    if run.role not in roles:
+      continue
     floor = run.summary.get("floor") or {}
     for split in run.splits:
       units = [_spread(run.score(sel, split, "mse_units"), _mse)
                for sel, _ in SELECTIONS]
       published = board.published_value(run, split)
-      rows.append([
-          run.dataset, run.model, run.decoder, SPLIT_LABELS.get(split, split),
-          _spread(run.score("upstream_style", split, "mse"), _mse),
+      value = run.honest(split)
+      honest = " ".join(filter(None, (
           _spread(run.score("honest", split, "mse"), _mse),
+          _interval(value, "mse_ci95", _mse))))
+      if value.get("at_floor"):
+        honest += " ≈ mean or worse"
+      rows.append([
+          run.dataset, run.model, run.role, run.decoder,
+          SPLIT_LABELS.get(split, split), honest,
+          _spread(run.score("upstream_style", split, "mse"), _mse),
           _mse(floor[split]) if split in floor else "-",
-          " / ".join(units),
+          _versus_floors(board, run, split), " / ".join(units),
           "-" if published is None else _mse(published),
-          ",".join(map(str, run.summary["seeds"])), _config_cell(run, notes)])
+          str(len(run.summary["seeds"])), _config_cell(run, notes)])
   return header, rows
+
+
+def control_failures(board: Leaderboard) -> list[str]:
+  """One line per positive control that misses its threshold on LARY-Sim
+  (or has no result where one is due)."""
+  out = []
+  for model, task, decoder, split, check, threshold in CONTROL_CHECKS:
+    runs = [r for r in board.of(task) if r.model == model and
+            r.dataset.startswith("sim_") and decoder in ("", r.decoder)]
+    for run in runs:
+      value = run.honest(split)
+      where = f"{run.name} ({SPLIT_LABELS.get(split, split)})"
+      if check == "top1":
+        got = value.get("top1", {}).get("mean")
+        if got is None or got < threshold:
+          out.append(f"{where}: honest top-1 {_fmt_or_dash(got, _percent)}%"
+                     f", needs >= {_percent(threshold)}%")
+      elif check == "mse_ratio":
+        got = value.get("mse", {}).get("mean")
+        floor = (run.summary.get("floor") or {}).get(split)
+        ratio = got / floor if got is not None and floor else None
+        if ratio is None or ratio > threshold:
+          out.append(f"{where}: honest MSE {_fmt_or_dash(ratio, _ratio)} of"
+                     f" predict-the-mean, needs <= {threshold:g}x")
+      elif value.get("at_chance", True):
+        out.append(f"{where}: honest top-1 not above chance (its 95% "
+                   "interval reaches chance)")
+  return out
+
+
+def _fmt_or_dash(value: float | None, fmt: Callable[[float], str]) -> str:
+  return "-" if value is None else fmt(value)
+
+
+def _ratio(value: float) -> str:
+  return f"{value:.2f}x"
+
+
+def _probe_settings(board: Leaderboard) -> Table | None:
+  """The probe and its training budget, per task and dataset, as recorded
+  (every row of a dataset must share them)."""
+  header = ["task", "dataset", "probe", "updates", "runs"]
+  found: dict[tuple[str, str, str, str], list[str]] = {}
+  for run in board.runs:
+    for results in run.seeds.values():
+      sched = results.get("schedule")
+      if not sched:
+        continue
+      if run.task == CLASSIFICATION:
+        probe = results.get("probe", {})
+        what = (f"attentive, width {probe.get('model_dim')}, depth "
+                f"{probe.get('depth')}, pool {probe.get('pool_grid')}, "
+                f"{len(results.get('training', {}).get('heads', []))} heads")
+      else:
+        shape = results.get("decoder_shape", {})
+        what = f"{run.decoder}, " + ", ".join(
+            f"{k} {v}" for k, v in shape.items())
+      updates = (f"{sched['updates']} ({sched['epochs']} epochs x "
+                 f"{sched['steps_per_epoch']} steps of "
+                 f"{sched['global_batch']}; {sched['train_examples']} "
+                 "training examples)")
+      key = (run.task, run.dataset, what, updates)
+      found.setdefault(key, [])
+      if run.model not in found[key]:
+        found[key].append(run.model)
+  if not found:
+    return None
+  return header, [[*k, ", ".join(v)] for k, v in found.items()]
 
 
 def _per_seed_table(run: Run) -> Table:
@@ -549,22 +731,52 @@ def _run_facts(run: Run) -> list[str]:
 
 
 _HOW_TO_READ = (
-    "upstream-style: the head and epoch with the best validation number, "
-    "chosen on the validation set itself, as upstream reports (optimistic).",
     "honest: the head and epoch chosen on a held-out slice of train (never "
-    "trained on), then reported on validation (and unseen).",
+    "trained on), then reported on validation (and unseen); its 95% "
+    "interval is a bootstrap over the evaluated examples and the seeds.",
+    "upstream-style: the head and epoch with the best validation number, "
+    "chosen on the validation set itself, as upstream reports (optimistic: "
+    "the best of many candidates on the test set). Both are trained on "
+    "train minus the held-out slice; upstream trains on all of train.",
     "Spread: mean ± sample std over seeds (n seeds); one seed shows no "
     "spread.",
     "seen = the validation split; unseen = held-out robots or tasks "
     "(regression datasets that have them).",
-    "Classification: top-1 in percent; chance = 100 / classes.",
+    "Classification: top-1 in percent. chance = 100 / classes, and the band "
+    "is where 95% of uniform guesses land on that many examples; "
+    "`≈ chance` marks an honest number whose interval reaches chance.",
     "Regression: MSE of normalised actions over the whole chunk; "
     "predict-the-mean = always predicting the training targets' mean (a "
-    "decoder should beat it); robot-units MSE is in the robot's own units.",
+    "decoder should beat it; `≈ mean or worse` marks one whose interval "
+    "does not); robot-units MSE is in the robot's own units.",
+    f"Roles: positive controls ({', '.join(CONTROLS)}) have their own "
+    "section and are not ranked: `sim_oracle` reads LARY-Sim's recorded "
+    "robot states, `flow` is classical optical flow; if one misses its "
+    "threshold, the probes failed, not the models. Floors "
+    f"({', '.join(FLOORS)}) are what any representation should beat; `vs "
+    "best floor` is the gap to the best floor in standard errors of the "
+    f"difference (✓ above {FLOOR_MARGIN_SE:g}).",
     f"config: `protocol` where every recorded setting is upstream's; "
     f"`{NOT_PROTOCOL}` where one differs (the note lists which): such "
     f"numbers do not compare with published ones; `{NOT_RECORDED}` where "
     "the run's files do not say.")
+
+_TABLES = (
+    (CLASSIFICATION, "Classification: top-1 accuracy (%)",
+     _classification_table),
+    (REGRESSION, "Regression: MSE (normalised actions)", _regression_table))
+
+
+def _sections(board: Leaderboard) -> list[tuple[str, str, Table]]:
+  """(task, title, table): the controls' tables first, then the ranked."""
+  out = []
+  for roles, prefix in ((("control",), "Positive controls: "),
+                        (("model", "floor"), "")):
+    for task, title, table in _TABLES:
+      header, rows = table(board, roles)
+      if rows:
+        out.append((task, prefix + title, (header, rows)))
+  return out
 
 
 # -------------------------------------------------------------- markdown
@@ -583,17 +795,20 @@ def _md_table(table: Table) -> list[str]:
 
 
 def _md_lines(board: Leaderboard, md_dir: str) -> list[str]:
-  lines = ["# LARY results", "",
-           f"Workdir `{board.workdir}`; written by `python -m lary_jax.main "
-           "report`.", "", "How to read:", ""]
+  lines = ["# LARY results", ""]
+  failures = control_failures(board)
+  if failures:
+    lines += [f"> **{CONTROL_BANNER}**", ">"]
+    lines += [f"> - {f}" for f in failures]
+    lines.append("")
+  lines += [f"Workdir `{board.workdir}`; written by `python -m lary_jax.main "
+            "report`.", "", "How to read:", ""]
   lines += [f"- {t}" for t in _HOW_TO_READ]
-  for task, title, table in (
-      (CLASSIFICATION, "Classification: top-1 accuracy (%)",
-       _classification_table),
-      (REGRESSION, "Regression: MSE (normalised actions)",
-       _regression_table)):
-    if board.of(task):
-      lines += ["", f"## {title}", "", *_md_table(table(board))]
+  for _, title, table in _sections(board):
+    lines += ["", f"## {title}", "", *_md_table(table)]
+  settings = _probe_settings(board)
+  if settings:
+    lines += ["", "## Probe settings", "", *_md_table(settings)]
   notes = _config_notes(board)
   if notes:
     lines += ["", "## Config notes", ""]
@@ -770,6 +985,8 @@ td.warn { color: #a40000; } code { background: #f2f2f2; padding: 0 .2em; }
 figure { display: inline-block; margin: .5em 1em .5em 0; }
 figcaption { font-size: 12px; color: #555; } img { max-width: 100%; }
 .wide { overflow-x: auto; }
+.banner { background: #b00020; color: #fff; padding: .6em 1em;
+          border-radius: 4px; margin: .5em 0 1em; }
 """
 
 
@@ -799,22 +1016,27 @@ def _figure(caption: str, png: bytes) -> str:
 
 
 def _html_body(board: Leaderboard) -> list[str]:
-  parts = ["<h1>LARY results</h1>",
-           f"<p>Workdir <code>{html.escape(board.workdir)}</code>; written "
-           "by <code>python -m lary_jax.main report</code>.</p>",
-           "<h2>How to read</h2><ul>"
-           + "".join(f"<li>{_inline(t)}</li>" for t in _HOW_TO_READ)
-           + "</ul>"]
+  parts = ["<h1>LARY results</h1>"]
+  failures = control_failures(board)
+  if failures:
+    parts.append(f'<div class="banner"><strong>{html.escape(CONTROL_BANNER)}'
+                 "</strong><ul>" + "".join(
+                     f"<li>{html.escape(f)}</li>" for f in failures)
+                 + "</ul></div>")
+  parts += [f"<p>Workdir <code>{html.escape(board.workdir)}</code>; written "
+            "by <code>python -m lary_jax.main report</code>.</p>",
+            "<h2>How to read</h2><ul>"
+            + "".join(f"<li>{_inline(t)}</li>" for t in _HOW_TO_READ)
+            + "</ul>"]
   charts = _charts(board)
-  for task, title, table in (
-      (CLASSIFICATION, "Classification: top-1 accuracy (%)",
-       _classification_table),
-      (REGRESSION, "Regression: MSE (normalised actions)",
-       _regression_table)):
-    if not board.of(task):
-      continue
-    parts += [f"<h2>{title}</h2>", _html_table(table(board))]
-    parts += [_figure(c, png) for t, c, png in charts if t == task]
+  sections = _sections(board)
+  for task, title, table in sections:
+    parts += [f"<h2>{html.escape(title)}</h2>", _html_table(table)]
+    if title == [t for k, t, _ in sections if k == task][-1]:
+      parts += [_figure(c, png) for t, c, png in charts if t == task]
+  settings = _probe_settings(board)
+  if settings:
+    parts += ["<h2>Probe settings</h2>", _html_table(settings)]
   notes = _config_notes(board)
   if notes:
     by_folder = {r.folder: r for r in board.runs}

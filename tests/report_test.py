@@ -167,16 +167,24 @@ def test_markdown_classification_rows(workdir):
   m1 = _find(tables, dataset="human_1st", model="m1", split="seen")
   # Seeds: upstream-style 8/10 and 6/10; honest picks score 3/10 and 4/10.
   assert m1["top-1 upstream-style"] == "70.0 ± 14.1 (2 seeds)"
-  assert m1["top-1 honest"] == "35.0 ± 7.1 (2 seeds)"
+  # The honest 3/10 and 4/10 with a bootstrap interval over examples and
+  # seeds; a guess on 10 examples of 4 classes lands in 0-50% (95%).
+  honest = m1["top-1 honest (95% interval)"]
+  assert honest.startswith("35.0 ± 7.1 (2 seeds) [")
+  low, high = (float(v) for v in honest.split("[")[1].split("]")[0].split(
+      ", "))
+  assert low < 35.0 < high and low <= 25.0  # reaches chance
+  assert honest.endswith("≈ chance")
   assert m1["top-5 upstream-style / honest"] == (
       "100.0 ± 0.0 (2 seeds) / 100.0 ± 0.0 (2 seeds)")
-  assert m1["chance"] == "25.0"
+  assert m1["chance (95% band)"] == "25.0 (0.0-50.0)"
+  assert m1["role"] == "model"
   assert m1["published top-1"] == "71.3"
-  assert m1["seeds"] == "0,1"
+  assert m1["seeds"] == "2"
   assert m1["config"] == "protocol"
   m2 = _find(tables, dataset="human_1st", model="m2", split="seen")
   assert m2["top-1 upstream-style"] == "50.0 (1 seed)"
-  assert m2["top-1 honest"] == "30.0 (1 seed)"
+  assert m2["top-1 honest (95% interval)"].startswith("30.0 (1 seed) [")
   assert m2["published top-1"] == "-"
   assert m2["config"] == "laptop config, not the protocol [1]"
 
@@ -188,7 +196,9 @@ def test_markdown_regression_rows_and_floor(workdir):
                split="seen")
   # Validation epoch 2 (scale 0.3): 0.09 * 5 / 3; honest epoch 3 (0.4).
   assert seen["MSE upstream-style"] == "0.1500 (1 seed)"
-  assert seen["MSE honest"] == "0.2667 (1 seed)"
+  # Every example's error is the same: the interval has no width.
+  assert seen["MSE honest (95% interval)"] == (
+      "0.2667 (1 seed) [0.2667, 0.2667]")
   assert seen["predict-the-mean MSE"] == "1.0000"
   # Robot units: std 2 -> 4x the normalised MSE.
   assert seen["robot-units MSE upstream-style / honest"] == (
@@ -279,14 +289,15 @@ def test_html_is_self_contained_with_tables_and_images(workdir):
   page.feed(html_path.read_text())
   assert not page.other_sources
   classification = page.tables[0]
-  assert classification[0][:3] == ["dataset", "model", "split"]
+  assert classification[0][:4] == ["dataset", "model", "role", "split"]
   assert len(classification) == 3  # header + m1 + m2
-  assert classification[1][3] == "70.0 ± 14.1 (2 seeds)"
-  assert classification[1][7] == "71.3"
+  assert classification[1][5] == "70.0 ± 14.1 (2 seeds)"
+  assert classification[1][9] == "71.3"
   regression = page.tables[1]
   assert len(regression) == 5  # header + 2 decoders x seen, unseen
-  assert ["calvin", "m1", "mlp_absolute", "seen", "0.1500 (1 seed)",
-          "0.2667 (1 seed)", "1.0000"] == regression[3][:7]
+  assert ["calvin", "m1", "model", "mlp_absolute", "seen",
+          "0.2667 (1 seed) [0.2667, 0.2667]", "0.1500 (1 seed)",
+          "1.0000"] == regression[3][:8]
   assert any(row[:3] == ["classification", "robot_1st", "other"]
              for table in page.tables for row in table)
   # 3 bar charts (human_1st seen, calvin seen and unseen), 2 confusion
@@ -324,9 +335,9 @@ def test_run_without_recorded_settings_is_flagged(tmp_path):
       "config not recorded in the seeds' results.json",)
   report.write_markdown(board, str(tmp_path / "report.md"))
   text = (tmp_path / "report.md").read_text()
-  assert ("| calvin | m1 | mlp_absolute | seen | 0.5000 (1 seed) | - | - |"
-          in text)
-  assert "| 0 | config not recorded [1] |" in text
+  assert ("| calvin | m1 | model | mlp_absolute | seen | - | 0.5000 (1 seed) "
+          "| - |" in text)
+  assert "| 1 | config not recorded [1] |" in text
 
 
 def test_unreadable_summary_names_the_file(tmp_path):
@@ -384,3 +395,69 @@ def test_command_line(workdir, tmp_path):
       timeout=120, check=False)
   assert empty.returncode == 1
   assert empty.stderr.startswith(f"error: no results in {tmp_path}")
+
+
+def _sim_classification_run(work, model, val_correct, unseen_correct,
+                            n=48):
+  """One seed on LARY-Sim whose every candidate gets `*_correct` of n."""
+  labels = np.arange(n) % 4
+  out = os.path.join(work, "classify", "sim_classification", model)
+  seed_dir = os.path.join(out, "seed_0")
+  os.makedirs(seed_dir)
+  counts = lambda c: np.full((2, 5), c)  # pylint: disable=unnecessary-lambda-assignment
+  seed = cr.write_seed(
+      seed_dir, {"validation": _history(labels, counts(val_correct)),
+                 "unseen": _history(labels, counts(unseen_correct)),
+                 "train_holdout": _history(labels[:8], counts(4))},
+      {"validation": labels, "unseen": labels, "train_holdout": labels[:8]},
+      HEADS, ["a", "b", "c", "d"],
+      {"model": model, "dataset": "sim_classification", "seed": 0,
+       "holdout_fraction": 0.1, "probe": PROTOCOL_PROBE,
+       "training": PROTOCOL_TRAINING,
+       "schedule": {"train_examples": 96, "epochs": 2, "steps_per_epoch": 5,
+                    "updates": 10, "global_batch": 16}})
+  cr.write_summary(out, {0: seed}, {"model": model,
+                                    "dataset": "sim_classification",
+                                    "holdout_fraction": 0.1,
+                                    "num_classes": 4})
+
+
+def test_controls_have_their_section_and_a_banner_when_they_miss(tmp_path):
+  work = str(tmp_path)
+  _sim_classification_run(work, "sim_oracle", 47, 30)  # unseen 62% < 80%
+  _sim_classification_run(work, "flow", 40, 36)
+  _sim_classification_run(work, "pixels", 13, 12)  # about chance (25%)
+  _sim_classification_run(work, "my_lam", 30, 20)
+  md_path, html_path = report.write(work)
+  text = pathlib.Path(md_path).read_text()
+  assert text.index("A positive control missed its threshold") < text.index(
+      "How to read")
+  assert ("sim_classification sim_oracle (unseen): honest top-1 62.5%, "
+          "needs >= 80.0%") in text
+  assert "flow (seen)" not in text.split("How to read")[0]  # flow passes
+  sections = text.split("## ")
+  controls = next(s for s in sections if s.startswith("Positive controls: "
+                                                      "Classification"))
+  ranked = next(s for s in sections if s.startswith("Classification"))
+  assert "| sim_oracle |" in controls and "| flow |" in controls
+  assert "| pixels |" not in controls and "| sim_oracle |" not in ranked
+  tables = _md_tables(text)
+  pixels = _find(tables, model="pixels", split="seen")
+  assert pixels["role"] == "floor" and pixels["vs best floor"] == ""
+  assert pixels["top-1 honest (95% interval)"].endswith("≈ chance")
+  lam = _find(tables, model="my_lam", split="seen")
+  # 62.5% vs 27.1% on 48 examples: binomial standard errors 7.0 and 6.4
+  # points, 9.5 for the difference: 3.7 of them.
+  gap, rest = lam["vs best floor"].split(" (")
+  assert gap == "+35.4" and rest == "3.7 SE vs pixels) ✓"
+  settings = _find(tables, task="classification")
+  assert settings["updates"].startswith("10 (2 epochs x 5 steps of 16")
+  page = pathlib.Path(html_path).read_text()
+  assert '<div class="banner">' in page
+
+
+def test_no_banner_when_the_controls_pass(tmp_path):
+  work = str(tmp_path)
+  _sim_classification_run(work, "sim_oracle", 47, 45)
+  report.write(work)
+  assert "missed its threshold" not in (tmp_path / "report.md").read_text()
