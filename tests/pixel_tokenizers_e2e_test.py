@@ -86,15 +86,18 @@ def _config():
   """The default config with a run of only --models_dir and tiny probes."""
   config = default.get_config()
   config.run.models = ""
+  config.run.seeds = "0"
+  config.run.decoders = "mlp:absolute"
   config.prepare.num_workers = 1  # in this process: no interpreters to start
   n = jax.device_count()  # global batches split evenly over the devices
   # One micro batch a device a step: one compilation a mode, little padding.
   config.extract.update(global_batch=2 * n, micro_batch=2)
-  config.run.overrides.classify.update(epochs=2, global_batch=4 * n,
-                                       eval_batch=8 * n)
+  config.run.overrides.classify.update(epochs=2, min_updates=0,
+                                       global_batch=4 * n, eval_batch=8 * n)
   config.run.overrides.classify.probe.update(model_dim=16, num_heads=2)
-  config.run.overrides.regress.update(epochs=2, global_batch=8 * n,
-                                      eval_batch=16 * n, mlp_hidden=32)
+  config.run.overrides.regress.update(epochs=2, min_updates=0,
+                                      global_batch=8 * n, eval_batch=16 * n,
+                                      mlp_hidden=32)
   config.lock()
   return config
 

@@ -21,8 +21,11 @@ from tfds_builders import prepare
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # The run's cheapest complete form: one weight-free model, both probes.
 RUN_FLAGS = ("run", "--tiny", "--config.run.models=pixels",
+             "--config.run.seeds=0", "--config.run.decoders=mlp:absolute",
              "--config.run.overrides.classify.epochs=2",
-             "--config.run.overrides.regress.epochs=2")
+             "--config.run.overrides.classify.min_updates=0",
+             "--config.run.overrides.regress.epochs=2",
+             "--config.run.overrides.regress.min_updates=0")
 
 
 def _env(devices: int) -> dict[str, str]:
