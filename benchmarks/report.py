@@ -7,8 +7,9 @@ import os
 import platform
 import re
 
-BENCHMARKS_MD = os.path.join(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))), "BENCHMARKS.md")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCHMARKS_MD = os.path.join(REPO, "BENCHMARKS.md")
+README_MD = os.path.join(REPO, "README.md")
 _HEADER = """# Benchmarks
 
 Each section is written by the script it names (`python benchmarks/NAME.py`).
@@ -42,10 +43,9 @@ def machine() -> str:
           f"{platform.python_version()}, {datetime.date.today()}")
 
 
-def write_section(name: str, body: str) -> None:
-  """Replaces (or appends) the section of benchmark `name`."""
-  text = open(BENCHMARKS_MD).read() if os.path.exists(BENCHMARKS_MD) else (
-      _HEADER)
+def write_section(name: str, body: str, path: str = BENCHMARKS_MD) -> None:
+  """Replaces (or appends) the section of benchmark `name` in `path`."""
+  text = open(path).read() if os.path.exists(path) else _HEADER
   begin, end = f"<!-- begin {name} -->", f"<!-- end {name} -->"
   section = f"{begin}\n{body.strip()}\n{end}"
   pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
@@ -53,7 +53,7 @@ def write_section(name: str, body: str) -> None:
     text = pattern.sub(lambda _: section, text)
   else:
     text = text.rstrip() + "\n\n" + section + "\n"
-  tmp = BENCHMARKS_MD + ".tmp"
+  tmp = path + ".tmp"
   with open(tmp, "w") as f:
     f.write(text)
-  os.replace(tmp, BENCHMARKS_MD)
+  os.replace(tmp, path)

@@ -458,7 +458,22 @@ def _interval(value: Mapping[str, Any], key: str,
   return f"[{fmt(ci['low'])}, {fmt(ci['high'])}]" if ci else ""
 
 
-def _versus_floors(board: Leaderboard, run: Run, split: str) -> str:
+def honest_cell(run: Run, split: str) -> str:
+  """The honest number: mean ± std (seeds) [95% interval], and "≈ chance"
+  (classification) or "≈ mean or worse" (regression) where it reaches it."""
+  value = run.honest(split)
+  if run.task == CLASSIFICATION:
+    text = " ".join(filter(None, (
+        _spread(run.score("honest", split, "top1"), _percent),
+        _interval(value, "top1_ci95", _percent))))
+    return text + (" ≈ chance" if value.get("at_chance") else "")
+  text = " ".join(filter(None, (
+      _spread(run.score("honest", split, "mse"), _mse),
+      _interval(value, "mse_ci95", _mse))))
+  return text + (" ≈ mean or worse" if value.get("at_floor") else "")
+
+
+def versus_floors(board: Leaderboard, run: Run, split: str) -> str:
   """How far a model's honest number is from the best floor's, in standard
   errors of the difference: "+12.3 (4.1 SE)"; "" for floors and controls."""
   if run.role != "model":
@@ -502,20 +517,14 @@ def _classification_table(board: Leaderboard,
       top5 = [_spread(run.score(sel, split, "top5"), _percent)
               for sel, _ in SELECTIONS]
       published = board.published_value(run, split)
-      value = run.honest(split)
-      band = value.get("chance")
+      band = run.honest(split).get("chance")
       chance = (f"{_percent(band['chance'])} ({_percent(band['low'])}-"
                 f"{_percent(band['high'])})" if band else "-")
-      honest = " ".join(filter(None, (
-          _spread(run.score("honest", split, "top1"), _percent),
-          _interval(value, "top1_ci95", _percent))))
-      if value.get("at_chance"):
-        honest += " ≈ chance"
       rows.append([
           run.dataset, run.model, run.role, SPLIT_LABELS.get(split, split),
-          honest, _spread(run.score("upstream_style", split, "top1"),
-                          _percent),
-          " / ".join(top5), chance, _versus_floors(board, run, split),
+          honest_cell(run, split),
+          _spread(run.score("upstream_style", split, "top1"), _percent),
+          " / ".join(top5), chance, versus_floors(board, run, split),
           "-" if published is None else f"{published:.1f}",
           str(len(run.summary["seeds"])), _config_cell(run, notes)])
   return header, rows
@@ -540,18 +549,12 @@ def _regression_table(board: Leaderboard,
       units = [_spread(run.score(sel, split, "mse_units"), _mse)
                for sel, _ in SELECTIONS]
       published = board.published_value(run, split)
-      value = run.honest(split)
-      honest = " ".join(filter(None, (
-          _spread(run.score("honest", split, "mse"), _mse),
-          _interval(value, "mse_ci95", _mse))))
-      if value.get("at_floor"):
-        honest += " ≈ mean or worse"
       rows.append([
           run.dataset, run.model, run.role, run.decoder,
-          SPLIT_LABELS.get(split, split), honest,
+          SPLIT_LABELS.get(split, split), honest_cell(run, split),
           _spread(run.score("upstream_style", split, "mse"), _mse),
           _mse(floor[split]) if split in floor else "-",
-          _versus_floors(board, run, split), " / ".join(units),
+          versus_floors(board, run, split), " / ".join(units),
           "-" if published is None else _mse(published),
           str(len(run.summary["seeds"])), _config_cell(run, notes)])
   return header, rows
@@ -593,7 +596,7 @@ def _ratio(value: float) -> str:
   return f"{value:.2f}x"
 
 
-def _probe_settings(board: Leaderboard) -> Table | None:
+def probe_settings(board: Leaderboard) -> Table | None:
   """The probe and its training budget, per task and dataset, as recorded
   (every row of a dataset must share them)."""
   header = ["task", "dataset", "probe", "updates", "runs"]
@@ -786,7 +789,7 @@ def _md_cell(text: str) -> str:
   return text.replace("|", "\\|").replace("\n", " ")
 
 
-def _md_table(table: Table) -> list[str]:
+def md_table(table: Table) -> list[str]:
   header, rows = table
   lines = ["| " + " | ".join(map(_md_cell, header)) + " |",
            "|" + "|".join("---" for _ in header) + "|"]
@@ -805,10 +808,10 @@ def _md_lines(board: Leaderboard, md_dir: str) -> list[str]:
             "report`.", "", "How to read:", ""]
   lines += [f"- {t}" for t in _HOW_TO_READ]
   for _, title, table in _sections(board):
-    lines += ["", f"## {title}", "", *_md_table(table)]
-  settings = _probe_settings(board)
+    lines += ["", f"## {title}", "", *md_table(table)]
+  settings = probe_settings(board)
   if settings:
-    lines += ["", "## Probe settings", "", *_md_table(settings)]
+    lines += ["", "## Probe settings", "", *md_table(settings)]
   notes = _config_notes(board)
   if notes:
     lines += ["", "## Config notes", ""]
@@ -820,7 +823,7 @@ def _md_lines(board: Leaderboard, md_dir: str) -> list[str]:
   unmatched = board.unmatched_published()
   if unmatched:
     lines += ["", "## Published numbers with no run here", "",
-              *_md_table(_unmatched_table(unmatched))]
+              *md_table(_unmatched_table(unmatched))]
   if board.unfinished:
     lines += ["", "## Unfinished runs (seeds but no results.json)", ""]
     lines += [f"- `{f}`" for f in board.unfinished]
@@ -828,10 +831,10 @@ def _md_lines(board: Leaderboard, md_dir: str) -> list[str]:
   for run in board.runs:
     lines += ["", f"### {run.task}: {run.name}", "",
               "; ".join(_run_facts(run)) + ".", "",
-              *_md_table(_per_seed_table(run))]
+              *md_table(_per_seed_table(run))]
     for table in (_per_source_table(run), _per_dim_table(run)):
       if table:
-        lines += ["", *_md_table(table)]
+        lines += ["", *md_table(table)]
     for caption, rel in _images(run):
       if os.path.exists(os.path.join(board.workdir, rel)):
         target = os.path.relpath(os.path.join(board.workdir, rel), md_dir)
@@ -1034,7 +1037,7 @@ def _html_body(board: Leaderboard) -> list[str]:
     parts += [f"<h2>{html.escape(title)}</h2>", _html_table(table)]
     if title == [t for k, t, _ in sections if k == task][-1]:
       parts += [_figure(c, png) for t, c, png in charts if t == task]
-  settings = _probe_settings(board)
+  settings = probe_settings(board)
   if settings:
     parts += ["<h2>Probe settings</h2>", _html_table(settings)]
   notes = _config_notes(board)
