@@ -63,7 +63,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.classify.global_batch = 256
   config.classify.eval_batch = 256
   # "auto": bfloat16 on GPU/TPU (upstream trains in bf16), float32 on CPU,
-  # where bf16 matmuls are slower (FACTS.md).
+  # where bf16 matmuls are slower (no AMX on common x86 CPUs).
   config.classify.compute_dtype = "auto"
   # Probes computed at once in a step: 1 keeps one probe's activations in
   # memory; 5 vmaps all five (faster on a big accelerator, 5x the memory).

@@ -413,7 +413,7 @@ def _classification_table(board: Leaderboard) -> Table:
           " / ".join(top5),
           f"{100 / classes:.1f}" if classes else "-",
           "-" if published is None else f"{published:.1f}",
-          ",".join(map(str, run.summary["seeds"])), _config_cell(run, notes)])
+          str(len(run.summary["seeds"])), _config_cell(run, notes)])
   return header, rows
 
 
@@ -439,7 +439,7 @@ def _regression_table(board: Leaderboard) -> Table:
           _mse(floor[split]) if split in floor else "-",
           " / ".join(units),
           "-" if published is None else _mse(published),
-          ",".join(map(str, run.summary["seeds"])), _config_cell(run, notes)])
+          str(len(run.summary["seeds"])), _config_cell(run, notes)])
   return header, rows
 
 

@@ -172,11 +172,12 @@ def test_markdown_classification_rows(workdir):
       "100.0 ± 0.0 (2 seeds) / 100.0 ± 0.0 (2 seeds)")
   assert m1["chance"] == "25.0"
   assert m1["published top-1"] == "71.3"
-  assert m1["seeds"] == "0,1"
+  assert m1["seeds"] == "2"  # how many seeds; their ids: the per-seed table
   assert m1["config"] == "protocol"
   m2 = _find(tables, dataset="human_1st", model="m2", split="seen")
   assert m2["top-1 upstream-style"] == "50.0 (1 seed)"
   assert m2["top-1 honest"] == "30.0 (1 seed)"
+  assert m2["seeds"] == "1"
   assert m2["published top-1"] == "-"
   assert m2["config"] == "laptop config, not the protocol [1]"
 
@@ -326,7 +327,7 @@ def test_run_without_recorded_settings_is_flagged(tmp_path):
   text = (tmp_path / "report.md").read_text()
   assert ("| calvin | m1 | mlp_absolute | seen | 0.5000 (1 seed) | - | - |"
           in text)
-  assert "| 0 | config not recorded [1] |" in text
+  assert "| 1 | config not recorded [1] |" in text  # 1 seed (seed 0)
 
 
 def test_unreadable_summary_names_the_file(tmp_path):

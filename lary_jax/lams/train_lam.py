@@ -210,7 +210,7 @@ def make_optimizer(options: Options) -> optax.GradientTransformation:
 
 def compute_dtype(name: str, platform: str) -> Any:
   if name == "auto":
-    # bf16 matmuls are slower than fp32 on CPUs without AMX (FACTS.md).
+    # bf16 matmuls are slower than fp32 on CPUs without AMX.
     return jnp.float32 if platform == "cpu" else jnp.bfloat16
   if name not in ("float32", "bfloat16"):
     raise LaryError(f"lam.compute_dtype={name!r}: expected auto, "
