@@ -170,11 +170,12 @@ def _barrier_fn() -> Callable[[str], None]:
   if jax.process_count() == 1:
     return lambda name: None
   # The coordination service's barrier, not a device collective: those time
-  # out while one process works alone.
-  from jax._src import distributed  # pylint: disable=g-import-not-at-top
-  client = distributed.global_state.client
-  return lambda name: client.wait_at_barrier(f"lary_run/{name}",
-                                             BARRIER_TIMEOUT_MS)
+  # out while one process works alone. JAX exports no such barrier; orbax's
+  # public one waits on the same service (jax.distributed's client).
+  from orbax.checkpoint import multihost  # pylint: disable=g-import-not-at-top
+  wait = multihost.get_barrier_sync_fn()
+  return lambda name: wait(key=f"lary_run/{name}",
+                           timeout_ms=BARRIER_TIMEOUT_MS)
 
 
 def plan_models(flags: Any, config: ml_collections.ConfigDict) -> list[Model]:
