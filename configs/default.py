@@ -113,7 +113,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.run = ml_collections.ConfigDict()
   # Registry names; "run_lam" is the LAM that `run` trains (lam_config).
   config.run.models = "pixels,random_vit,run_lam"
-  config.run.lam_config = "lam/lapa_sim.py"  # relative to configs/
+  config.run.lam_config = "lam/lapa_sim"  # a --config name, or a .py file
   config.run.seeds = "0"
   # Encoder options per model (config.extract.encoder_options for the others):
   # a ViT-Ti/16 keeps the random-ViT baseline inside the laptop budget.

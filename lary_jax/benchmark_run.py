@@ -27,6 +27,8 @@ from typing import Any
 import ml_collections
 from tqdm import tqdm
 
+from lary_jax import config_args
+from lary_jax import names
 from lary_jax.errors import LaryError
 
 # The model `run` trains itself (config.run.lam_config) and then treats as
@@ -182,7 +184,7 @@ def plan_models(flags: Any, config: ml_collections.ConfigDict) -> list[Model]:
   """The models of the run: config.run.models plus --models_dir's."""
   models = []
   for name in filter(None, (t.strip() for t in config.run.models.split(","))):
-    models.append(Model(name=name))
+    models.append(Model(name=names.model(name)))  # upstream's names too
   if flags.models_dir:
     models += models_in(flags.models_dir)
   labels = [m.store_name for m in models]
@@ -198,6 +200,7 @@ def run(flags: Any, config: ml_collections.ConfigDict,
   from lary_jax import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
   mesh_lib.initialize_distributed(flags.coordinator_address,
                                   flags.num_processes, flags.process_id)
+  mesh_lib.announce("run")
   import jax  # pylint: disable=g-import-not-at-top
   is_main = jax.process_index() == 0
   workdir = flags.workdir
@@ -240,7 +243,8 @@ def run(flags: Any, config: ml_collections.ConfigDict,
   if any(m.name == RUN_LAM for m in models):
     step("train LAM")
     from lary_jax.lams import train_lam  # pylint: disable=g-import-not-at-top
-    lam_config = _load_config(cfg.run.lam_config)
+    lam_config = config_args.read(cfg.run.lam_config,
+                                  "--config.run.lam_config")
     # Where `train_lam --config <lam_config>` would write: the same model.
     lam_dir = train_lam.workdir_of(workdir, lam_config.lam)
     stages.run("train_lam", dict(config=lam_config.to_dict(), **base),
@@ -361,17 +365,3 @@ def _results_stamp(workdir: str) -> list[str]:
         out.append(f"{os.path.relpath(p, workdir)}:{st.st_size}:"
                    f"{int(st.st_mtime)}")
   return sorted(out)
-
-
-def _load_config(path: str) -> ml_collections.ConfigDict:
-  """A config file (`get_config()`), relative paths from configs/."""
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  from lary_jax import configs  # pylint: disable=g-import-not-at-top
-  full = path if os.path.isabs(path) else os.path.join(
-      os.path.dirname(configs.__file__), path)
-  if not os.path.exists(full):
-    raise LaryError(f"--config.run.lam_config {path}: no such file ({full})")
-  spec = importlib.util.spec_from_file_location("lam_config", full)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()

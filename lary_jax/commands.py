@@ -13,11 +13,7 @@ from typing import Any, Callable
 
 import ml_collections
 
-from lary_jax import configs
 from lary_jax.errors import LaryError
-
-# configs/ installs as the package lary_jax.configs (see pyproject.toml).
-DEFAULT_CONFIG = os.path.join(os.path.dirname(configs.__file__), "default.py")
 
 DATASET_NAMES = ("calvin", "vlabench", "vlabench_15", "vlabench_30",
                  "agibotbeta", "robocoin", "libero", "human_1st", "robot_1st",
@@ -36,11 +32,17 @@ def _require(flags, *names: str) -> None:
     raise LaryError(f"{' and '.join(missing)} required")
 
 
-def _start_processes(flags):
+# Commands that compute on JAX devices; the others run on the host's CPU.
+DEVICE_COMMANDS = ("run", "convert", "extract", "classify", "regress",
+                   "train_lam")
+
+
+def _start_processes(flags, command: str):
   """Joins the multi-host run the flags describe (if any); returns jax."""
   from lary_jax import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
   mesh_lib.initialize_distributed(flags.coordinator_address,
                                   flags.num_processes, flags.process_id)
+  mesh_lib.announce(command)
   import jax  # pylint: disable=g-import-not-at-top
   return jax
 
@@ -119,8 +121,11 @@ def run(flags, config: Config) -> int:
 
 def convert(flags, config: Config) -> int:
   """Converts a checkpoint (HF folder or .pt/.pth) of --model into --out."""
+  from lary_jax import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
   from lary_jax.encoders import convert as convert_lib  # pylint: disable=g-import-not-at-top
   _require(flags, "model", "src", "out")
+  # One process: converting needs no other host.
+  mesh_lib.announce("convert")
   out = convert_lib.convert(flags.model, flags.src, flags.out,
                             variant=config.convert.variant or None)
   print(f"{flags.model}: converted {flags.src} -> {out}")
@@ -187,7 +192,7 @@ def _store_dir(flags, dataset: str, split: str) -> str:
 def extract(flags, config: Config) -> int:
   """Extracts --model's features of --dataset (every split, or --split)."""
   _require(flags, "model", "dataset")
-  jax = _start_processes(flags)
+  jax = _start_processes(flags, "extract")
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from lary_jax import extract as extract_lib  # pylint: disable=g-import-not-at-top
   from lary_jax import upstream_npz  # pylint: disable=g-import-not-at-top
@@ -326,7 +331,7 @@ def _feature_stores(flags, spec, builder) -> dict[str, str]:
 def classify(flags, config: Config) -> int:
   """Trains and evaluates the attentive probes on stored features."""
   _require(flags, "model", "dataset")
-  jax = _start_processes(flags)
+  jax = _start_processes(flags, "classify")
   from lary_jax.probes import classify as classify_lib  # pylint: disable=g-import-not-at-top
   from lary_jax.probes import train_classifier  # pylint: disable=g-import-not-at-top
   from tfds_builders import metadata  # pylint: disable=g-import-not-at-top
@@ -358,7 +363,7 @@ def classify(flags, config: Config) -> int:
 def regress(flags, config: Config) -> int:
   """Trains and evaluates an action decoder on stored pair features."""
   _require(flags, "model", "dataset")
-  jax = _start_processes(flags)
+  jax = _start_processes(flags, "regress")
   from lary_jax.probes import regress as regress_lib  # pylint: disable=g-import-not-at-top
   from lary_jax.probes import train_regressor  # pylint: disable=g-import-not-at-top
   from tfds_builders import metadata  # pylint: disable=g-import-not-at-top
@@ -399,9 +404,9 @@ def regress(flags, config: Config) -> int:
 def train_lam(flags, config: Config) -> int:
   """Trains a latent action model on prepared datasets' frame pairs."""
   if "lam" not in config:
-    raise LaryError("train_lam needs a LAM config: --config "
-                    "configs/lam/lapa_sim.py (or another configs/lam/ file)")
-  jax = _start_processes(flags)
+    raise LaryError("train_lam needs a LAM config: --config=lam/lapa_sim "
+                    "(or lam/lapa, or your own .py file with a `lam` section)")
+  jax = _start_processes(flags, "train_lam")
   from lary_jax.lams import train_lam as train_lam_lib  # pylint: disable=g-import-not-at-top
   c = config.lam
   pairs, inputs = train_lam_lib.prepared_pairs(

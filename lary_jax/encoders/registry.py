@@ -29,6 +29,7 @@ from lary_jax.encoders import flux2_vae
 from lary_jax.encoders import magvit2
 from lary_jax.encoders import vit_layers
 from lary_jax.encoders import wan_vae
+from lary_jax import names
 from lary_jax.errors import LaryError
 from lary_jax.lams import lapa
 from lary_jax.lams import univla
@@ -238,7 +239,8 @@ def load(name: str, path: str | None = None, *, dtype=jnp.float32,
   """Builds encoder `name`.
 
   Args:
-    name: one of `available()`.
+    name: one of `available()`, or upstream's name of one (`names.py`;
+      upstream's dinov2/dinov3/siglip2 keep our meaning, the backbones).
     path: a converted orbax directory or a Hugging Face folder; None for
       the baselines.
     dtype: compute dtype (parameters stay float32).
@@ -248,6 +250,7 @@ def load(name: str, path: str | None = None, *, dtype=jnp.float32,
   Returns:
     The Encoder.
   """
+  name = names.model(name)  # upstream's villa-x, wan2-2, ... are ours
   if name not in _FACTORIES:
     raise LaryError(f"unknown encoder {name!r}; available: {available()}")
   return _FACTORIES[name](path, dtype=dtype, **options)
