@@ -268,14 +268,15 @@ def run(flags: Any, config: ml_collections.ConfigDict,
                lambda f=f, m=m, cfg_m=cfg_m: _extract(commands, f, cfg_m, m))
     bar.update()
 
-  # --- probes: classification datasets get the attentive probe, regression
-  # datasets every decoder of config.run.decoders.
+  # --- probes: classification datasets (and LIBERO's labelled pairs) get
+  # the attentive probe, regression datasets every decoder of
+  # config.run.decoders.
   for m in models:
     step(f"probe {m.store_name}")
     for spec in specs:
       f = StageFlags(flags, model=m.store_name, dataset=spec.name,
                      seeds=seeds, dim=None, classes=None, **base)
-      if spec.kind == "classification":
+      if spec.kind == "classification" or spec.label_action:
         stages.run(f"classify_{spec.name}_{m.store_name}",
                    dict(seeds=seeds, classify=cfg.classify.to_dict(), **base),
                    lambda f=f: commands["classify"](f, cfg))

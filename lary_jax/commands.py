@@ -328,13 +328,49 @@ def _feature_stores(flags, spec, builder) -> dict[str, str]:
   return stores
 
 
+def probe_specs(names: str, stride: int | None, command: str) -> list:
+  """The datasets `command` ("classify" or "regress") probes of --dataset.
+
+  A name that stands for several datasets (`sim`: both LARY-Sim halves)
+  gives the ones that fit the command; a single dataset that does not fit
+  is refused, naming the datasets that do.
+  """
+  from tfds_builders import metadata  # pylint: disable=g-import-not-at-top
+  fits = _classifies if command == "classify" else _regresses
+  specs = []
+  for name in (n.strip() for n in names.split(",") if n.strip()):
+    group = metadata.resolve_datasets(name, stride)
+    if len(group) > 1:
+      group = [s for s in group if fits(s)]
+    for spec in group:
+      if not fits(spec):
+        takes = ", ".join(s.name for s in metadata.DATASETS.values()
+                          if fits(s))
+        why = (f"is a {spec.kind} dataset" if command == "classify" else
+               "has no numeric action chunks")
+        raise LaryError(f"--dataset {spec.name} {why}; {command} takes "
+                        f"{takes}")
+    specs += group
+  if not specs:
+    raise LaryError(f"--dataset {names!r}: no dataset for {command}")
+  return specs
+
+
+def _classifies(spec) -> bool:
+  # LIBERO's pairs carry a direction label: classified from pair features.
+  return spec.kind == "classification" or spec.label_action
+
+
+def _regresses(spec) -> bool:
+  return spec.kind == "regression" and not spec.label_action
+
+
 def classify(flags, config: Config) -> int:
   """Trains and evaluates the attentive probes on stored features."""
   _require(flags, "model", "dataset")
   jax = _start_processes(flags, "classify")
   from lary_jax.probes import classify as classify_lib  # pylint: disable=g-import-not-at-top
   from lary_jax.probes import train_classifier  # pylint: disable=g-import-not-at-top
-  from tfds_builders import metadata  # pylint: disable=g-import-not-at-top
   c = config.classify
   options = train_classifier.Options(
       epochs=c.epochs, global_batch=c.global_batch, eval_batch=c.eval_batch,
@@ -343,11 +379,7 @@ def classify(flags, config: Config) -> int:
       read_threads=c.read_threads)
   shape = classify_lib.ProbeShape(**c.probe.to_dict())
   seeds = _seeds(flags)
-  for spec in metadata.resolve_datasets(flags.dataset, flags.stride):
-    if spec.kind != "classification":
-      raise LaryError(f"--dataset {spec.name} is a {spec.kind} dataset; "
-                      "classify takes human_1st, robot_1st or "
-                      "sim_classification")
+  for spec in probe_specs(flags.dataset, flags.stride, "classify"):
     builder = _prepared(spec, flags)
     stores = _feature_stores(flags, spec, builder)
     out_dir = os.path.join(flags.workdir, "classify", spec.name, flags.model)
@@ -366,7 +398,6 @@ def regress(flags, config: Config) -> int:
   jax = _start_processes(flags, "regress")
   from lary_jax.probes import regress as regress_lib  # pylint: disable=g-import-not-at-top
   from lary_jax.probes import train_regressor  # pylint: disable=g-import-not-at-top
-  from tfds_builders import metadata  # pylint: disable=g-import-not-at-top
   c = config.regress
   options = train_regressor.Options(
       epochs=c.epochs, global_batch=c.global_batch, eval_batch=c.eval_batch,
@@ -381,11 +412,7 @@ def regress(flags, config: Config) -> int:
                  num_heads=c.dit_heads, clip_sample=c.dit_clip_sample)
     factory = regress_lib.dit(**shape)
   seeds = _seeds(flags, default=42)  # upstream's regression seed
-  for spec in metadata.resolve_datasets(flags.dataset, flags.stride):
-    if spec.kind != "regression" or spec.label_action:
-      raise LaryError(f"--dataset {spec.name} has no numeric action chunks; "
-                      "regress takes calvin, vlabench(_15/_30), agibotbeta, "
-                      "robocoin or sim_regression")
+  for spec in probe_specs(flags.dataset, flags.stride, "regress"):
     builder = _prepared(spec, flags)
     stores = _feature_stores(flags, spec, builder)
     out_dir = os.path.join(flags.workdir, "regress", spec.name, flags.model,

@@ -225,6 +225,14 @@ class LaryBuilder(tfds.core.GeneratorBasedBuilder):
         f.write(bad_rows_csv(self._bad_rows))
       logging.warning("%s: skipped %d bad rows, listed in bad_rows.csv",
                       self.spec.name, len(self._bad_rows))
+    if "label" in self.info.features:
+      # Class-balanced sampling needs every label; reading them from the
+      # records would decode every clip (or pair), so they travel as metadata
+      # (record order).
+      names = self.info.features["label"].names
+      index = {name: i for i, name in enumerate(names)}
+      meta["labels"] = {split: [index[r.fields["action"]] for r in rows]
+                        for split, rows in self._rows.items()}
     self._finish_metadata(meta)
 
   def _finish_metadata(self, meta: tfds.core.MetadataDict) -> None:
