@@ -25,10 +25,10 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import ml_collections
-from tqdm import tqdm
 
 from lary_jax import config_args
 from lary_jax import names
+from lary_jax import progress as progress_lib
 from lary_jax.errors import LaryError
 
 # The model `run` trains itself (config.run.lam_config) and then treats as
@@ -221,8 +221,8 @@ def run(flags: Any, config: ml_collections.ConfigDict,
   todo += [f"probe {m.store_name}" for m in models] + ["report"]
   if any(m.name == RUN_LAM for m in models):
     todo.insert(1, "train LAM")
-  bar = tqdm(total=len(todo), desc="run", unit="stage", disable=not is_main,
-             position=0)
+  bar = progress_lib.bar(len(todo), desc="run", unit="stage", show=is_main,
+                         position=0)
 
   def step(label: str):
     bar.set_postfix_str(label)

@@ -18,11 +18,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tqdm
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from lary_jax import mesh as mesh_lib
+from lary_jax import progress as progress_lib
+from lary_jax import tensorboard_log
 from lary_jax.data import pipeline as pl
 from lary_jax.errors import LaryError
 from lary_jax.probes import attentive_probe
@@ -139,9 +140,9 @@ def train(probe: attentive_probe.Config, train_split: Split,
   show = progress if progress is not None else None
   if jax.process_index() != 0:
     show = False
-  bar = tqdm.tqdm(total=total, initial=start, unit="step",
-                  desc=f"classify {os.path.basename(workdir)}",
-                  disable=None if show is None else not show)
+  bar = progress_lib.bar(total, initial=start, unit="step",
+                     desc=f"classify {os.path.basename(workdir)}", show=show)
+  events = tensorboard_log.ScalarLog(workdir)
   for epoch in range(start_epoch, options.epochs):
     losses, hits = [], []
     for step in range(epoch * per_epoch, (epoch + 1) * per_epoch):
@@ -162,6 +163,7 @@ def train(probe: attentive_probe.Config, train_split: Split,
         per_epoch * options.global_batch)).astype(np.float32)
     if jax.process_index() == 0:
       run_state.write_epoch(workdir, epoch, predictions)
+    events.write(epoch + 1, _epoch_scalars(predictions, evals))
     multihost_utils.sync_global_devices("lary_classify_epoch_written")
     checkpoints.save(epoch + 1, {"params": params, "opt_state": opt_state})
     summary = "  ".join(
@@ -175,10 +177,25 @@ def train(probe: attentive_probe.Config, train_split: Split,
     if show is not False:
       bar.write(f"epoch {epoch + 1}/{options.epochs}: {summary}")
   bar.close()
+  events.close()
   checkpoints.close()
   if hasattr(iterator, "close"):
     iterator.close()
   return run_state.read_history(workdir, options.epochs)
+
+
+def _epoch_scalars(predictions: Mapping[str, np.ndarray],
+                   evals: Mapping[str, Split]) -> dict[str, float]:
+  """One epoch's TensorBoard scalars, per head (`head<h>`)."""
+  out = {}
+  for h, (loss, top1) in enumerate(zip(predictions["train_loss"],
+                                       predictions["train_top1"])):
+    out[f"train/loss/head{h}"] = loss
+    out[f"train/top1/head{h}"] = top1
+  for name, split in evals.items():
+    for h, p in enumerate(predictions[name]):
+      out[f"{name}/top1/head{h}"] = _top1(p, split.labels)
+  return out
 
 
 def _top1(topk: np.ndarray, labels: np.ndarray) -> float:
