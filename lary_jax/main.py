@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import sys
 import textwrap
 from collections.abc import Sequence
@@ -232,6 +233,30 @@ def _normalise_names(flag_values) -> None:
     flag_values.split = names.split(flag_values.split)
 
 
+# Flags that name files or folders on this machine.
+_PATH_FLAGS = ("workdir", "tfds_dir", "data_dir", "metadata_dir", "out",
+               "models_dir", "la_dir", "csv", "src", "checkpoint", "published")
+
+
+def _refuse_urls(flag_values) -> None:
+  """gs://, s3://, ... paths: refused with the way that works (a mount).
+
+  Results, feature stores, run markers and TFDS's preparation are written
+  with local file operations (atomic renames included), which an object
+  store URL does not take; a FUSE mount gives every one of them a path.
+  """
+  for name in _PATH_FLAGS:
+    value = getattr(flag_values, name)
+    if isinstance(value, str) and re.match(r"^[a-z][a-z0-9+.-]*://", value):
+      bucket = value.split("://", 1)[1].split("/", 1)[0]
+      raise LaryError(
+          f"--{name} {value}: not a local path; mount the bucket and give "
+          f"the mounted path, e.g. `gcsfuse --implicit-dirs "
+          f"--rename-dir-limit=100000 {bucket} /mnt/{bucket}` then "
+          f"--{name}=/mnt/{bucket}/... (scripts/tpu_pod.sh --bucket does "
+          "this on a TPU pod)")
+
+
 def main(argv: list[str], config: ml_collections.ConfigDict) -> int:
   """Runs one command with the parsed flags and `config`; its exit status."""
   if len(argv) != 2 or argv[1] not in commands.COMMANDS:
@@ -249,6 +274,7 @@ def main(argv: list[str], config: ml_collections.ConfigDict) -> int:
         "every device JAX sees: choose GPUs with CUDA_VISIBLE_DEVICES="
         f"{flags.FLAGS.gpus} (JAX_PLATFORMS=cpu for the CPU), hosts with "
         "--coordinator_address/--num_processes/--process_id")
+  _refuse_urls(flags.FLAGS)
   _normalise_names(flags.FLAGS)
   for module in flags.FLAGS.plugins:
     _import_plugin(module)

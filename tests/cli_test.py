@@ -157,3 +157,14 @@ def test_every_command_has_its_help():
   assert list(main.COMMAND_HELP) == list(commands.COMMANDS)
   for command in commands.COMMANDS:
     assert main.help_text(command).startswith(f"usage: lary {command}")
+
+
+@pytest.mark.parametrize("flag", ["--workdir", "--data_dir", "--tfds_dir"])
+def test_bucket_urls_are_refused_with_how_to_mount(tmp_path, flag):
+  result = _lary("run", f"{flag}=gs://my-bucket/lary", cwd=tmp_path)
+  line = _one_error_line(result)
+  assert line.startswith(f"error: {flag} gs://my-bucket/lary: not a local "
+                         "path; mount the bucket")
+  assert "gcsfuse --implicit-dirs" in line and "my-bucket /mnt/my-bucket" in (
+      line)
+  assert not (tmp_path / "gs:").exists()
