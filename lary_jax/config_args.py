@@ -93,7 +93,14 @@ def _from_file(path: str) -> Any:
 def read(name: str, what: str = "--config") -> ml_collections.ConfigDict:
   """The config `name` (a file, or a name of `available()`), unlocked."""
   if os.path.isfile(name):
-    module = _from_file(name)
+    try:
+      module = _from_file(name)
+    except Exception as e:  # pylint: disable=broad-exception-caught
+      # The user's own file: its mistake in one line, where it is.
+      line = getattr(e, "lineno", None)
+      where = f"{name}, line {line}" if line else name
+      raise LaryError(f"{what}={name}: {where}: {type(e).__name__}: "
+                      f"{e}") from None
   else:
     module_name = _module_name(name)
     if module_name is None:

@@ -168,3 +168,10 @@ def test_bucket_urls_are_refused_with_how_to_mount(tmp_path, flag):
   assert "gcsfuse --implicit-dirs" in line and "my-bucket /mnt/my-bucket" in (
       line)
   assert not (tmp_path / "gs:").exists()
+
+
+def test_a_broken_config_file_is_one_line_naming_it(tmp_path):
+  (tmp_path / "broken.py").write_text("def get_config(:\n  pass\n")
+  result = _lary("report", "--config=broken.py", cwd=tmp_path)
+  assert _one_error_line(result).startswith(
+      "error: --config=broken.py: broken.py, line 1: SyntaxError")
