@@ -29,11 +29,11 @@ from lary_jax.encoders import flux2_vae
 from lary_jax.encoders import magvit2
 from lary_jax.encoders import vit_layers
 from lary_jax.encoders import wan_vae
-from lary_jax import names
 from lary_jax.errors import LaryError
 from lary_jax.lams import lapa
 from lary_jax.lams import univla
 from lary_jax.lams import villa_x
+from lary_jax import names
 
 # A missing file shows up as a LaryError when that name is loaded.
 try:

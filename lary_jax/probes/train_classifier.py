@@ -141,7 +141,8 @@ def train(probe: attentive_probe.Config, train_split: Split,
   if jax.process_index() != 0:
     show = False
   bar = progress_lib.bar(total, initial=start, unit="step",
-                     desc=f"classify {os.path.basename(workdir)}", show=show)
+                         desc=f"classify {os.path.basename(workdir)}",
+                         show=show)
   events = tensorboard_log.ScalarLog(workdir)
   for epoch in range(start_epoch, options.epochs):
     losses, hits = [], []
