@@ -14,14 +14,23 @@ trained again logs the same numbers at the same step.
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Mapping
 
 import jax
 import numpy as np
+from tensorboardX import event_file_writer
+from tensorboardX.proto import event_pb2
+from tensorboardX.proto import summary_pb2
 
 
 class ScalarLog:
-  """Scalars by step into event files in `logdir` (process 0; else no-op)."""
+  """Scalars by step into an event file in `logdir` (process 0; else no-op).
+
+  Each `write` is on disk when it returns (tensorboardX's SummaryWriter
+  queues events for a thread, and a killed run would lose the last ones).
+  """
 
   def __init__(self, logdir: str):
     self._logdir = logdir
@@ -32,10 +41,17 @@ class ScalarLog:
     if jax.process_index() != 0:
       return
     if self._writer is None:  # no file for a run with nothing left to do
-      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      self._writer = SummaryWriter(self._logdir, flush_secs=30)
-    for tag, value in scalars.items():
-      self._writer.add_scalar(tag, float(np.asarray(value)), global_step=step)
+      os.makedirs(self._logdir, exist_ok=True)
+      # The pid keeps a run resumed within the same second from reusing
+      # (and truncating) the killed run's file name.
+      self._writer = event_file_writer.EventsWriter(
+          os.path.join(self._logdir, "events"), f".{os.getpid()}")
+    summary = summary_pb2.Summary(value=[
+        summary_pb2.Summary.Value(tag=tag,
+                                  simple_value=float(np.asarray(value)))
+        for tag, value in scalars.items()])
+    self._writer.write_event(event_pb2.Event(wall_time=time.time(),
+                                             step=step, summary=summary))
     self._writer.flush()
 
   def close(self) -> None:
