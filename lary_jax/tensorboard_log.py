@@ -20,9 +20,6 @@ from collections.abc import Mapping
 
 import jax
 import numpy as np
-from tensorboardX import event_file_writer
-from tensorboardX.proto import event_pb2
-from tensorboardX.proto import summary_pb2
 
 
 class ScalarLog:
@@ -40,6 +37,11 @@ class ScalarLog:
     """Logs `scalars` (tag -> number) at `step`; non-finite ones too."""
     if jax.process_index() != 0:
       return
+    # Imported here: tensorboardX's package imports torch where it is
+    # installed, seconds that a command which logs nothing should not pay.
+    from tensorboardX import event_file_writer  # pylint: disable=g-import-not-at-top
+    from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+    from tensorboardX.proto import summary_pb2  # pylint: disable=g-import-not-at-top
     if self._writer is None:  # no file for a run with nothing left to do
       os.makedirs(self._logdir, exist_ok=True)
       # The pid keeps a run resumed within the same second from reusing
