@@ -15,8 +15,8 @@ encoder-shaped [B, 9, 256, 1024] (2304 tokens).
   backward and step per head on the same batch, label smoothing 0.1, torch
   threads = cores.
 
-Each side runs alone in its own process (`GLIBC_TUNABLES` as in
-design/FACTS.md for both), one warm-up step, then `--rounds` timed steps; a
+Each side runs alone in its own process (malloc never unmaps:
+`GLIBC_TUNABLES=glibc.malloc.mmap_max=0:...trim_threshold=32G` for both), one warm-up step, then `--rounds` timed steps; a
 jitted 2048^3 fp32 matmul, measured the same way, is the GEMM peak that the
 achieved FLOP/s is compared with. Model FLOPs are counted analytically: 3x
 the forward's matmul FLOPs, attention included. `--full` runs the issue's
@@ -44,7 +44,7 @@ CLASSES = 54
 NUM_HEADS = 5
 GEMM_N = report.GEMM_N
 FULL = {"lam_batch": 256, "encoder_batch": 8}
-# Page faults on freshly mapped buffers are costly on these VMs (FACTS.md).
+# Page faults on freshly mapped buffers are costly on these VMs.
 MALLOC_TUNABLES = ("glibc.malloc.mmap_max=0:"
                    "glibc.malloc.trim_threshold=34359738368")
 

@@ -31,7 +31,7 @@ from benchmarks import report  # pylint: disable=g-import-not-at-top
 
 GEMM_N = report.GEMM_N
 # Both sides run with this glibc setting: page faults on freshly mapped
-# buffers are costly on these VMs (see design/FACTS.md), for either framework.
+# buffers are costly on these VMs, for either framework.
 MALLOC_TUNABLES = ("glibc.malloc.mmap_max=0:"
                    "glibc.malloc.trim_threshold=34359738368")
 
@@ -192,9 +192,9 @@ def main() -> None:
 `python benchmarks/encoder_forward.py --batch {args.batch} --rounds \
 {args.rounds} --sessions {args.sessions}` ({report.machine()}).
 Batch {args.batch} at 224 (257 tokens), random weights shared by both sides,
-each side alone in its own process (`GLIBC_TUNABLES` as in design/FACTS.md
-for both), each round started when no other process kept the CPU busy (waits
-at most 30 s); {len(times["jax"])} timed rounds a side.
+each side alone in its own process (malloc never unmapping:
+`GLIBC_TUNABLES={MALLOC_TUNABLES}` for both), each round started
+when no other process kept the CPU busy (waits at most 30 s); {len(times["jax"])} timed rounds a side.
 
 | | images/s (best) | images/s (median) | peak RSS | RSS after load |
 |---|---|---|---|---|

@@ -27,8 +27,8 @@ Two measurements, fp32, random weights shared by both sides:
   diffusers' `DDPMScheduler.timesteps` (DiT with the condition re-embedded,
   then `scheduler.step`) under `torch.inference_mode`.
 
-Each side runs alone in its own process (`GLIBC_TUNABLES` as in
-design/FACTS.md for both), sides alternating A/B/A/B over sessions, once
+Each side runs alone in its own process (malloc never unmaps:
+`GLIBC_TUNABLES=glibc.malloc.mmap_max=0:...trim_threshold=32G` for both), sides alternating A/B/A/B over sessions, once
 per core setting (0: each framework's default threads on all cores; 1: the
 process confined to one core). After an untimed warm-up, each timed round
 waits (at most `--idle_wait` s) for the other processes on the machine to
@@ -60,7 +60,7 @@ STEPS, ACTION = 5, 7  # upstream's action chunk: 5 steps x 7 dims
 DIT_HIDDEN, DIT_DEPTH, DIT_HEADS = 512, 6, 8
 WARMUP_STEPS = 4  # short, so that the timed steps run at the full lr
 GEMM_N = report.GEMM_N
-# Page faults on freshly mapped buffers are costly on these VMs (FACTS.md).
+# Page faults on freshly mapped buffers are costly on these VMs.
 MALLOC_TUNABLES = ("glibc.malloc.mmap_max=0:"
                    "glibc.malloc.trim_threshold=34359738368")
 MODES = {
@@ -554,9 +554,9 @@ def main() -> None:
   body = f"""## regression_probe: MLP training and DiT sampling, CPU fp32
 
 `{command}` ({report.machine()}). Each side runs alone in its own process, \
-the sides alternating (A/B/A/B), `GLIBC_TUNABLES` as in design/FACTS.md for \
-both; "1 core" confines a worker to one core (both frameworks then size \
-their thread pools to it), "all cores" leaves each framework its default. \
+the sides alternating (A/B/A/B), malloc never unmapping \
+(`GLIBC_TUNABLES={MALLOC_TUNABLES}`) for both; "1 core" confines a \
+worker to one core (both frameworks then size their thread pools to it), "all cores" leaves each framework its default. \
 The machine is shared and was loaded: each timed round first waited (at \
 most {args.idle_wait:.0f} s) for the other processes to quieten, and \
 "others' CPU share" is the mean share of both cores that they still used \

@@ -67,7 +67,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.classify.global_batch = 256
   config.classify.eval_batch = 256
   # "auto": bfloat16 on GPU/TPU (upstream trains in bf16), float32 on CPU,
-  # where bf16 matmuls are slower (FACTS.md).
+  # where bf16 matmuls are slower (no AMX on common x86 CPUs).
   config.classify.compute_dtype = "auto"
   # Probes computed at once in a step: 1 keeps one probe's activations in
   # memory; 5 vmaps all five (faster on a big accelerator, 5x the memory).
@@ -128,7 +128,7 @@ def get_config() -> ml_collections.ConfigDict:
   # sim_oracle (LARY-Sim's recorded states) and flow (optical flow) are
   # positive controls; pixels and random_vit are floors.
   config.run.models = "sim_oracle,flow,pixels,random_vit,run_lam"
-  config.run.lam_config = "lam/lapa_sim.py"  # relative to configs/
+  config.run.lam_config = "lam/lapa_sim"  # a --config name, or a .py file
   config.run.seeds = "0,1,2"
   # Encoder options per model (config.extract.encoder_options for the others):
   # a ViT-Ti/16 keeps the random-ViT baseline inside the laptop budget.

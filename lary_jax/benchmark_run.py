@@ -25,8 +25,10 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import ml_collections
-from tqdm import tqdm
 
+from lary_jax import config_args
+from lary_jax import names
+from lary_jax import progress as progress_lib
 from lary_jax.errors import LaryError
 
 # The model `run` trains itself (config.run.lam_config) and then treats as
@@ -179,18 +181,19 @@ def _barrier_fn() -> Callable[[str], None]:
   if jax.process_count() == 1:
     return lambda name: None
   # The coordination service's barrier, not a device collective: those time
-  # out while one process works alone.
-  from jax._src import distributed  # pylint: disable=g-import-not-at-top
-  client = distributed.global_state.client
-  return lambda name: client.wait_at_barrier(f"lary_run/{name}",
-                                             BARRIER_TIMEOUT_MS)
+  # out while one process works alone. JAX exports no such barrier; orbax's
+  # public one waits on the same service (jax.distributed's client).
+  from orbax.checkpoint import multihost  # pylint: disable=g-import-not-at-top
+  wait = multihost.get_barrier_sync_fn()
+  return lambda name: wait(key=f"lary_run/{name}",
+                           timeout_ms=BARRIER_TIMEOUT_MS)
 
 
 def plan_models(flags: Any, config: ml_collections.ConfigDict) -> list[Model]:
   """The models of the run: config.run.models plus --models_dir's."""
   models = []
   for name in filter(None, (t.strip() for t in config.run.models.split(","))):
-    models.append(Model(name=name))
+    models.append(Model(name=names.model(name)))  # upstream's names too
   if flags.models_dir:
     models += models_in(flags.models_dir)
   labels = [m.store_name for m in models]
@@ -206,6 +209,7 @@ def run(flags: Any, config: ml_collections.ConfigDict,
   from lary_jax import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
   mesh_lib.initialize_distributed(flags.coordinator_address,
                                   flags.num_processes, flags.process_id)
+  mesh_lib.announce("run")
   import jax  # pylint: disable=g-import-not-at-top
   is_main = jax.process_index() == 0
   workdir = flags.workdir
@@ -226,8 +230,8 @@ def run(flags: Any, config: ml_collections.ConfigDict,
   todo += [f"probe {m.store_name}" for m in models] + ["report"]
   if any(m.name == RUN_LAM for m in models):
     todo.insert(1, "train LAM")
-  bar = tqdm(total=len(todo), desc="run", unit="stage", disable=not is_main,
-             position=0)
+  bar = progress_lib.bar(len(todo), desc="run", unit="stage", show=is_main,
+                         position=0)
 
   def step(label: str):
     bar.set_postfix_str(label)
@@ -248,7 +252,8 @@ def run(flags: Any, config: ml_collections.ConfigDict,
   if any(m.name == RUN_LAM for m in models):
     step("train LAM")
     from lary_jax.lams import train_lam  # pylint: disable=g-import-not-at-top
-    lam_config = _load_config(cfg.run.lam_config)
+    lam_config = config_args.read(cfg.run.lam_config,
+                                  "--config.run.lam_config")
     # Where `train_lam --config <lam_config>` would write: the same model.
     lam_dir = train_lam.workdir_of(workdir, lam_config.lam)
     stages.run("train_lam", dict(config=lam_config.to_dict(), **base),
@@ -272,14 +277,15 @@ def run(flags: Any, config: ml_collections.ConfigDict,
                lambda f=f, m=m, cfg_m=cfg_m: _extract(commands, f, cfg_m, m))
     bar.update()
 
-  # --- probes: classification datasets get the attentive probe, regression
-  # datasets every decoder of config.run.decoders.
+  # --- probes: classification datasets (and LIBERO's labelled pairs) get
+  # the attentive probe, regression datasets every decoder of
+  # config.run.decoders.
   for m in models:
     step(f"probe {m.store_name}")
     for spec in specs:
       f = StageFlags(flags, model=m.store_name, dataset=spec.name,
                      seeds=seeds, dim=None, classes=None, **base)
-      if spec.kind == "classification":
+      if spec.kind == "classification" or spec.label_action:
         stages.run(f"classify_{spec.name}_{m.store_name}",
                    dict(seeds=seeds, classify=cfg.classify.to_dict(), **base),
                    lambda f=f: commands["classify"](f, cfg))
@@ -369,17 +375,3 @@ def _results_stamp(workdir: str) -> list[str]:
         out.append(f"{os.path.relpath(p, workdir)}:{st.st_size}:"
                    f"{int(st.st_mtime)}")
   return sorted(out)
-
-
-def _load_config(path: str) -> ml_collections.ConfigDict:
-  """A config file (`get_config()`), relative paths from configs/."""
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  from lary_jax import configs  # pylint: disable=g-import-not-at-top
-  full = path if os.path.isabs(path) else os.path.join(
-      os.path.dirname(configs.__file__), path)
-  if not os.path.exists(full):
-    raise LaryError(f"--config.run.lam_config {path}: no such file ({full})")
-  spec = importlib.util.spec_from_file_location("lam_config", full)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()

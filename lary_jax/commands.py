@@ -14,11 +14,7 @@ from typing import Any, Callable
 
 import ml_collections
 
-from lary_jax import configs
 from lary_jax.errors import LaryError
-
-# configs/ installs as the package lary_jax.configs (see pyproject.toml).
-DEFAULT_CONFIG = os.path.join(os.path.dirname(configs.__file__), "default.py")
 
 DATASET_NAMES = ("calvin", "vlabench", "vlabench_15", "vlabench_30",
                  "agibotbeta", "robocoin", "libero", "human_1st", "robot_1st",
@@ -37,11 +33,17 @@ def _require(flags, *names: str) -> None:
     raise LaryError(f"{' and '.join(missing)} required")
 
 
-def _start_processes(flags):
+# Commands that compute on JAX devices; the others run on the host's CPU.
+DEVICE_COMMANDS = ("run", "convert", "extract", "classify", "regress",
+                   "train_lam")
+
+
+def _start_processes(flags, command: str):
   """Joins the multi-host run the flags describe (if any); returns jax."""
   from lary_jax import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
   mesh_lib.initialize_distributed(flags.coordinator_address,
                                   flags.num_processes, flags.process_id)
+  mesh_lib.announce(command)
   import jax  # pylint: disable=g-import-not-at-top
   return jax
 
@@ -120,8 +122,11 @@ def run(flags, config: Config) -> int:
 
 def convert(flags, config: Config) -> int:
   """Converts a checkpoint (HF folder or .pt/.pth) of --model into --out."""
+  from lary_jax import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
   from lary_jax.encoders import convert as convert_lib  # pylint: disable=g-import-not-at-top
   _require(flags, "model", "src", "out")
+  # One process: converting needs no other host.
+  mesh_lib.announce("convert")
   out = convert_lib.convert(flags.model, flags.src, flags.out,
                             variant=config.convert.variant or None)
   print(f"{flags.model}: converted {flags.src} -> {out}")
@@ -188,7 +193,7 @@ def _store_dir(flags, dataset: str, split: str) -> str:
 def extract(flags, config: Config) -> int:
   """Extracts --model's features of --dataset (every split, or --split)."""
   _require(flags, "model", "dataset")
-  jax = _start_processes(flags)
+  jax = _start_processes(flags, "extract")
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from lary_jax import extract as extract_lib  # pylint: disable=g-import-not-at-top
   from lary_jax import upstream_npz  # pylint: disable=g-import-not-at-top
@@ -324,13 +329,49 @@ def _feature_stores(flags, spec, builder) -> dict[str, str]:
   return stores
 
 
+def probe_specs(names: str, stride: int | None, command: str) -> list:
+  """The datasets `command` ("classify" or "regress") probes of --dataset.
+
+  A name that stands for several datasets (`sim`: both LARY-Sim halves)
+  gives the ones that fit the command; a single dataset that does not fit
+  is refused, naming the datasets that do.
+  """
+  from tfds_builders import metadata  # pylint: disable=g-import-not-at-top
+  fits = _classifies if command == "classify" else _regresses
+  specs = []
+  for name in (n.strip() for n in names.split(",") if n.strip()):
+    group = metadata.resolve_datasets(name, stride)
+    if len(group) > 1:
+      group = [s for s in group if fits(s)]
+    for spec in group:
+      if not fits(spec):
+        takes = ", ".join(s.name for s in metadata.DATASETS.values()
+                          if fits(s))
+        why = (f"is a {spec.kind} dataset" if command == "classify" else
+               "has no numeric action chunks")
+        raise LaryError(f"--dataset {spec.name} {why}; {command} takes "
+                        f"{takes}")
+    specs += group
+  if not specs:
+    raise LaryError(f"--dataset {names!r}: no dataset for {command}")
+  return specs
+
+
+def _classifies(spec) -> bool:
+  # LIBERO's pairs carry a direction label: classified from pair features.
+  return spec.kind == "classification" or spec.label_action
+
+
+def _regresses(spec) -> bool:
+  return spec.kind == "regression" and not spec.label_action
+
+
 def classify(flags, config: Config) -> int:
   """Trains and evaluates the attentive probes on stored features."""
   _require(flags, "model", "dataset")
-  jax = _start_processes(flags)
+  jax = _start_processes(flags, "classify")
   from lary_jax.probes import classify as classify_lib  # pylint: disable=g-import-not-at-top
   from lary_jax.probes import train_classifier  # pylint: disable=g-import-not-at-top
-  from tfds_builders import metadata  # pylint: disable=g-import-not-at-top
   c = config.classify
   options = train_classifier.Options(
       epochs=c.epochs, min_updates=c.min_updates,
@@ -341,11 +382,7 @@ def classify(flags, config: Config) -> int:
       read_threads=c.read_threads, in_memory_mb=c.in_memory_mb)
   shape = classify_lib.ProbeShape(**c.probe.to_dict())
   seeds = _seeds(flags)
-  for spec in metadata.resolve_datasets(flags.dataset, flags.stride):
-    if spec.kind != "classification":
-      raise LaryError(f"--dataset {spec.name} is a {spec.kind} dataset; "
-                      "classify takes human_1st, robot_1st or "
-                      "sim_classification")
+  for spec in probe_specs(flags.dataset, flags.stride, "classify"):
     builder = _prepared(spec, flags)
     stores = _feature_stores(flags, spec, builder)
     out_dir = os.path.join(flags.workdir, "classify", spec.name, flags.model)
@@ -362,10 +399,9 @@ def classify(flags, config: Config) -> int:
 def regress(flags, config: Config) -> int:
   """Trains and evaluates an action decoder on stored pair features."""
   _require(flags, "model", "dataset")
-  jax = _start_processes(flags)
+  jax = _start_processes(flags, "regress")
   from lary_jax.probes import regress as regress_lib  # pylint: disable=g-import-not-at-top
   from lary_jax.probes import train_regressor  # pylint: disable=g-import-not-at-top
-  from tfds_builders import metadata  # pylint: disable=g-import-not-at-top
   c = config.regress
   options = train_regressor.Options(
       epochs=c.epochs, min_updates=c.min_updates,
@@ -382,11 +418,7 @@ def regress(flags, config: Config) -> int:
                  num_heads=c.dit_heads, clip_sample=c.dit_clip_sample)
     factory = regress_lib.dit(**shape)
   seeds = _seeds(flags, default=42)  # upstream's regression seed
-  for spec in metadata.resolve_datasets(flags.dataset, flags.stride):
-    if spec.kind != "regression" or spec.label_action:
-      raise LaryError(f"--dataset {spec.name} has no numeric action chunks; "
-                      "regress takes calvin, vlabench(_15/_30), agibotbeta, "
-                      "robocoin or sim_regression")
+  for spec in probe_specs(flags.dataset, flags.stride, "regress"):
     builder = _prepared(spec, flags)
     stores = _feature_stores(flags, spec, builder)
     out_dir = os.path.join(flags.workdir, "regress", spec.name, flags.model,
@@ -405,9 +437,9 @@ def regress(flags, config: Config) -> int:
 def train_lam(flags, config: Config) -> int:
   """Trains a latent action model on prepared datasets' frame pairs."""
   if "lam" not in config:
-    raise LaryError("train_lam needs a LAM config: --config "
-                    "configs/lam/lapa_sim.py (or another configs/lam/ file)")
-  jax = _start_processes(flags)
+    raise LaryError("train_lam needs a LAM config: --config=lam/lapa_sim "
+                    "(or lam/lapa, or your own .py file with a `lam` section)")
+  jax = _start_processes(flags, "train_lam")
   from lary_jax.lams import train_lam as train_lam_lib  # pylint: disable=g-import-not-at-top
   c = config.lam
   pairs, inputs = train_lam_lib.prepared_pairs(

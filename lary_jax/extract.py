@@ -37,12 +37,12 @@ import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tqdm
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from lary_jax import feature_store as fs
 from lary_jax import mesh as mesh_lib
+from lary_jax import progress as progress_lib
 from lary_jax.data import pipeline as pl
 from lary_jax.errors import LaryError
 
@@ -606,10 +606,9 @@ def _run(encoder, source, example: Mode, keys: Sequence[str], store_dir: str,
   writer = _ShardWriter(store_dir, me)
   if me != 0:
     progress = False
-  # disable=None: a bar only on a terminal.
-  bar = tqdm.tqdm(total=sum(plan.real_rows(s) for s in steps),
-                  unit=example.unit, desc=f"extract -> {store_dir}",
-                  disable=None if progress is None else not progress)
+  bar = progress_lib.bar(sum(plan.real_rows(s) for s in steps),
+                         unit=example.unit, desc=f"extract -> {store_dir}",
+                         show=progress)
   parts: list[tuple[np.ndarray, ...]] = []
 
   def collect(step: int, out, meta) -> None:

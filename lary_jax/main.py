@@ -1,72 +1,44 @@
 """lary-jax: the LARY benchmark in JAX.
 
-Usage: python -m lary_jax.main COMMAND [--flags] [--config=configs/x.py]
-                                       [--config.SECTION.FIELD=VALUE]
+    lary COMMAND [--flags] [--config=NAME] [--config.SECTION.FIELD=VALUE]
+    python -m lary_jax COMMAND ...        (the same; also python -m
+                                           lary_jax.main)
 
-Commands:
-  simulate  render LARY-Sim, a small LARY-format DATA_DIR (--out, --tiny, --seed)
-  check     list every bad row of a dataset's metadata CSVs; exit 1 if any
-            (--dataset, --data_dir, --metadata_dir)
-  prepare   build the TFDS datasets of --dataset from --data_dir into --tfds_dir
-            (--skip_bad_rows leaves bad rows out and lists them)
-  run       the whole benchmark: render LARY-Sim if missing (or read
-            --data_dir, --datasets), prepare it, train a small LAM, extract
-            every model (config.run.models, plus every `convert` output in
-            --models_dir), classify + regress, report; redoes nothing that
-            finished (--workdir; --tiny for a quick look)
-  convert   turn an encoder checkpoint into an orbax checkpoint + config
-            (--model, --src HF folder or .pt/.pth, --out DIR)
-  extract   encode a prepared --dataset (every split, or --split) with
-            --model [--checkpoint] on every device into feature stores
-            <out or workdir/features>/DATASET/SPLIT/MODEL; resumes a killed
-            run; --export_npz also writes upstream's .npz files and LA CSV
-            into --la_dir; multi-host: --coordinator_address, --num_processes,
-            --process_id
-  import    turn upstream's .npz files and LA CSV (--csv, --la_dir) into a
-            feature store (--model, --dataset, --split)
-  classify  train the five attentive probes on --model's stored features of a
-            classification --dataset; results in
-            <workdir>/classify/DATASET/MODEL (--seeds 0,1,2; --dim, --classes
-            are checked against the store and the dataset); resumes
-  regress   train an action decoder (--model_type mlp|dit, --action_mode
-            absolute|relative) on --model's stored pair features of a
-            regression --dataset; results in
-            <workdir>/regress/DATASET/MODEL/TYPE_MODE (--seeds); resumes
-  train_lam train a LAPA-style latent action model on the frame pairs of a
-            prepared --dataset (default the config's, LARY-Sim) with
-            --config configs/lam/X.py; writes <workdir>/lam/NAME/model for
-            extract --checkpoint; resumes a killed run
-  report    write <workdir>/report.md and a self-contained report.html from
-            every classify/regress result there: both selections with their
-            spread over seeds, charts, confusion matrices, per-dimension MSE;
-            --published CSV: published numbers beside ours
-
-`python -m lary_jax.main --help` lists every flag.
+`lary --help` lists the commands, `lary COMMAND --help` one command's flags.
+A `LaryError` (bad input, a bad flag or config) is printed as one line.
 """
+
+from __future__ import annotations
 
 import importlib
 import os
+import re
 import sys
+import textwrap
+from collections.abc import Sequence
 
 from absl import app
 from absl import flags
 from absl import logging
-from ml_collections import config_flags
+import ml_collections
 
 from lary_jax import commands
+from lary_jax import config_args
+from lary_jax import mesh
+from lary_jax import names
 from lary_jax.errors import LaryError
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", commands.DEFAULT_CONFIG, "Config file (Python, get_config()).",
-    lock_config=True)
 flags.DEFINE_string("dataset", None, "Dataset(s), comma-separated: "
                     + ", ".join(commands.DATASET_NAMES))
 flags.DEFINE_alias("datasets", "dataset")
 flags.DEFINE_string("models_dir", None, "run: a folder of `convert` outputs "
                     "(one folder per model), each added to the run.")
-flags.DEFINE_string("split", None, "train, validation or unseen.")
+flags.DEFINE_string("split", None, "train, validation or unseen (upstream's "
+                    "val, seen_train, seen_val and all are read as ours).")
 flags.DEFINE_integer("stride", None, "Action chunk stride (vlabench: 5/15/30).")
-flags.DEFINE_string("model", None, "Encoder or latent action model.")
+flags.DEFINE_string("model", None, "Encoder or latent action model; "
+                    "upstream's names (villa-x, wan2-2, dinov2-origin, ...) "
+                    "are read as ours (README: upstream's names).")
 flags.DEFINE_string("data_dir", None, "LARYBench DATA_DIR root.")
 flags.DEFINE_string("metadata_dir", None,
                     "Folder of upstream metadata CSVs (default "
@@ -117,9 +89,176 @@ flags.DEFINE_string("seeds", None, "classify: comma-separated seeds, one run "
 flags.DEFINE_string("published", None, "report: CSV of published numbers "
                     "(task,dataset,model,metric,value[,split][,decoder]; "
                     "lary_jax/report.py) shown beside ours.")
+flags.DEFINE_bool("upstream_names", False, "Read --model dinov2/dinov3/"
+                  "siglip2 as upstream does (the LAPA LAMs lapa_dinov2, ...), "
+                  "not as the raw backbones they name here.")
+flags.DEFINE_string("gpus", None, "Upstream's flag, refused: every command "
+                    "uses every device JAX sees; choose GPUs with "
+                    "CUDA_VISIBLE_DEVICES.")
 
 
-def main(argv: list[str]) -> int:
+# Flags every command reads.
+_COMMON = ("workdir", "plugins")
+_MULTI_HOST = ("coordinator_address", "num_processes", "process_id")
+
+# command -> (arguments, what it does, the flags it reads besides _COMMON).
+COMMAND_HELP: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "simulate": (
+        "--out DIR [--tiny] [--seed N]",
+        "render LARY-Sim, a small LARY-format DATA_DIR with metadata CSVs",
+        ("out", "tiny", "seed")),
+    "check": (
+        "--dataset D --data_dir DIR [--metadata_dir DIR]",
+        "list every bad row of a dataset's metadata CSVs (CSV, line, path, "
+        "reason); exit 1 if any",
+        ("dataset", "data_dir", "metadata_dir", "stride", "split")),
+    "prepare": (
+        "--dataset D --data_dir DIR [--tfds_dir DIR] [--skip_bad_rows]",
+        "build the TFDS datasets of --dataset from --data_dir into --tfds_dir",
+        ("dataset", "data_dir", "metadata_dir", "stride", "tfds_dir",
+         "skip_bad_rows")),
+    "run": (
+        "[--tiny] [--models_dir DIR] [--datasets D --data_dir DIR]",
+        "the whole benchmark: render LARY-Sim if missing (or read --data_dir), "
+        "prepare, train a small LAM, extract every model, classify + regress, "
+        "report; redoes nothing that finished",
+        ("tiny", "models_dir", "dataset", "data_dir", "metadata_dir",
+         "tfds_dir", "stride", "seed", "seeds", *_MULTI_HOST)),
+    "convert": (
+        "--model M --src PATH --out DIR",
+        "turn an HF folder (config + safetensors) or an original .pt/.pth into "
+        "an orbax checkpoint",
+        ("model", "src", "out", "upstream_names")),
+    "extract": (
+        "--model M [--checkpoint PATH] --dataset D [--split S]",
+        "encode a prepared dataset (every split, or --split) on every device "
+        "into feature stores <out or workdir/features>/DATASET/SPLIT/MODEL; "
+        "resumes a killed run",
+        ("model", "checkpoint", "dataset", "split", "stride", "mode", "out",
+         "tfds_dir", "export_npz", "la_dir", "csv", "data_dir",
+         "metadata_dir", "upstream_names", *_MULTI_HOST)),
+    "import": (
+        "--model M --dataset D --split S --csv LA.csv --la_dir DIR",
+        "turn upstream's .npz latent actions and LA CSV into a feature store",
+        ("model", "dataset", "split", "stride", "csv", "la_dir", "out",
+         "tfds_dir", "upstream_names")),
+    "classify": (
+        "--model M --dataset D [--seeds 0,1,2] [--dim N] [--classes K]",
+        "the five attentive probes on M's features of a classification "
+        "dataset (or LIBERO's pairs); results in "
+        "<workdir>/classify/DATASET/MODEL; resumes",
+        ("model", "dataset", "stride", "seeds", "seed", "dim", "classes",
+         "tfds_dir", "out", "upstream_names", *_MULTI_HOST)),
+    "regress": (
+        "--model M --dataset D [--stride K] --model-type mlp|dit "
+        "--action-mode absolute|relative [--seeds ...]",
+        "an action decoder on M's pair features of a regression dataset; "
+        "results in <workdir>/regress/DATASET/MODEL/TYPE_MODE; resumes",
+        ("model", "dataset", "stride", "model_type", "action_mode", "seeds",
+         "seed", "tfds_dir", "out", "upstream_names", *_MULTI_HOST)),
+    "report": (
+        "[--published CSV]",
+        "report.md and a self-contained report.html from every classify/"
+        "regress result in --workdir",
+        ("published",)),
+    "train_lam": (
+        "--config lam/lapa_sim [--dataset D]",
+        "train a LAPA-style latent action model on a prepared dataset's frame "
+        "pairs into <workdir>/lam/NAME/model; resumes",
+        ("dataset", "split", "stride", "tfds_dir", "seed", *_MULTI_HOST)),
+}
+_HELP_ARGS = ("--help", "-h", "--helpshort", "--helpfull", "-?")
+
+
+def _flag_lines(names_: Sequence[str]) -> list[str]:
+  lines = []
+  for name in names_:
+    flag = flags.FLAGS[name]
+    default = "" if flag.default in (None, "", [], False) else (
+        f" (default {flag.default_as_str})")
+    lines.append(_wrap(f"--{name}: {flag.help}{default}"))
+  return lines
+
+
+def _wrap(text: str, indent: int = 2, hang: int = 6) -> str:
+  return textwrap.fill(text, 79, initial_indent=" " * indent,
+                       subsequent_indent=" " * hang)
+
+
+def help_text(command: str | None) -> str:
+  """The overview (command None) or one command's usage and flags."""
+  config_lines = [_wrap(
+      "--config: a config by name (" + ", ".join(config_args.available())
+      + ": the installed ones, from any folder) or a .py file with "
+      "get_config()"), _wrap(
+          "--config.SECTION.FIELD=VALUE: one field of the config, e.g. "
+          "--config.classify.epochs=5")]
+  if command is None:
+    width = max(map(len, COMMAND_HELP))
+    lines = ["lary-jax: the LARY benchmark in JAX.", "",
+             "usage: lary COMMAND [--flags] [--config=NAME] "
+             "[--config.SECTION.FIELD=VALUE]",
+             "       (or python -m lary_jax COMMAND ...)", "", "commands:"]
+    lines += [textwrap.fill(what, 79, initial_indent=f"  {name:{width}s}  ",
+                            subsequent_indent=" " * (width + 4))
+              for name, (_, what, _) in COMMAND_HELP.items()]
+    lines += ["", "`lary COMMAND --help` lists that command's flags.", "",
+              "flags of every command:"]
+    return "\n".join(lines + _flag_lines(_COMMON) + config_lines) + "\n"
+  usage, what, own = COMMAND_HELP[command]
+  lines = [f"usage: lary {command} {usage}", "", textwrap.fill(what, 79),
+           "", "flags:"]
+  lines += _flag_lines(own)
+  lines += ["", "flags of every command:"] + _flag_lines(_COMMON)
+  return "\n".join(lines + config_lines) + "\n"
+
+
+def _wants_help(argv: Sequence[str]) -> bool:
+  return any(a in _HELP_ARGS for a in argv[1:])
+
+
+def _normalise_names(flag_values) -> None:
+  """Upstream's model and split names -> ours, for every command."""
+  model = flag_values.model
+  if model:
+    ours = names.model(model, upstream=flag_values.upstream_names)
+    note = None if flag_values.upstream_names else names.ambiguity_note(model)
+    if note:
+      print(note, file=sys.stderr)
+    elif ours != model:
+      print(f"note: upstream's --model {model} is {ours} here; features and "
+            f"results are filed under {ours}", file=sys.stderr)
+    flag_values.model = ours
+  if flag_values.split is not None:
+    flag_values.split = names.split(flag_values.split)
+
+
+# Flags that name files or folders on this machine.
+_PATH_FLAGS = ("workdir", "tfds_dir", "data_dir", "metadata_dir", "out",
+               "models_dir", "la_dir", "csv", "src", "checkpoint", "published")
+
+
+def _refuse_urls(flag_values) -> None:
+  """gs://, s3://, ... paths: refused with the way that works (a mount).
+
+  Results, feature stores, run markers and TFDS's preparation are written
+  with local file operations (atomic renames included), which an object
+  store URL does not take; a FUSE mount gives every one of them a path.
+  """
+  for name in _PATH_FLAGS:
+    value = getattr(flag_values, name)
+    if isinstance(value, str) and re.match(r"^[a-z][a-z0-9+.-]*://", value):
+      bucket = value.split("://", 1)[1].split("/", 1)[0]
+      raise LaryError(
+          f"--{name} {value}: not a local path; mount the bucket and give "
+          f"the mounted path, e.g. `gcsfuse --implicit-dirs "
+          f"--rename-dir-limit=100000 {bucket} /mnt/{bucket}` then "
+          f"--{name}=/mnt/{bucket}/... (scripts/tpu_pod.sh --bucket does "
+          "this on a TPU pod)")
+
+
+def main(argv: list[str], config: ml_collections.ConfigDict) -> int:
+  """Runs one command with the parsed flags and `config`; its exit status."""
   if len(argv) != 2 or argv[1] not in commands.COMMANDS:
     given = " ".join(argv[1:]) or "nothing"
     print(f"error: expected one command of {', '.join(commands.COMMANDS)}, "
@@ -129,13 +268,20 @@ def main(argv: list[str]) -> int:
     # TFDS logs routine warnings (e.g. "no dataset_info.json" before a first
     # prepare) that would bury our own one-line messages; -v 0 shows them.
     logging.set_verbosity(logging.ERROR)
-  try:
-    for module in flags.FLAGS.plugins:
-      _import_plugin(module)
-    return commands.COMMANDS[argv[1]](flags.FLAGS, _CONFIG.value) or 0
-  except LaryError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
+  if flags.FLAGS.gpus is not None:
+    raise LaryError(
+        f"--gpus {flags.FLAGS.gpus}: upstream's flag; here every command uses "
+        "every device JAX sees: choose GPUs with CUDA_VISIBLE_DEVICES="
+        f"{flags.FLAGS.gpus} (JAX_PLATFORMS=cpu for the CPU), hosts with "
+        "--coordinator_address/--num_processes/--process_id")
+  _refuse_urls(flags.FLAGS)
+  _normalise_names(flags.FLAGS)
+  for module in flags.FLAGS.plugins:
+    _import_plugin(module)
+  if argv[1] not in commands.DEVICE_COMMANDS:
+    # Device commands say where they run once their processes have joined.
+    mesh.announce(argv[1], devices=False)
+  return commands.COMMANDS[argv[1]](flags.FLAGS, config) or 0
 
 
 def _import_plugin(name: str) -> None:
@@ -149,5 +295,31 @@ def _import_plugin(name: str) -> None:
                     "on the Python path") from e
 
 
+def run_cli(argv: Sequence[str] | None = None) -> None:
+  """The `lary` console script and `python -m lary_jax`: exits with the
+  command's status; `--help` (alone or after a command) exits 0."""
+  argv = list(sys.argv if argv is None else argv)
+  if _wants_help(argv):
+    command = next((a for a in argv[1:] if a in COMMAND_HELP), None)
+    sys.stdout.write(help_text(command))
+    sys.exit(0)
+  try:
+    rest, config_name, overrides = config_args.split_argv(argv)
+    config = config_args.load(config_name, overrides)
+  except LaryError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
+
+  def absl_main(parsed: list[str]) -> None:
+    try:
+      status = main(parsed, config)
+    except LaryError as e:
+      print(f"error: {e}", file=sys.stderr)
+      status = 1
+    sys.exit(status)
+
+  app.run(absl_main, argv=rest)
+
+
 if __name__ == "__main__":
-  app.run(lambda argv: sys.exit(main(argv)))
+  run_cli()

@@ -59,6 +59,36 @@ def initialize_distributed(
   log_topology()
 
 
+def topology_line() -> str:
+  """This process, the processes and devices of the run, and their kind."""
+  devices = jax.devices()
+  kinds = sorted({d.device_kind for d in devices})
+  where = (f"process {jax.process_index()} of {jax.process_count()}"
+           if jax.process_count() > 1 else "1 process")
+  local = (f" ({jax.local_device_count()} here)"
+           if jax.process_count() > 1 else "")
+  return (f"{where}, {len(devices)} {jax.default_backend()} device"
+          f"{'s' if len(devices) != 1 else ''}{local}: {', '.join(kinds)}")
+
+
+_announced: list[str] = []  # a process's first line is printed once
+
+
+def announce(command: str, devices: bool = True) -> None:
+  """Prints the command's first line: processes, devices and their kind.
+
+  Once per process (`run` calls the other commands). `devices=False` for a
+  command that computes on the host CPU only: it does not start JAX's
+  backend, which on a TPU host would hold the chips.
+  """
+  if _announced:
+    return
+  _announced.append(command)
+  line = topology_line() if devices else (
+      "1 process on the host CPU (no JAX devices)")
+  print(f"lary {command}: {line}", flush=True)
+
+
 def log_topology() -> None:
   """Logs this process's place among processes and devices."""
   _log.info(

@@ -13,11 +13,18 @@
 #            checkout (git archive HEAD, copied with tpu-vm scp) or --repo,
 #            then the data: --bucket mounted with gcsfuse, --disk mounted
 #            read-only, --data copied to worker 0 with gsutil rsync
-#   run      on every host at once: python -m lary_jax.main run
-#            --workdir=<shared> [--data_dir=...] RUN_FLAGS (rerun to resume)
+#   run      on every host at once, detached from this ssh session (setsid,
+#            nohup): python -m lary_jax.main run --workdir=<shared>
+#            [--data_dir=...] RUN_FLAGS, its output in ~/lary-run.log on
+#            each host; returns at once (a run still going is left alone).
+#            Rerun after a failure, a preemption or a reboot: it resumes
+#   logs     on every host: the last lines of ~/lary-run.log and whether the
+#            run is going or ended (and its exit status)
+#   wait     on every host: wait until the run ends; exits with its status
+#            (reconnects when the ssh connection drops)
 #   exec     on every host: the shell command given after --
 #   delete   gcloud compute tpus tpu-vm delete
-#   up       create, setup, run; with --delete_after also delete
+#   up       create, setup, run; with --delete_after also wait and delete
 #
 # Options (some also read from the environment variable in brackets):
 #   --name NAME          TPU VM name [LARY_TPU_NAME, default lary-pod]
@@ -43,7 +50,8 @@
 #                        (--disk_device, default /dev/sdb)
 #   --repo URL[@REF]     install lary-jax from this git URL (pip git+) instead
 #                        of copying this checkout
-#   --delete_after       up: delete the TPU VM after the run, even if it failed
+#   --delete_after       up: wait for the run, then delete the TPU VM, even if
+#                        the run failed
 #   --dry_run            print the gcloud commands instead of running them
 #
 # `run` keeps everything in the shared workdir: LARY-Sim (rendered there by
@@ -152,7 +160,7 @@ remote_install() {
     cat <<'EOF'
 rm -rf "$HOME/lary-jax" && mkdir -p "$HOME/lary-jax"
 tar -xzf "$HOME/lary-jax.tar.gz" -C "$HOME/lary-jax"
-"$HOME/lary-venv/bin/pip" install -q -e "$HOME/lary-jax[sim,tpu]"
+"$HOME/lary-venv/bin/pip" install -q -c "$HOME/lary-jax/constraints.txt" -e "$HOME/lary-jax[sim,tpu]"
 EOF
   fi
 }
@@ -199,6 +207,14 @@ shared_workdir() {
   fi
 }
 
+# The run's files on each host: its output, its process id, its exit status
+# (single-quoted: the host's $HOME).
+RUN_LOG='$HOME/lary-run.log'
+RUN_PID='$HOME/lary-run.pid'
+RUN_STATUS='$HOME/lary-run.status'
+# True on the host while the run started there is alive.
+RUN_ALIVE="[ -s \"$RUN_PID\" ] && kill -0 \"\$(cat \"$RUN_PID\")\" 2>/dev/null"
+
 remote_run() {
   local workdir args
   workdir=$(shared_workdir)
@@ -214,10 +230,50 @@ remote_run() {
   if [ -n "$DISK" ]; then
     printf 'mountpoint -q /mnt/lary_data || sudo mount -o ro,noload %q /mnt/lary_data\n' "$DISK_DEVICE"
   fi
-  printf 'mkdir -p %q && cd %q\n' "$workdir" "$workdir"
+  printf 'mkdir -p %q\n' "$workdir"
+  # A run still going (a second `run`, or one after a dropped connection)
+  # is left alone.
+  printf 'if %s; then\n' "$RUN_ALIVE"
+  printf '  echo "$(hostname): the run is still going (pid $(cat "%s")), log %s"\n' \
+    "$RUN_PID" "$RUN_LOG"
+  printf '  exit 0\nfi\nrm -f "%s"\n' "$RUN_STATUS"
+  # The run as a script of its own, started in a new session: it outlives
+  # this ssh connection (no SIGHUP reaches it) and records its exit status.
+  printf 'cat > "$HOME/lary-run.sh" <<'"'"'LARY_RUN_EOF'"'"'\n'
+  printf 'cd %q\n' "$workdir"
   printf '"$HOME/lary-venv/bin/python" -m lary_jax.main run'
   printf ' %q' "${args[@]}" "${RUN_FLAGS[@]+"${RUN_FLAGS[@]}"}"
   printf '\n'
+  printf 'echo $? > "%s"\n' "$RUN_STATUS"
+  printf 'LARY_RUN_EOF\n'
+  printf 'echo "--- $(date -u +%%FT%%TZ) run started" >> "%s"\n' "$RUN_LOG"
+  printf 'setsid nohup bash "$HOME/lary-run.sh" >> "%s" 2>&1 < /dev/null &\n' \
+    "$RUN_LOG"
+  printf 'echo $! > "%s"\n' "$RUN_PID"
+  printf 'echo "$(hostname): run started (pid $!), log %s"\n' "$RUN_LOG"
+}
+
+remote_logs() {
+  printf 'echo "=== $(hostname)"\n'
+  printf 'tail -n 20 "%s" 2>/dev/null || echo "(no run started here)"\n' \
+    "$RUN_LOG"
+  printf 'if [ -s "%s" ]; then\n' "$RUN_STATUS"
+  printf '  echo "=== $(hostname): the run ended with status $(cat "%s")"\n' \
+    "$RUN_STATUS"
+  printf 'elif %s; then\n' "$RUN_ALIVE"
+  printf '  echo "=== $(hostname): the run is going"\n'
+  printf 'elif [ -s "%s" ]; then\n' "$RUN_PID"
+  printf '  echo "=== $(hostname): the run stopped without a status (killed, or the host restarted): run again to resume"\n'
+  printf 'fi\n'
+}
+
+remote_wait() {
+  printf 'while [ ! -s "%s" ]; do\n' "$RUN_STATUS"
+  printf '  if ! { %s; } && [ ! -s "%s" ]; then\n' "$RUN_ALIVE" "$RUN_STATUS"
+  printf '    echo "$(hostname): no run is going and none ended: run again to resume" >&2\n'
+  printf '    exit 3\n  fi\n  sleep 20\ndone\n'
+  printf 'tail -n 5 "%s"\n' "$RUN_LOG"
+  printf 'exit "$(cat "%s")"\n' "$RUN_STATUS"
 }
 
 # ----------------------------------------------------------------- commands
@@ -243,7 +299,7 @@ setup() {
   fi
   local script
   script=$(remote_python; remote_install; remote_mounts)
-  on_all_hosts "$script"
+  on_all_hosts "$script" || return
   if [ -n "$DATA" ]; then
     # Only process 0 (worker 0) prepares the datasets, so only it reads them.
     script=$(remote_copy_data)
@@ -252,11 +308,47 @@ setup() {
   fi
 }
 
+# This script with the options that name the TPU VM (for follow-ups).
+self_command() {
+  local words=("scripts/tpu_pod.sh" --name "$NAME" --zone "$ZONE")
+  [ -z "$PROJECT" ] || words+=(--project "$PROJECT")
+  [ -z "$BUCKET" ] || words+=(--bucket "$BUCKET")
+  [ -z "$WORKDIR" ] || words+=(--workdir "$WORKDIR")
+  printf '%q ' "${words[@]}"
+}
+
 run() {
-  local script
+  local script self again=""
   shared_workdir >/dev/null  # no shared workdir: stop before any ssh
   script=$(remote_run)
-  on_all_hosts "$script"
+  # `|| return`: inside `up`'s `{ ...; } || status=$?` errexit is off.
+  on_all_hosts "$script" || return
+  self=$(self_command)
+  [ ${#RUN_FLAGS[@]} -eq 0 ] || again=$(printf ' %q' -- "${RUN_FLAGS[@]}")
+  cat <<EOF
+tpu_pod.sh: the run goes on on every host without this ssh session (a
+dropped connection does not stop it); each host writes ~/lary-run.log.
+  how it goes:       ${self}logs
+  wait for the end:  ${self}wait
+  after a failure, a preemption or a reboot, resume where it stopped:
+                     ${self}run${again}
+EOF
+}
+
+# Waits for the run on every host; a dropped ssh connection (status 255)
+# reconnects, up to 30 times.
+wait_run() {
+  local script status tries=0
+  script=$(remote_wait)
+  while true; do
+    status=0
+    on_all_hosts "$script" || status=$?
+    if [ "$status" != 255 ] || [ $((tries += 1)) -gt 30 ]; then
+      return "$status"
+    fi
+    echo "tpu_pod.sh: the ssh connection dropped; reconnecting" >&2
+    [ "$DRY_RUN" = 1 ] || sleep "${LARY_TPU_RECONNECT_S:-30}"
+  done
 }
 
 delete() { gcloud_ compute tpus tpu-vm delete "$NAME" "${LOCATION[@]}" --quiet; }
@@ -265,6 +357,8 @@ case "$COMMAND" in
   create) create ;;
   setup) setup ;;
   run) run ;;
+  logs) on_all_hosts "$(remote_logs)" ;;
+  wait) wait_run ;;
   exec)
     [ ${#RUN_FLAGS[@]} -gt 0 ] || die "exec: give the command after --"
     on_all_hosts "${RUN_FLAGS[*]}" ;;
@@ -274,11 +368,11 @@ case "$COMMAND" in
     create
     if [ "$DELETE_AFTER" = 1 ]; then
       status=0
-      { setup && run; } || status=$?
+      { setup && run && wait_run; } || status=$?
       delete
       exit "$status"
     fi
     setup
     run ;;
-  *) die "unknown command $COMMAND (create, setup, run, exec, delete, up)" ;;
+  *) die "unknown command $COMMAND (create, setup, run, logs, wait, exec, delete, up)" ;;
 esac

@@ -8,8 +8,8 @@ The checkpoints are the small random ones of the parity tests (FLUX.2 with
 four levels, so that 224-pixel frames give the released model's 14 x 14 grid
 at a few channels); LARY-Sim is rendered at 2 classes and 4 episodes; the
 probes are a few units wide and train 2 epochs. The released models' token
-shapes are checked on abstract (shape-only) instances: PROTOCOL.md's feature
-widths, flux2 128, wan2-2 48, magvit2 18.
+shapes are checked on abstract (shape-only) instances: upstream README's `--dim`
+table, flux2 128, wan2-2 48, magvit2 18.
 """
 
 import json

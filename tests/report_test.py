@@ -180,11 +180,12 @@ def test_markdown_classification_rows(workdir):
   assert m1["chance (95% band)"] == "25.0 (0.0-50.0)"
   assert m1["role"] == "model"
   assert m1["published top-1"] == "71.3"
-  assert m1["seeds"] == "2"
+  assert m1["seeds"] == "2"  # how many seeds; their ids: the per-seed table
   assert m1["config"] == "protocol"
   m2 = _find(tables, dataset="human_1st", model="m2", split="seen")
   assert m2["top-1 upstream-style"] == "50.0 (1 seed)"
   assert m2["top-1 honest (95% interval)"].startswith("30.0 (1 seed) [")
+  assert m2["seeds"] == "1"
   assert m2["published top-1"] == "-"
   assert m2["config"] == "laptop config, not the protocol [1]"
 
@@ -337,7 +338,7 @@ def test_run_without_recorded_settings_is_flagged(tmp_path):
   text = (tmp_path / "report.md").read_text()
   assert ("| calvin | m1 | model | mlp_absolute | seen | - | 0.5000 (1 seed) "
           "| - |" in text)
-  assert "| 1 | config not recorded [1] |" in text
+  assert "| 1 | config not recorded [1] |" in text  # 1 seed (seed 0)
 
 
 def test_unreadable_summary_names_the_file(tmp_path):

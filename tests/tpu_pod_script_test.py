@@ -11,6 +11,7 @@ import pathlib
 import stat
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -29,14 +30,26 @@ if args[:4] == ["compute", "tpus", "tpu-vm", "scp"]:
 with open(os.environ["FAKE_GCLOUD_LOG"], "a") as log:
   log.write(json.dumps(entry) + "\\n")
 fail = os.environ.get("FAKE_GCLOUD_FAIL")
+# The first $FAKE_GCLOUD_DROPS ssh calls lose their connection (ssh: 255).
+drops = int(os.environ.get("FAKE_GCLOUD_DROPS", "0"))
+with open(os.environ["FAKE_GCLOUD_LOG"]) as log:
+  ssh_calls = sum('"ssh"' in line for line in log)
+if args[3:4] == ["ssh"] and ssh_calls <= drops:
+  sys.exit(255)
 sys.exit(7 if fail and any(fail in a for a in args) else 0)
 """
 
-# Stands in for the hosts' venv Python: records each call's argv.
+# Stands in for the hosts' venv Python: records each call's argv and
+# session, prints a line (the run's log) and exits with $FAKE_PYTHON_EXIT
+# after $FAKE_PYTHON_SLEEP seconds.
 _FAKE_PYTHON = f"""#!{sys.executable}
-import json, os, sys
+import json, os, sys, time
+time.sleep(float(os.environ.get("FAKE_PYTHON_SLEEP", "0")))
 with open(os.environ["FAKE_PYTHON_LOG"], "a") as log:
-  log.write(json.dumps(sys.argv[1:]) + "\\n")
+  log.write(json.dumps({{"argv": sys.argv[1:], "sid": os.getsid(0),
+                        "cwd": os.getcwd()}}) + "\\n")
+print("lary run: 1 process, 4 tpu devices: TPU v5 lite")
+sys.exit(int(os.environ.get("FAKE_PYTHON_EXIT", "0")))
 """
 
 
@@ -56,12 +69,13 @@ def pod(tmp_path):
   env.update(PATH=f"{bin_dir}{os.pathsep}{env['PATH']}",
              FAKE_GCLOUD_LOG=str(log))
 
-  def call(*args, fail=None):
+  def call(*args, fail=None, drops=0):
     if log.exists():
       log.unlink()
     done = subprocess.run(
         ["bash", str(SCRIPT), *args], env={
-            **env, **({"FAKE_GCLOUD_FAIL": fail} if fail else {})},
+            **env, **({"FAKE_GCLOUD_FAIL": fail} if fail else {}),
+            "FAKE_GCLOUD_DROPS": str(drops), "LARY_TPU_RECONNECT_S": "0"},
         capture_output=True, text=True, timeout=60, check=False)
     calls = ([json.loads(line) for line in log.read_text().splitlines()]
              if log.exists() else [])
@@ -79,6 +93,13 @@ def _ssh_command(call):
   return command[len("--command="):]
 
 
+def _run_line(script: str) -> str:
+  """The python command line of the run script a host writes and starts."""
+  (line,) = [l for l in script.splitlines()
+             if l.startswith('"$HOME/lary-venv/bin/python" -m lary_jax.main')]
+  return line
+
+
 def test_up_creates_sets_up_runs_and_deletes(pod):
   done, calls = pod("--name", "pod1", "--zone", "europe-west4-a",
                     "--project", "proj", "--type", "v4-32", "--version",
@@ -87,9 +108,10 @@ def test_up_creates_sets_up_runs_and_deletes(pod):
                     "--tiny", "--seed=3")
   assert done.returncode == 0, done.stderr
   where = ["--zone=europe-west4-a", "--project=proj"]
+  # --delete_after: the detached run is waited for before the delete.
   assert [c["args"][:4] for c in calls] == [
       ["compute", "tpus", "tpu-vm", verb]
-      for verb in ("create", "scp", "ssh", "ssh", "delete")]
+      for verb in ("create", "scp", "ssh", "ssh", "ssh", "delete")]
   assert calls[0]["args"][4:] == ["pod1", *where, "--accelerator-type=v4-32",
                                   "--version=tpu-ubuntu2204-base", "--spot"]
   # This checkout's committed files, copied to every host.
@@ -102,16 +124,21 @@ def test_up_creates_sets_up_runs_and_deletes(pod):
   setup = _ssh_command(calls[2])
   assert calls[2]["args"][5:7] == where
   assert 'tar -xzf "$HOME/lary-jax.tar.gz" -C "$HOME/lary-jax"' in setup
-  assert '"$HOME/lary-venv/bin/pip" install -q -e "$HOME/lary-jax[sim,tpu]"' in (
-      setup)
+  assert ('"$HOME/lary-venv/bin/pip" install -q -c '
+          '"$HOME/lary-jax/constraints.txt" -e "$HOME/lary-jax[sim,tpu]"') in (
+              setup)
+  assert "constraints.txt" in scp["tar"]
   assert ("gcsfuse --implicit-dirs --rename-dir-limit=100000 --only-dir lary "
           "my-bucket /mnt/lary") in setup
-  run = _ssh_command(calls[3]).splitlines()
-  assert run[1].startswith("mountpoint -q /mnt/lary || ")
-  assert run[-1] == (
+  run = _ssh_command(calls[3])
+  assert run.splitlines()[1].startswith("mountpoint -q /mnt/lary || ")
+  assert _run_line(run) == (
       '"$HOME/lary-venv/bin/python" -m lary_jax.main run '
       "--workdir=/mnt/lary/workdir --tiny --seed=3")
-  assert calls[4]["args"][4:] == ["pod1", *where, "--quiet"]
+  assert "setsid nohup bash" in run
+  assert 'exit "$(cat "$HOME/lary-run.status")"' in _ssh_command(calls[4])
+  assert calls[5]["args"][4:] == ["pod1", *where, "--quiet"]
+  assert "resume where it stopped" in done.stdout
 
 
 def test_a_failed_run_still_deletes_and_fails(pod):
@@ -142,9 +169,10 @@ def test_persistent_disk_is_attached_read_only_and_is_the_data(pod):
                     "lary-data", "--workdir", "/nfs/lary", "run", "--",
                     "--dataset=calvin", "--metadata_dir=/mnt/lary_data/meta")
   assert done.returncode == 0, done.stderr
-  run = _ssh_command(calls[0]).splitlines()
-  assert "sudo mount -o ro,noload /dev/sdb /mnt/lary_data" in run[1]
-  assert run[-1] == (
+  run = _ssh_command(calls[0])
+  assert "sudo mount -o ro,noload /dev/sdb /mnt/lary_data" in (
+      run.splitlines()[1])
+  assert _run_line(run) == (
       '"$HOME/lary-venv/bin/python" -m lary_jax.main run --workdir=/nfs/lary '
       "--data_dir=/mnt/lary_data --dataset=calvin "
       "--metadata_dir=/mnt/lary_data/meta")
@@ -183,24 +211,82 @@ def test_mistakes_stop_before_any_gcloud_call(pod, args, message):
   assert calls == []
 
 
-def test_hosts_run_exactly_the_given_argv(pod, tmp_path):
-  """The ssh command text, run by bash, gives each argument unchanged."""
+def _host(tmp_path, **env):
+  """Runs shell text as a host would over ssh, in a session of its own."""
+  home = tmp_path / "home"
+  _executable(home / "lary-venv" / "bin" / "python", _FAKE_PYTHON)
+  log = tmp_path / "python.jsonl"
+  env = {**os.environ, "HOME": str(home), "FAKE_PYTHON_LOG": str(log), **env}
+
+  def ssh(text):
+    proc = subprocess.Popen(["bash", "-c", text], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    out, err = proc.communicate(timeout=60)
+    return proc.pid, proc.returncode, out, err
+
+  return home, log, ssh
+
+
+def _wait_for(path: pathlib.Path, seconds: float = 60) -> str:
+  deadline = time.monotonic() + seconds
+  while not (path.exists() and path.read_text().strip()):
+    assert time.monotonic() < deadline, f"{path} never written"
+    time.sleep(0.1)
+  return path.read_text().strip()
+
+
+def test_hosts_run_exactly_the_given_argv_detached(pod, tmp_path):
+  """The ssh command text, run by bash, starts the run in a session of its
+  own (a dropped ssh does not stop it) with each argument unchanged."""
   workdir = tmp_path / "shared work"
   done, calls = pod("--name", "pod1", "--workdir", str(workdir), "run", "--",
                     "--seed=5", "--metadata_dir=/data/it's here",
                     "--config.run.models=pixels,random_vit")
   assert done.returncode == 0, done.stderr
-  home = tmp_path / "home"
-  _executable(home / "lary-venv" / "bin" / "python", _FAKE_PYTHON)
-  log = tmp_path / "python.jsonl"
-  subprocess.run(["bash", "-c", _ssh_command(calls[0])], check=True,
-                 timeout=60, env={**os.environ, "HOME": str(home),
-                                  "FAKE_PYTHON_LOG": str(log)})
+  home, log, ssh = _host(tmp_path, FAKE_PYTHON_SLEEP="1")
+  session, status, out, _ = ssh(_ssh_command(calls[0]))
+  # The ssh session ends at once; the run goes on without it.
+  assert status == 0 and "run started (pid" in out
+  assert not log.exists()
+  _, _, again, _ = ssh(_ssh_command(calls[0]))
+  assert "the run is still going" in again  # not started twice
+  assert _wait_for(home / "lary-run.status") == "0"
   (run,) = (json.loads(line) for line in log.read_text().splitlines())
-  assert workdir.is_dir()
-  assert run == ["-m", "lary_jax.main", "run", f"--workdir={workdir}",
-                 "--seed=5", "--metadata_dir=/data/it's here",
-                 "--config.run.models=pixels,random_vit"]
+  assert run["sid"] != session  # a new session: no SIGHUP from ssh
+  assert run["cwd"] == str(workdir)
+  assert run["argv"] == ["-m", "lary_jax.main", "run",
+                         f"--workdir={workdir}", "--seed=5",
+                         "--metadata_dir=/data/it's here",
+                         "--config.run.models=pixels,random_vit"]
+  assert "lary run: 1 process" in (home / "lary-run.log").read_text()
+  # How to reattach: `logs` shows each host's log and state.
+  done, calls = pod("--name", "pod1", "logs")
+  _, _, shown, _ = ssh(_ssh_command(calls[0]))
+  assert "lary run: 1 process" in shown
+  assert "the run ended with status 0" in shown
+
+
+def test_wait_gives_the_runs_status_and_reconnects(pod, tmp_path):
+  done, calls = pod("--name", "pod1", "--workdir", str(tmp_path / "w"), "run")
+  home, _, ssh = _host(tmp_path, FAKE_PYTHON_SLEEP="0.5", FAKE_PYTHON_EXIT="4")
+  ssh(_ssh_command(calls[0]))
+  done, calls = pod("--name", "pod1", "wait")
+  assert done.returncode == 0, done.stderr
+  _, status, out, _ = ssh(_ssh_command(calls[0]))
+  assert status == 4 and "lary run: 1 process" in out
+  # A stopped run without a status (the host restarted): `wait` says to
+  # resume instead of waiting for ever.
+  (home / "lary-run.status").unlink()
+  _, status, _, err = ssh(_ssh_command(calls[0]))
+  assert status == 3 and "run again to resume" in err
+  # A dropped connection (ssh's 255) reconnects; another status ends it.
+  done, calls = pod("--name", "pod1", "wait", drops=2)
+  assert done.returncode == 0, done.stderr
+  assert [c["args"][3] for c in calls] == ["ssh"] * 3
+  assert done.stderr.count("the ssh connection dropped; reconnecting") == 2
+  done, calls = pod("--name", "pod1", "wait", fail="lary-run.status")
+  assert done.returncode == 7 and len(calls) == 1
 
 
 def test_dry_run_prints_and_help_lists_commands(pod):

@@ -25,8 +25,8 @@ from typing import Any, Iterator
 from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
-import tqdm
 
+from lary_jax import progress as progress_lib
 from lary_jax.errors import LaryError
 from tfds_builders import loaders
 from tfds_builders import metadata
@@ -194,11 +194,11 @@ class LaryBuilder(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, split: str) -> Iterator[tuple[int, dict]]:
     results = parallel.load_rows(self.spec, self._rows[split],
                                  self._frame_options, self._num_workers)
-    results = tqdm.tqdm(results, total=len(self._rows[split]), unit="row",
-                        desc=f"prepare {self.spec.name} {split}",
-                        disable=None)  # None: no bar when not on a terminal
+    bar = progress_lib.bar(len(self._rows[split]), unit="row",
+                           desc=f"prepare {self.spec.name} {split}")
     kept = []
     for row, example in results:
+      bar.update()
       if isinstance(example, metadata.BadRow):
         self._bad_rows.append(example)
         continue
@@ -206,6 +206,7 @@ class LaryBuilder(tfds.core.GeneratorBasedBuilder):
       if "label" in self.info.features:
         example["label"] = row.fields["action"]
       yield row.line, example
+    bar.close()
     self._rows[split] = kept
 
   # Step 3: refuse, or record what was skipped, before TFDS commits.
@@ -225,6 +226,14 @@ class LaryBuilder(tfds.core.GeneratorBasedBuilder):
         f.write(bad_rows_csv(self._bad_rows))
       logging.warning("%s: skipped %d bad rows, listed in bad_rows.csv",
                       self.spec.name, len(self._bad_rows))
+    if "label" in self.info.features:
+      # Class-balanced sampling needs every label; reading them from the
+      # records would decode every clip (or pair), so they travel as metadata
+      # (record order).
+      names = self.info.features["label"].names
+      index = {name: i for i, name in enumerate(names)}
+      meta["labels"] = {split: [index[r.fields["action"]] for r in rows]
+                        for split, rows in self._rows.items()}
     self._finish_metadata(meta)
 
   def _finish_metadata(self, meta: tfds.core.MetadataDict) -> None:

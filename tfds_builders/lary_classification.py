@@ -48,11 +48,3 @@ class LaryClassification(lary_builder.LaryBuilder):
     if self._with_vjepa2_view(view):
       features[view] = lary_builder.frames_feature(loaders.NUM_FRAMES)
     return self._dataset_info(features)
-
-  def _finish_metadata(self, meta: tfds.core.MetadataDict) -> None:
-    # Class-balanced sampling needs every label; reading them from the records
-    # would decode every clip, so they travel as metadata (record order).
-    names = self.info.features["label"].names
-    index = {name: i for i, name in enumerate(names)}
-    meta["labels"] = {split: [index[r.fields["action"]] for r in rows]
-                      for split, rows in self._rows.items()}

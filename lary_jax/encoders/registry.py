@@ -35,6 +35,7 @@ from lary_jax.errors import LaryError
 from lary_jax.lams import lapa
 from lary_jax.lams import univla
 from lary_jax.lams import villa_x
+from lary_jax import names
 
 # A missing file shows up as a LaryError when that name is loaded.
 try:
@@ -271,7 +272,8 @@ def load(name: str, path: str | None = None, *, dtype=jnp.float32,
   """Builds encoder `name`.
 
   Args:
-    name: one of `available()`.
+    name: one of `available()`, or upstream's name of one (`names.py`;
+      upstream's dinov2/dinov3/siglip2 keep our meaning, the backbones).
     path: a converted orbax directory or a Hugging Face folder; None for
       the baselines.
     dtype: compute dtype (parameters stay float32).
@@ -281,6 +283,7 @@ def load(name: str, path: str | None = None, *, dtype=jnp.float32,
   Returns:
     The Encoder.
   """
+  name = names.model(name)  # upstream's villa-x, wan2-2, ... are ours
   if name not in _FACTORIES:
     raise LaryError(f"unknown encoder {name!r}; available: {available()}")
   return _FACTORIES[name](path, dtype=dtype, **options)

@@ -39,13 +39,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
-import tqdm
 from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from lary_jax import feature_store as fs
 from lary_jax import mesh as mesh_lib
+from lary_jax import progress as progress_lib
+from lary_jax import tensorboard_log
 from lary_jax.data import images as images_lib
 from lary_jax.data import pipeline as pl
 from lary_jax.encoders import convert
@@ -210,7 +211,7 @@ def make_optimizer(options: Options) -> optax.GradientTransformation:
 
 def compute_dtype(name: str, platform: str) -> Any:
   if name == "auto":
-    # bf16 matmuls are slower than fp32 on CPUs without AMX (FACTS.md).
+    # bf16 matmuls are slower than fp32 on CPUs without AMX.
     return jnp.float32 if platform == "cpu" else jnp.bfloat16
   if name not in ("float32", "bfloat16"):
     raise LaryError(f"lam.compute_dtype={name!r}: expected auto, "
@@ -414,11 +415,11 @@ def train(module: ModuleType, cfg: Any, pairs: Sequence[Mapping[str, bytes]],
   train_step = make_train_step(module, cfg, graphdef, state, options, mesh)
 
   show = progress if jax.process_index() == 0 else False
-  bar = tqdm.tqdm(total=options.steps, initial=start, unit="step",
-                  desc=f"train_lam {name}",
-                  disable=None if show is None else not show)
+  bar = progress_lib.bar(options.steps, initial=start, unit="step",
+                         desc=f"train_lam {name}", show=show)
   pending: list[dict[str, jax.Array]] = []
   t0, done_at_start = time.perf_counter(), start
+  events = tensorboard_log.ScalarLog(workdir)
   for step in range(start, options.steps):
     local = next(iterator)
     images = pl.to_device({"images": local["images"]}, mesh)["images"]
@@ -428,6 +429,8 @@ def train(module: ModuleType, cfg: Any, pairs: Sequence[Mapping[str, bytes]],
     if (step + 1) % options.log_every == 0 or last:
       row = _log_row(step + 1, jax.device_get(pending), options, codes)
       history.append(row)
+      events.write(row["step"], {f"train/{k}": v for k, v in row.items()
+                                 if k not in ("step", "codes")})
       pending = []
       bar.set_postfix(loss=f"{row['loss']:.4f}", ppl=f"{row['perplexity']:.2f}",
                       dead=row["dead_codes"])
@@ -438,6 +441,7 @@ def train(module: ModuleType, cfg: Any, pairs: Sequence[Mapping[str, bytes]],
       multihost_utils.sync_global_devices("lary_train_lam_metrics")
       checkpoints.save(step + 1, state, iterator)
   bar.close()
+  events.close()
   checkpoints.close()
   if hasattr(iterator, "close"):
     iterator.close()

@@ -1,6 +1,6 @@
 """Names and semantic groups of each dataset's action dimensions.
 
-Upstream's tables (PROTOCOL.md): CALVIN-style 7-d actions (xyz, rpy,
+Upstream's tables (its regression/main.py, `get_dim_labels`): CALVIN-style 7-d actions (xyz, rpy,
 gripper) for CALVIN, VLABench and LARY-Sim; AgiBot-Beta's 16-d two-arm
 quaternion actions; RoboCOIN's 12-d two-arm Euler actions. Upstream computes
 group MSEs only for calvin, agibotbeta and robocoin; VLABench and LARY-Sim

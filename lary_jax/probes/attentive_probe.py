@@ -33,7 +33,8 @@ EPS = 1e-5  # torch.nn.LayerNorm's default, which upstream uses
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-  """Probe shape. The defaults are upstream's (PROTOCOL.md)."""
+  """Probe shape. The defaults are upstream's (its
+  classification/src/models/attentive_pooler.py and eval config)."""
 
   dim: int  # input feature width D
   num_classes: int

@@ -159,12 +159,12 @@ def regress(builder: Any, spec: Any, stores: Mapping[str, str],
     # Whole episodes are held out: pairs of one episode overlap in time.
     train_ids, held_ids = metrics.group_holdout(
         [episode(p) for p in features[TRAIN].identities], holdout, seed)
-    evals = {s: tr.Split(_Rows(features[s], flat[s]))
+    evals = {s: tr.Split(_Rows(features[s], flat[s]), flat[s])
              for s in stores if s != TRAIN}
     seed_targets = {s: targets[s] for s in evals}
     if len(held_ids):
       evals[report.HOLDOUT] = tr.Split(_Rows(features[TRAIN], flat[TRAIN],
-                                             held_ids))
+                                             held_ids), flat[TRAIN][held_ids])
       seed_targets[report.HOLDOUT] = targets[TRAIN].subset(held_ids)
     seed_dir = os.path.join(out_dir, f"seed_{seed}")
     history = tr.train(decoder, token_shape,

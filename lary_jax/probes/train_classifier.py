@@ -18,11 +18,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tqdm
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from lary_jax import mesh as mesh_lib
+from lary_jax import progress as progress_lib
+from lary_jax import tensorboard_log
 from lary_jax.data import pipeline as pl
 from lary_jax.errors import LaryError
 from lary_jax.probes import attentive_probe
@@ -155,9 +156,10 @@ def train(probe: attentive_probe.Config, train_split: Split,
   show = progress if progress is not None else None
   if jax.process_index() != 0:
     show = False
-  bar = tqdm.tqdm(total=total, initial=start_epoch * per_epoch, unit="step",
-                  desc=f"classify {os.path.basename(workdir)}",
-                  disable=None if show is None else not show)
+  bar = progress_lib.bar(total, initial=start_epoch * per_epoch, unit="step",
+                         desc=f"classify {os.path.basename(workdir)}",
+                         show=show)
+  events = tensorboard_log.ScalarLog(workdir)
   for epoch in range(start_epoch, options.epochs):
     first = epoch * per_epoch
     if held is not None:
@@ -190,6 +192,7 @@ def train(probe: attentive_probe.Config, train_split: Split,
         per_epoch * options.global_batch)).astype(np.float32)
     if jax.process_index() == 0:
       run_state.write_epoch(workdir, epoch, predictions)
+    events.write(epoch + 1, _epoch_scalars(predictions, evals))
     multihost_utils.sync_global_devices("lary_classify_epoch_written")
     checkpoints.save(epoch + 1, {"params": params, "opt_state": opt_state})
     summary = "  ".join(
@@ -203,6 +206,7 @@ def train(probe: attentive_probe.Config, train_split: Split,
     if show is not False:
       bar.write(f"epoch {epoch + 1}/{options.epochs}: {summary}")
   bar.close()
+  events.close()
   checkpoints.close()
   if held is None and hasattr(iterator, "close"):
     iterator.close()
@@ -226,6 +230,20 @@ def _hold(probe: attentive_probe.Config, train_split: Split,
     budget -= sum(a.nbytes for a in arrays.values()) / 2**20
     held[name] = in_memory.to_devices(arrays, mesh)
   return held
+
+
+def _epoch_scalars(predictions: Mapping[str, np.ndarray],
+                   evals: Mapping[str, Split]) -> dict[str, float]:
+  """One epoch's TensorBoard scalars, per head (`head<h>`)."""
+  out = {}
+  for h, (loss, top1) in enumerate(zip(predictions["train_loss"],
+                                       predictions["train_top1"])):
+    out[f"train/loss/head{h}"] = loss
+    out[f"train/top1/head{h}"] = top1
+  for name, split in evals.items():
+    for h, p in enumerate(predictions[name]):
+      out[f"{name}/top1/head{h}"] = _top1(p, split.labels)
+  return out
 
 
 def _top1(topk: np.ndarray, labels: np.ndarray) -> float:

@@ -25,12 +25,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import tqdm
 from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from lary_jax import mesh as mesh_lib
+from lary_jax import progress as progress_lib
+from lary_jax import tensorboard_log
 from lary_jax.data import pipeline as pl
 from lary_jax.errors import LaryError
 from lary_jax.probes import attentive_probe
@@ -62,9 +63,11 @@ class Options:
 
 @dataclasses.dataclass(frozen=True)
 class Split:
-  """Random-access records with `features` and `target` [S * A]."""
+  """Random-access records with `features` and `target` [S * A], and those
+  targets [N, S * A] (for the epoch lines' MSE) where the caller has them."""
 
   source: Any
+  targets: np.ndarray | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -261,9 +264,9 @@ def train(decoder: Decoder, token_shape: tuple[int, ...], train_split: Split,
                                 read_threads=options.read_threads,
                                 prefetch=options.prefetch)
   show = progress if jax.process_index() == 0 else False
-  bar = tqdm.tqdm(total=total, initial=start_epoch * per_epoch, unit="step",
-                  desc=f"regress {decoder.name}",
-                  disable=None if show is None else not show)
+  bar = progress_lib.bar(total, initial=start_epoch * per_epoch, unit="step",
+                         desc=f"regress {decoder.name}", show=show)
+  events = tensorboard_log.ScalarLog(workdir)
   for epoch in range(start_epoch, options.epochs):
     first = epoch * per_epoch
     if held is not None:
@@ -291,9 +294,17 @@ def train(decoder: Decoder, token_shape: tuple[int, ...], train_split: Split,
       run_state.write_epoch(workdir, epoch, out)
     multihost_utils.sync_global_devices("lary_regress_epoch_written")
     checkpoints.save(epoch + 1, {"params": params, "opt_state": opt_state})
-    _log.info("epoch %d/%d  train loss %.4f", epoch + 1, options.epochs,
-              out["train_loss"])
+    scalars = {"train/loss": float(out["train_loss"]), **{
+        f"{name}/mse": float(np.mean((out[name] - split.targets) ** 2))
+        for name, split in evals.items() if split.targets is not None}}
+    events.write(epoch + 1, scalars)
+    summary = "  ".join(f"{tag.replace('/', ' ')} {value:.4f}"
+                        for tag, value in scalars.items())
+    _log.info("epoch %d/%d  %s", epoch + 1, options.epochs, summary)
+    if show is not False:
+      bar.write(f"epoch {epoch + 1}/{options.epochs}: {summary}")
   bar.close()
+  events.close()
   checkpoints.close()
   if held is None and hasattr(iterator, "close"):
     iterator.close()

@@ -16,8 +16,8 @@ import time
 from typing import Any
 
 import numpy as np
-import tqdm
 
+from lary_jax import progress as progress_lib
 from lary_jax.data import images
 from lary_jax.data import video
 from lary_jax.errors import LaryError
@@ -139,8 +139,8 @@ def _check_same_dataset(out_dir: str, config: dict) -> None:
 
 
 def _run_jobs(jobs: list, num_workers: int, progress: bool) -> None:
-  bar = tqdm.tqdm(total=len(jobs), desc=layout.NAME, unit="job",
-                  disable=not progress)
+  bar = progress_lib.bar(len(jobs), desc=layout.NAME, unit="job",
+                         show=progress)
   with bar:
     if num_workers <= 1:
       for job in jobs:

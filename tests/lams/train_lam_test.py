@@ -197,6 +197,21 @@ def test_eight_devices_follow_the_same_curve(runs):
                                err_msg=key)
 
 
+def test_metrics_also_go_to_tensorboard_events(runs):
+  from tests.tensorboard_events import read_scalars  # pylint: disable=g-import-not-at-top
+  full, resumed = runs["root"] / "full", runs["root"] / "resumed"
+  rows = [json.loads(line) for line in open(full / tl.METRICS)]
+  scalars = read_scalars(str(full))
+  for key in ("loss", "recon_loss", "perplexity", "dead_codes", "lr"):
+    got = scalars[f"train/{key}"]
+    assert [s for s, _ in got] == [r["step"] for r in rows], key
+    np.testing.assert_allclose([v for _, v in got], [r[key] for r in rows],
+                               rtol=1e-6, err_msg=key)
+  # Killed and resumed: the two runs' files hold every logged step once.
+  steps = [s for s, _ in read_scalars(str(resumed))["train/loss"]]
+  assert sorted(steps) == [r["step"] for r in rows]
+
+
 def _main(workdir: str) -> None:
   if os.environ.get(CACHE_ENV):
     jax.config.update("jax_compilation_cache_dir", os.environ[CACHE_ENV])

@@ -1,4 +1,5 @@
-"""Upstream's MLP action decoder re-created in PyTorch from PROTOCOL.md."""
+"""Upstream's MLP action decoder re-created in PyTorch from its
+regression/main.py."""
 
 from __future__ import annotations
 

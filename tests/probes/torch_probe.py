@@ -1,4 +1,5 @@
-"""Upstream's attentive probe re-created in PyTorch from PROTOCOL.md.
+"""Upstream's attentive probe re-created in PyTorch from its
+classification/src/models/attentive_pooler.py.
 
 The parity oracle for `lary_jax.probes.attentive_probe`: written from the
 protocol's description (projector, temporal embedding, pre-norm blocks, a
