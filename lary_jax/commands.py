@@ -372,6 +372,7 @@ def classify(flags, config: Config) -> int:
   jax = _start_processes(flags, "classify")
   from lary_jax.probes import classify as classify_lib  # pylint: disable=g-import-not-at-top
   from lary_jax.probes import train_classifier  # pylint: disable=g-import-not-at-top
+  from tfds_builders import metadata  # pylint: disable=g-import-not-at-top
   c = config.classify
   options = train_classifier.Options(
       epochs=c.epochs, min_updates=c.min_updates,
@@ -444,7 +445,7 @@ def train_lam(flags, config: Config) -> int:
   c = config.lam
   pairs, inputs = train_lam_lib.prepared_pairs(
       flags.dataset or c.dataset, _tfds_dir(flags), flags.split or c.split,
-      stride=flags.stride)
+      stride=flags.stride, clip_gaps=c.clip_gaps)
   summary = train_lam_lib.train_from_config(
       c, pairs, train_lam_lib.workdir_of(flags.workdir, c), inputs=inputs,
       seed=flags.seed if flags["seed"].present else None)

@@ -98,8 +98,9 @@ def classify(builder: Any, stores: Mapping[str, str], out_dir: str, *,
     classes: expected class count (checked against the dataset) or None.
     mesh: device mesh.
     progress: tqdm bars.
-    source_video: a clip's `video_path` -> the video it was cut from; the
-      held-out slice takes whole source videos (default: each clip its own).
+    source_video: a row's identity (a clip's `video_path`) -> the video it
+      was cut from; the held-out slice takes whole source videos (default:
+      each row its own).
 
   Returns:
     The summary written to `out_dir/results.json`.
@@ -139,9 +140,10 @@ def classify(builder: Any, stores: Mapping[str, str], out_dir: str, *,
 
   groups = None
   if holdout > 0 and source_video is not None:
-    records = builder.as_data_source()[TRAIN]
-    groups = [source_video(_text(records[i]["video_path"]))
-              for i in range(len(records))]
+    # The train rows' identities (`video_path` of a clip), checked against
+    # the records when the source was built.
+    groups = [source_video(identity)
+              for identity in sources[TRAIN].features.identities]
   per_seed = {}
   for seed in seeds:
     train_ids, held_ids = metrics.stratified_holdout(labels[TRAIN], holdout,
