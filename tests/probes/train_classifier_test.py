@@ -83,16 +83,24 @@ def test_honest_selection_differs_from_validation_selection():
 
 
 def test_summary_over_seeds(tmp_path):
-  def seed_result(top1):
-    sel = {"epoch": 1, "head": 0, "validation": {"top1": top1, "top5": 1.0}}
+  def seed_result(correct):
+    sel = {"epoch": 1, "head": 0, "validation": {
+        "top1": np.mean(correct), "top5": 1.0, "correct": correct}}
     return {"upstream_style": sel, "honest": sel}
-  out = report.write_summary(str(tmp_path), {0: seed_result(0.5),
-                                             1: seed_result(0.7)}, {})
+  out = report.write_summary(str(tmp_path), {
+      0: seed_result([1, 0, 1, 0]), 1: seed_result([1, 1, 1, 0])},
+                             {"num_classes": 4})
+  honest = out["honest"]["validation"]
   assert out["upstream_style"]["validation"]["top1"]["mean"] == \
-      pytest.approx(0.6)
-  assert out["honest"]["validation"]["top1"]["std"] == \
-      pytest.approx(np.std([0.5, 0.7], ddof=1))
+      pytest.approx(0.625)
+  assert honest["top1"]["std"] == pytest.approx(np.std([0.5, 0.75], ddof=1))
   assert out["seeds"] == [0, 1]
+  # The interval over examples and seeds, and where a guess lands.
+  assert honest["examples"] == 4
+  assert 0 <= honest["top1_ci95"]["low"] < 0.625 < honest["top1_ci95"][
+      "high"] <= 1
+  assert honest["chance"]["chance"] == 0.25
+  assert honest["at_chance"] == (honest["top1_ci95"]["low"] <= 0.25)
 
 
 def test_a_class_missing_from_train_is_named():
