@@ -25,6 +25,9 @@ def lam_defaults() -> ml_collections.ConfigDict:
   c.model_overrides = ml_collections.ConfigDict()
   c.dataset = "sim"  # --dataset overrides it
   c.split = "train"  # --split overrides it
+  # A clip's training pairs: frames (t, t + g) for each gap g (upstream:
+  # consecutive frames, (1,)); extraction always reads consecutive pairs.
+  c.clip_gaps = (1,)
   c.steps = 1000
   # Examples per step over all devices and processes, fixed so that the
   # numbers do not depend on the device count.

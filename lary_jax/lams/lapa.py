@@ -85,6 +85,14 @@ class Config:
   code_seq_len: int = 4
   ff_mult: int = 4
   features: str = ""
+  # Not upstream's: the pixel decoder predicts frame 1 as frame 0 plus its
+  # output, so a fresh model already copies frame 0 and the latent only has
+  # to carry what moved (`run`'s small LAM; see configs/lam/lapa_sim.py).
+  residual: bool = False
+  # Not upstream's: > 0 weighs each pixel's squared error by 1 + w * (its
+  # change between the frames, relative to the image's mean change), so the
+  # few pixels that move (LARY-Sim's arm) are not drowned by the static rest.
+  motion_weight: float = 0.0
 
   @classmethod
   def lapa(cls, **kw) -> Config:
@@ -156,6 +164,9 @@ class Config:
     if self.image_size % self.patch_size:
       raise LaryError(f"lapa config: image_size {self.image_size} is not a "
                       f"multiple of patch_size {self.patch_size}")
+    if self.residual and self.features:
+      raise LaryError("lapa config: residual decoding is for the pixel LAQ "
+                      f"only, not features={self.features!r}")
 
 
 VARIANTS = {
@@ -246,6 +257,15 @@ class Model(nnx.Module):
     x = self.to_pixels(x).reshape(b, g, g, c, p, p)
     return x.transpose(0, 1, 4, 2, 5, 3).reshape(b, g * p, g * p, c)
 
+  def _reconstruct(self, x: jax.Array, emb: jax.Array, actions: jax.Array,
+                   bias: jax.Array) -> jax.Array:
+    # Upstream decodes from frame 0's embedding with its gradient stopped.
+    recon = self.decode(jax.lax.stop_gradient(emb[:, 0]),
+                        actions.astype(self.dtype), bias)
+    if self.cfg.residual:
+      recon = recon + x[:, 0].astype(recon.dtype)
+    return recon
+
   def _forward(self, x: jax.Array, noise: jax.Array | None, mode: str,
                *, decode: bool):
     emb = self.frame_tokens(x)
@@ -253,11 +273,7 @@ class Model(nnx.Module):
     bias = self.spatial_rel_pos_bias(g, g)
     first, last = self.encode_frames(emb, bias)
     actions, stats = self.vq(first, last, noise=noise, mode=mode)
-    recon = None
-    if decode:
-      # Upstream decodes from frame 0's embedding with its gradient stopped.
-      recon = self.decode(jax.lax.stop_gradient(emb[:, 0]),
-                          actions.astype(self.dtype), bias)
+    recon = self._reconstruct(x, emb, actions, bias) if decode else None
     return emb, actions, stats, recon
 
   def noise_shape(self, batch: int) -> tuple[int, int]:
@@ -294,7 +310,13 @@ class Model(nnx.Module):
     else:
       target = x[:, 1]
     recon = recon.astype(jnp.float32)
-    loss = jnp.mean(jnp.square(recon - target.astype(jnp.float32)))
+    error = jnp.square(recon - target.astype(jnp.float32))
+    if self.cfg.motion_weight and not self.cfg.features:
+      change = jnp.abs(x[:, 1] - x[:, 0]).astype(jnp.float32).mean(
+          -1, keepdims=True)
+      relative = change / (change.mean(axis=(1, 2, 3), keepdims=True) + 1e-6)
+      error = error * (1.0 + self.cfg.motion_weight * relative)
+    loss = jnp.mean(error)
     k = self.cfg.codebook_size
     used = jnp.zeros((k,), jnp.bool_).at[stats["indices"].reshape(-1)].set(
         True)

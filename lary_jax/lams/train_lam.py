@@ -73,18 +73,23 @@ LAPA_REPLACE_SCHEDULE = ((10, 100), (100, 1000), (500, 5000))
 class PairSource(Sequence):
   """The frame pairs of prepared records, random access, as encoded bytes.
 
-  kind "clips": record r's frames (t, t + 1) are pair r * (T - 1) + t;
-  kind "pairs": record r's (src_image, tgt_image) is pair r. A pair is
-  {"src_image": bytes, "tgt_image": bytes}; nothing is decoded here.
+  kind "clips": record r's frames (t, t + g) for every gap g in `gaps`
+  (consecutive frames, (1,), by default); kind "pairs": record r's
+  (src_image, tgt_image) is pair r. A pair is {"src_image": bytes,
+  "tgt_image": bytes}; nothing is decoded here.
   """
 
   def __init__(self, records: Sequence[Mapping[str, Any]], kind: str,
-               frames: int = 9):
+               frames: int = 9, gaps: Sequence[int] = (1,)):
     if kind not in ("clips", "pairs"):
       raise LaryError(f"pair source kind {kind!r}: expected clips or pairs")
+    if not gaps or min(gaps) < 1 or max(gaps) >= frames:
+      raise LaryError(f"clip pair gaps {tuple(gaps)}: expected frame gaps "
+                      f"in 1..{frames - 1}")
     self._records = records
     self._kind = kind
-    self._per_record = frames - 1 if kind == "clips" else 1
+    self._pairs = [(t, t + g) for g in gaps for t in range(frames - g)]
+    self._per_record = len(self._pairs) if kind == "clips" else 1
 
   def __len__(self) -> int:
     return len(self._records) * self._per_record
@@ -98,7 +103,8 @@ class PairSource(Sequence):
       return {"src_image": record["src_image"],
               "tgt_image": record["tgt_image"]}
     frames = record["frames"]
-    return {"src_image": frames[t], "tgt_image": frames[t + 1]}
+    first, second = self._pairs[t]
+    return {"src_image": frames[first], "tgt_image": frames[second]}
 
 
 class ConcatPairs(Sequence):
@@ -538,7 +544,7 @@ def checkpoint_dir(workdir: str) -> str:
 
 
 def prepared_pairs(dataset: str, tfds_dir: str, split: str = "train", *,
-                   stride: int | None = None
+                   stride: int | None = None, clip_gaps: Sequence[int] = (1,)
                    ) -> tuple[ConcatPairs, dict[str, Any]]:
   """The frame pairs of prepared datasets, and what identifies them.
 
@@ -548,6 +554,7 @@ def prepared_pairs(dataset: str, tfds_dir: str, split: str = "train", *,
     tfds_dir: where they were prepared.
     split: the split whose pairs are trained on.
     stride: `--stride`, as for the other commands.
+    clip_gaps: a clip gives its frame pairs (t, t + g) for each gap g.
 
   Returns:
     (pairs, {dataset: {"split", "records", "pairs", "bytes"}}).
@@ -565,7 +572,7 @@ def prepared_pairs(dataset: str, tfds_dir: str, split: str = "train", *,
                       f"{list(builder.info.splits)}")
     records = builder.as_data_source()[split]
     kind = "clips" if spec.kind == "classification" else "pairs"
-    source = PairSource(records, kind)
+    source = PairSource(records, kind, gaps=tuple(clip_gaps))
     sources.append(source)
     inputs[spec.name] = {"split": split, "records": len(records),
                          "pairs": len(source),
@@ -595,7 +602,8 @@ def train_for_run(config: Any, *, workdir: str, tfds_dir: str,
     raise LaryError("the LAM config has no `lam` section (see "
                     "configs/lam/lapa_sim.py)")
   c = config.lam
-  pairs, inputs = prepared_pairs(c.dataset, tfds_dir, c.split)
+  pairs, inputs = prepared_pairs(c.dataset, tfds_dir, c.split,
+                                 clip_gaps=c.clip_gaps)
   return train_from_config(c, pairs, workdir, inputs=inputs,
                            progress=progress)
 

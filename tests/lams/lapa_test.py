@@ -190,6 +190,29 @@ def test_sim_small_loss_falls():
   assert losses[-1] < 0.5 * losses[0], losses
 
 
+def test_residual_decoder_starts_from_frame_zero_and_motion_weighs_loss():
+  x = jax.random.uniform(jax.random.key(0), (2, 2, 56, 56, 3))
+  x = x.at[:, 1].set(x[:, 0]).at[:, 1, 20:30, 20:30].set(0.0)  # a patch moved
+  key = jax.random.key(1)
+  plain = lapa.Model(lapa.Config.sim_small(), rngs=nnx.Rngs(0))
+  residual = lapa.Model(lapa.Config.sim_small(residual=True),
+                        rngs=nnx.Rngs(0))
+  _, a = plain.loss(x, key=key)
+  _, b = residual.loss(x, key=key)
+  # The same decoder output, plus frame 0.
+  np.testing.assert_allclose(b["recon"] - a["recon"], x[:, 0], atol=1e-5)
+  weighted = lapa.Model(lapa.Config.sim_small(residual=True,
+                                              motion_weight=10.0),
+                        rngs=nnx.Rngs(0))
+  loss_w, c = weighted.loss(x, key=key)
+  change = jnp.abs(x[:, 1] - x[:, 0]).mean(-1, keepdims=True)
+  weight = 1 + 10 * change / change.mean(axis=(1, 2, 3), keepdims=True)
+  want = jnp.mean(jnp.square(c["recon"] - x[:, 1]) * weight)
+  np.testing.assert_allclose(loss_w, want, rtol=1e-4)  # float32 sums
+  with pytest.raises(LaryError, match="residual decoding is for the pixel"):
+    lapa.Config.dinov2(residual=True).check()
+
+
 def _save_pt(path, weights, extra=None):
   import torch  # pylint: disable=g-import-not-at-top
   sd = {k: torch.from_numpy(np.array(v)) for k, v in weights.items()}

@@ -24,6 +24,7 @@ from PIL import Image
 from lary_jax.encoders import convert
 from lary_jax.lams import lapa
 from lary_jax.lams import nsvq
+from lary_jax.errors import LaryError
 from lary_jax.lams import train_lam as tl
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -133,6 +134,15 @@ def test_pairs_of_clips_and_rows():
                                           "tgt_image": b"b"}
   with pytest.raises(IndexError):
     both[17]
+  # Wider gaps: (t, t + 1) for t < 8, then (t, t + 3) for t < 6.
+  wide = tl.PairSource(records, "clips", gaps=(1, 3))
+  assert len(wide) == 2 * (8 + 6)
+  assert wide[8 + 2] == {"src_image": records[0]["frames"][2],
+                         "tgt_image": records[0]["frames"][5]}
+  assert wide[14 + 8] == {"src_image": records[1]["frames"][0],
+                          "tgt_image": records[1]["frames"][3]}
+  with pytest.raises(LaryError, match="gaps"):
+    tl.PairSource(records, "clips", gaps=(9,))
 
 
 def test_replace_schedule_is_lapas():
