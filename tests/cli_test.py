@@ -65,7 +65,7 @@ def test_command_help_lists_that_commands_flags_only(tmp_path):
      "--config.classify.epochs=many: expected an integer (the config has "
      "20)"),
     ("--config.regress.lr=fast", "--config.regress.lr=fast: expected a number"),
-    ("--config.run.small_probes=perhaps", "expected True or False"),
+    ("--config.regress.dit_clip_sample=perhaps", "expected True or False"),
     ("--config.classify.probe=3", "--config.classify.probe is a section"),
     ("--config=no_such_config.py",
      "--config=no_such_config.py: no such file, and no config of that name; "

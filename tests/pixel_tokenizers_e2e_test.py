@@ -195,8 +195,9 @@ def test_both_probes_give_finite_numbers(workdir, model):
 def test_the_report_lists_the_three_models(workdir):
   report = (workdir / "report.md").read_text()
   for model in SHAPES:
-    assert f"| sim_classification | {model} | seen |" in report
-    assert f"| sim_regression | {model} | mlp_absolute | seen |" in report
+    assert f"| sim_classification | {model} | model | seen |" in report
+    assert (f"| sim_regression | {model} | model | mlp_absolute | seen |"
+            in report)
   assert (workdir / "report.html").exists()
 
 

@@ -98,14 +98,17 @@ def test_tables_render_with_their_rows(page):
   assert state["charset"] == "UTF-8"
   tables = state["tables"]
   classification, regression = tables[0], tables[1]
-  assert classification["header"][:4] == [
-      "dataset", "model", "split", "top-1 upstream-style"]
+  assert classification["header"][:6] == [
+      "dataset", "model", "role", "split", "top-1 honest (95% interval)",
+      "top-1 upstream-style"]
   assert classification["rows"] == 3  # header + m1 + m2
   # The ± arrives as the character, not as mojibake.
-  assert classification["first"][3] == "70.0 ± 14.1 (2 seeds)"
-  assert regression["header"][:4] == ["dataset", "model", "decoder", "split"]
+  assert classification["first"][5] == "70.0 ± 14.1 (2 seeds)"
+  assert classification["first"][4].startswith("35.0 ± 7.1 (2 seeds) [")
+  assert regression["header"][:5] == [
+      "dataset", "model", "role", "decoder", "split"]
   assert regression["rows"] == 5  # header + 2 decoders x (seen, unseen)
-  assert regression["first"][4] == "0.1500 (1 seed)"
+  assert regression["first"][6] == "0.1500 (1 seed)"
   # Published-only numbers, 2 + 2 seed tables, 2 per-source tables, 2
   # per-dimension tables.
   assert len(tables) == 2 + 1 + 4 + 2 + 2
