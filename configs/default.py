@@ -131,9 +131,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.run.lam_config = "lam/lapa_sim"  # a --config name, or a .py file
   config.run.seeds = "0,1,2"
   # Encoder options per model (config.extract.encoder_options for the others):
-  # a ViT-Ti/16 keeps the random-ViT baseline inside the laptop budget.
+  # a ViT-Ti/16 keeps the random-ViT baseline inside the laptop budget; the
+  # run's small LAM is read before its quantiser (configs/lam/lapa_sim.py).
   config.run.encoder_options = ml_collections.ConfigDict(dict(
-      random_vit="variant=Ti/16"))
+      random_vit="variant=Ti/16", run_lam="latent=continuous"))
   # Regression decoders, TYPE:MODE (mlp|dit : absolute|relative).
   config.run.decoders = "mlp:absolute,mlp:relative"
   # Which probes `run` trains: "auto" the small ones below on LARY-Sim and

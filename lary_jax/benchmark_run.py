@@ -271,7 +271,7 @@ def run(flags: Any, config: ml_collections.ConfigDict,
     f = StageFlags(flags, model=m.name, checkpoint=m.checkpoint,
                    dataset=datasets, split=None, out=None, mode=None,
                    export_npz=False, csv=None, **base)
-    cfg_m = _with_encoder_options(cfg, m.name)
+    cfg_m = _with_encoder_options(cfg, m)
     stages.run(f"extract_{m.store_name}",
                dict(model=m, extract=cfg_m.extract.to_dict(), **base),
                lambda f=f, m=m, cfg_m=cfg_m: _extract(commands, f, cfg_m, m))
@@ -331,10 +331,12 @@ def _extract(commands, flags, cfg, model: Model) -> None:
     registry.unregister(model.store_name)
 
 
-def _with_encoder_options(cfg: ml_collections.ConfigDict, name: str
+def _with_encoder_options(cfg: ml_collections.ConfigDict, model: Model
                           ) -> ml_collections.ConfigDict:
-  """cfg with extract.encoder_options = config.run.encoder_options[name]."""
-  options = cfg.run.encoder_options.get(name)
+  """cfg with extract.encoder_options = config.run.encoder_options of the
+  model's results name (e.g. run_lam), else of its registry name."""
+  options = cfg.run.encoder_options.get(model.store_name,
+                                        cfg.run.encoder_options.get(model.name))
   if options is None:
     return cfg
   out = ml_collections.ConfigDict(copy.deepcopy(cfg.to_dict()))

@@ -7,11 +7,23 @@
 
 `lapa.Config.sim_small()`: frames resized to 56 x 56, patch 8 (the 7 x 7
 grid of upstream's 224 / 32), dim 128, depth 2/2, 4 heads of 32, 8 codes,
-code_seq_len 4. It trains on the consecutive-frame pairs of LARY-Sim's
-training clips and its regression pairs, batch 16, 200 steps, AdamW at 1e-3 with a
-short warm-up and cosine decay (LAPA's constant 1e-4 learns too little in
-a few hundred steps); dead codes are re-seeded on LAPA's schedule. Not
-upstream's model: `configs/lam/lapa.py` has upstream's hyper-parameters.
+code_seq_len 4. It trains on LARY-Sim's training clips and regression
+pairs, batch 16, 600 steps, AdamW at 1e-3 with a short warm-up and cosine
+decay (LAPA's constant 1e-4 learns too little in a few hundred steps);
+dead codes are re-seeded on LAPA's schedule.
+
+Three changes from upstream's LAQ, each because LARY-Sim's arm moves about
+one pixel between consecutive 56-pixel frames, so that upstream's recipe
+reconstructs the next frame from the first alone and its codebook
+collapses (perplexity ~1, probes at chance):
+- clip_gaps (1, 2, 3, 4): a clip also gives the pairs (t, t + 2..4), so
+  that the latent must carry larger motions;
+- residual: the decoder predicts the change from the first frame, not the
+  frame (copying the first frame is no longer free);
+- motion_weight 10: pixels that change weigh 11x in the reconstruction loss.
+`run` reads this model's continuous latent (before NSVQ), see
+`config.run.encoder_options.run_lam`. Not upstream's model:
+`configs/lam/lapa.py` has upstream's hyper-parameters.
 """
 
 import ml_collections
@@ -28,7 +40,10 @@ def get_config() -> ml_collections.ConfigDict:
   t.name = "lapa_sim"
   t.preset = "sim_small"
   t.dataset = "sim"
-  t.steps = 200
+  t.steps = 600
+  t.clip_gaps = (1, 2, 3, 4)
+  t.model_overrides = ml_collections.ConfigDict(
+      dict(residual=True, motion_weight=10.0))
   t.global_batch = 16
   t.lr = 1e-3
   t.schedule = "cosine"
