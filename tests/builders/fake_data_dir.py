@@ -1,9 +1,10 @@
 """Synthetic LARYBench DATA_DIRs built from real upstream metadata rows.
 
 The CSV rows in tests/fixtures/upstream_csv are real upstream rows (their
-README names the upstream files); this module creates, at exactly the paths those rows name, small files of the
-right kind (PNG frames, `.npy` action chunks and states, mp4 clips), so the
-builders run on upstream's schema and path layout without the real data.
+README names the upstream files); this module creates, at exactly the paths
+those rows name, small files of the right kind (PNG frames, `.npy` action
+chunks and states, mp4 clips), so the builders run on upstream's schema and
+path layout without the real data.
 """
 
 from __future__ import annotations
