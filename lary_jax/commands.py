@@ -14,6 +14,7 @@ from typing import Any, Callable
 import ml_collections
 
 from lary_jax import configs
+from lary_jax import hub
 from lary_jax.errors import LaryError
 
 # configs/ installs as the package lary_jax.configs (see pyproject.toml).
@@ -207,14 +208,17 @@ def extract(flags, config: Config) -> int:
   if c.compute_dtype not in ("float32", "bfloat16"):
     raise LaryError(f"--config.extract.compute_dtype={c.compute_dtype}: "
                     "expected float32 or bfloat16")
-  encoder = registry.load(flags.model, flags.checkpoint,
+  # A hub id is fetched (or found in the HF cache) once, here; the store
+  # records the id as given and the digest of the files it named.
+  checkpoint = hub.resolve(flags.checkpoint) if flags.checkpoint else None
+  encoder = registry.load(flags.model, checkpoint,
                           dtype=getattr(jnp, c.compute_dtype),
                           **_encoder_options(c.encoder_options))
   for spec, builder, mode, _ in jobs:  # before the first store is started
     extract_lib.check_frame_keys(
         extract_lib.frame_keys(encoder, mode, c.frames),
         builder.info.features.keys(), spec.name)
-  digest = extract_lib.checkpoint_digest(flags.checkpoint)
+  digest = extract_lib.checkpoint_digest(checkpoint)
   for spec, builder, mode, split in jobs:
     store_dir = _store_dir(flags, spec.name, split)
     fields = dict(

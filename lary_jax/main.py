@@ -15,7 +15,7 @@ Commands:
             --models_dir), classify + regress, report; redoes nothing that
             finished (--workdir; --tiny for a quick look)
   convert   turn an encoder checkpoint into an orbax checkpoint + config
-            (--model, --src HF folder or .pt/.pth, --out DIR)
+            (--model, --src HF folder, .pt/.pth or hub id, --out DIR)
   extract   encode a prepared --dataset (every split, or --split) with
             --model [--checkpoint] on every device into feature stores
             <out or workdir/features>/DATASET/SPLIT/MODEL; resumes a killed
@@ -82,13 +82,15 @@ flags.DEFINE_string("out", None, "simulate: output DATA_DIR; convert: output "
                     "checkpoint directory; extract/import: feature store root "
                     "(default <workdir>/features).")
 flags.DEFINE_string("src", None, "convert: HF folder (config.json + "
-                    "*.safetensors) or original .pt/.pth checkpoint.")
+                    "*.safetensors), original .pt/.pth checkpoint, or a "
+                    "Hugging Face hub id of one (org/name[/file]).")
 flags.DEFINE_bool("tiny", False, "simulate/run: the tiny LARY-Sim.")
 flags.DEFINE_integer("seed", 0, "Random seed.")
 flags.DEFINE_bool("skip_bad_rows", False,
                   "prepare: leave bad rows out (listed in bad_rows.csv).")
 flags.DEFINE_string("checkpoint", None, "extract: encoder checkpoint (a "
-                    "`convert` output or an HF folder); none for baselines.")
+                    "`convert` output, an HF folder or file, or a hub id "
+                    "such as facebook/dinov2-large); none for baselines.")
 flags.DEFINE_enum("mode", None, ["image", "video"],
                   "extract: image (src, tgt pairs; regression datasets) or "
                   "video (9 frames; classification); default from --dataset.")

@@ -42,6 +42,7 @@ import ml_dtypes  # pylint: disable=unused-import
 import numpy as np
 from flax import nnx
 
+from lary_jax import hub
 from lary_jax import torch_checkpoint
 from lary_jax.errors import LaryError
 
@@ -378,7 +379,8 @@ def convert(model: str, src: str, out: str, *, variant: str | None = None
 
   Args:
     model: registry name, e.g. "dinov2".
-    src: a Hugging Face folder or an original .pt/.pth file.
+    src: a Hugging Face folder or an original .pt/.pth file, or a hub id
+      of one (`facebook/dinov2-large`; see `hub.resolve`).
     out: output directory (created; `out/params` is overwritten).
     variant: Config preset for .pt files that carry no config.
 
@@ -387,6 +389,7 @@ def convert(model: str, src: str, out: str, *, variant: str | None = None
   """
   from lary_jax.encoders import registry  # pylint: disable=g-import-not-at-top
   module = registry.model_module(model)
+  src = hub.resolve(src)
   if hasattr(module, "convert_checkpoint"):  # writes more than one model
     # (a feature LAQ and the backbone its checkpoint embeds: lams/lapa.py)
     return module.convert_checkpoint(src, out, variant=variant)

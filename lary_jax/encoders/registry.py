@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from lary_jax import hub
 from lary_jax.encoders import baselines
 from lary_jax.encoders import convert
 from lary_jax.encoders import dinov2
@@ -239,8 +240,10 @@ def load(name: str, path: str | None = None, *, dtype=jnp.float32,
 
   Args:
     name: one of `available()`.
-    path: a converted orbax directory or a Hugging Face folder; None for
-      the baselines.
+    path: a converted orbax directory, a Hugging Face folder or original
+      checkpoint file, or (built-in models) a Hugging Face hub id such as
+      `facebook/dinov2-large`, fetched into the HF cache (`hub.resolve`);
+      None for the baselines.
     dtype: compute dtype (parameters stay float32).
     **options: passed to the factory (e.g. `variant="B/16", seed=1` for
       random_vit, `patch=16` for pixels).
@@ -250,4 +253,6 @@ def load(name: str, path: str | None = None, *, dtype=jnp.float32,
   """
   if name not in _FACTORIES:
     raise LaryError(f"unknown encoder {name!r}; available: {available()}")
+  if path is not None and name in _MODEL_MODULES:
+    path = hub.resolve(path)
   return _FACTORIES[name](path, dtype=dtype, **options)
