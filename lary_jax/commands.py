@@ -181,8 +181,9 @@ def _splits(flags, builder) -> list[str]:
 
 
 def _store_dir(flags, dataset: str, split: str) -> str:
+  from lary_jax import feature_store  # pylint: disable=g-import-not-at-top
   root = flags.out or os.path.join(flags.workdir, "features")
-  return os.path.join(root, dataset, split, flags.model)
+  return feature_store.store_path(root, dataset, split, flags.model)
 
 
 def extract(flags, config: Config) -> int:
@@ -249,6 +250,7 @@ def extract(flags, config: Config) -> int:
 
 def import_features(flags, config: Config) -> int:
   """Turns upstream's .npz files + LA CSV (--csv, --la_dir) into a store."""
+  from lary_jax import feature_store  # pylint: disable=g-import-not-at-top
   from lary_jax import upstream_npz  # pylint: disable=g-import-not-at-top
   from tfds_builders import metadata  # pylint: disable=g-import-not-at-top
   from tfds_builders import prepare  # pylint: disable=g-import-not-at-top
@@ -259,7 +261,7 @@ def import_features(flags, config: Config) -> int:
                     "import one at a time")
   spec = specs[0]
   mode = _mode(flags, spec)
-  identity_key = "video_path" if mode == "video" else "src_path"
+  identity_key = feature_store.IDENTITY_KEYS[mode]
   identities = None
   builder = prepare.builder(spec, _tfds_dir(flags))
   if builder.is_prepared():
