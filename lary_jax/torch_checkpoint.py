@@ -402,7 +402,10 @@ def _load_legacy(path: str, opaque: bool) -> Any:
   """torch.save(..., _use_new_zipfile_serialization=False)."""
   size = os.path.getsize(path)
   with open(path, "rb") as f:
-    plain = lambda: _Unpickler(f, path, opaque=False).load()
+
+    def plain() -> Any:  # the small pickles around the data: no globals
+      return _Unpickler(f, path, opaque=False).load()
+
     try:
       magic = plain()
     except LaryError:
