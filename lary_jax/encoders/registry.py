@@ -188,6 +188,7 @@ def _checkpoint_factory(name: str) -> Factory:
     if path is None:
       raise LaryError(f"encoder {name!r} needs a checkpoint: a Hugging Face "
                       "folder or a directory written by `convert`")
+    path = hub.resolve(path)
     if convert.is_converted(path):
       saved, cfg_dict, params = convert.load_converted(path)
       if saved != name:
@@ -253,6 +254,4 @@ def load(name: str, path: str | None = None, *, dtype=jnp.float32,
   """
   if name not in _FACTORIES:
     raise LaryError(f"unknown encoder {name!r}; available: {available()}")
-  if path is not None and name in _MODEL_MODULES:
-    path = hub.resolve(path)
   return _FACTORIES[name](path, dtype=dtype, **options)

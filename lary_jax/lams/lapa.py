@@ -715,6 +715,8 @@ def encoder_factory(name: str):
     if backbone is not None and not features:
       raise LaryError(f"encoder {name!r} reads pixels; backbone= is for the "
                       "feature variants")
+    if path is not None:
+      path = hub.resolve(path)
     # An explicit backbone wins: the embedded one is then not even read.
     cfg, params, found = _read(name, path, with_backbone=backbone is None)
     lam = convert.build(Model, cfg, params, dtype=dtype)
