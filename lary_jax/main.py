@@ -54,13 +54,15 @@ flags.DEFINE_string("out", None, "simulate: output DATA_DIR; convert: output "
                     "checkpoint directory; extract/import: feature store root "
                     "(default <workdir>/features).")
 flags.DEFINE_string("src", None, "convert: HF folder (config.json + "
-                    "*.safetensors) or original .pt/.pth checkpoint.")
+                    "*.safetensors), original .pt/.pth checkpoint, or a "
+                    "Hugging Face hub id of one (org/name[/file]).")
 flags.DEFINE_bool("tiny", False, "simulate/run: the tiny LARY-Sim.")
 flags.DEFINE_integer("seed", 0, "Random seed.")
 flags.DEFINE_bool("skip_bad_rows", False,
                   "prepare: leave bad rows out (listed in bad_rows.csv).")
 flags.DEFINE_string("checkpoint", None, "extract: encoder checkpoint (a "
-                    "`convert` output or an HF folder); none for baselines.")
+                    "`convert` output, an HF folder or file, or a hub id "
+                    "such as facebook/dinov2-large); none for baselines.")
 flags.DEFINE_enum("mode", None, ["image", "video"],
                   "extract: image (src, tgt pairs; regression datasets) or "
                   "video (9 frames; classification); default from --dataset.")
@@ -126,8 +128,8 @@ COMMAND_HELP: dict[str, tuple[str, str, tuple[str, ...]]] = {
          "tfds_dir", "stride", "seed", "seeds", *_MULTI_HOST)),
     "convert": (
         "--model M --src PATH --out DIR",
-        "turn an HF folder (config + safetensors) or an original .pt/.pth into "
-        "an orbax checkpoint",
+        "turn an HF folder (config + safetensors), an original .pt/.pth or a "
+        "hub id of one into an orbax checkpoint",
         ("model", "src", "out", "upstream_names")),
     "extract": (
         "--model M [--checkpoint PATH] --dataset D [--split S]",
