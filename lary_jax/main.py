@@ -41,7 +41,9 @@ Commands:
             spread over seeds, charts, confusion matrices, per-dimension MSE;
             --published CSV: published numbers beside ours
 
-`python -m lary_jax.main --help` lists every flag.
+Every command keeps compiled XLA programs in JAX's persistent compilation
+cache (lary_jax/compilation.py; --compilation_cache_dir DIR, off with
+--nocompilation_cache). `python -m lary_jax.main --help` lists every flag.
 """
 
 import importlib
@@ -54,6 +56,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from lary_jax import commands
+from lary_jax import compilation
 from lary_jax.errors import LaryError
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -114,6 +117,14 @@ flags.DEFINE_enum("action_mode", "absolute", ["absolute", "relative"],
 flags.DEFINE_alias("action-mode", "action_mode")
 flags.DEFINE_string("seeds", None, "classify: comma-separated seeds, one run "
                     "each, with mean and std over them (default --seed).")
+flags.DEFINE_bool("compilation_cache", True, "Keep compiled XLA programs "
+                  "on disk and reuse them in later runs (JAX's persistent "
+                  "compilation cache); --nocompilation_cache turns it off.")
+flags.DEFINE_string("compilation_cache_dir", None, "Where the compilation "
+                    "cache lives (default JAX_COMPILATION_CACHE_DIR, else "
+                    "$XDG_CACHE_HOME/lary_jax/jax_cache or "
+                    "~/.cache/lary_jax/jax_cache). Several processes may "
+                    "share it.")
 flags.DEFINE_string("published", None, "report: CSV of published numbers "
                     "(task,dataset,model,metric,value[,split][,decoder]; "
                     "lary_jax/report.py) shown beside ours.")
@@ -129,6 +140,9 @@ def main(argv: list[str]) -> int:
     # TFDS logs routine warnings (e.g. "no dataset_info.json" before a first
     # prepare) that would bury our own one-line messages; -v 0 shows them.
     logging.set_verbosity(logging.ERROR)
+  # Before anything compiles (a plugin may): JAX reads it at the first.
+  compilation.enable_cache(flags.FLAGS.compilation_cache_dir,
+                           enabled=flags.FLAGS.compilation_cache)
   try:
     for module in flags.FLAGS.plugins:
       _import_plugin(module)
