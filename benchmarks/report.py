@@ -37,15 +37,21 @@ def gemm_step():
   return lambda: mm(a, b).block_until_ready()
 
 
+def xla_flops(compiled) -> float:
+  """The FLOPs XLA counts for a compiled computation (0 where it has none)."""
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  return float((cost or {}).get("flops", 0.0))
+
+
 def machine() -> str:
   return (f"{platform.machine()}, {os.cpu_count()} cores, Python "
           f"{platform.python_version()}, {datetime.date.today()}")
 
 
-def write_section(name: str, body: str) -> None:
-  """Replaces (or appends) the section of benchmark `name`."""
-  text = open(BENCHMARKS_MD).read() if os.path.exists(BENCHMARKS_MD) else (
-      _HEADER)
+def write_section(name: str, body: str, path: str = BENCHMARKS_MD) -> None:
+  """Replaces (or appends) the section of benchmark `name` in `path`."""
+  text = open(path).read() if os.path.exists(path) else _HEADER
   begin, end = f"<!-- begin {name} -->", f"<!-- end {name} -->"
   section = f"{begin}\n{body.strip()}\n{end}"
   pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
@@ -53,7 +59,7 @@ def write_section(name: str, body: str) -> None:
     text = pattern.sub(lambda _: section, text)
   else:
     text = text.rstrip() + "\n\n" + section + "\n"
-  tmp = BENCHMARKS_MD + ".tmp"
+  tmp = path + ".tmp"
   with open(tmp, "w") as f:
     f.write(text)
-  os.replace(tmp, BENCHMARKS_MD)
+  os.replace(tmp, path)
