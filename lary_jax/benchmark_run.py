@@ -26,6 +26,7 @@ from typing import Any
 
 import ml_collections
 
+from lary_jax import compilation
 from lary_jax import config_args
 from lary_jax import names
 from lary_jax import progress as progress_lib
@@ -138,6 +139,8 @@ class Stages:
     self.done: list[str] = []
     self.skipped: list[str] = []
     self.seconds: dict[str, float] = {}  # wall time of each stage run now
+    # What each stage run now compiled (compilation.CompileStats.as_dict).
+    self.compiled: dict[str, dict[str, float | int]] = {}
 
   def _marker(self, name: str) -> str:
     return os.path.join(self.dir, name.replace("/", "_") + ".json")
@@ -155,11 +158,12 @@ class Stages:
     if self.finished(name, request):
       self.skipped.append(name)
       return
-    start = time.perf_counter()
+    start, compiled = time.perf_counter(), compilation.stats()
     if self.is_main or not main_only:
       fn()
     self.barrier(name)
     self.seconds[name] = round(time.perf_counter() - start, 1)
+    self.compiled[name] = (compilation.stats() - compiled).as_dict()
     if self.is_main:
       os.makedirs(self.dir, exist_ok=True)
       tmp = self._marker(name) + ".tmp"
@@ -304,7 +308,7 @@ def run(flags: Any, config: ml_collections.ConfigDict,
   bar.update()
   bar.close()
   if is_main:
-    _write_timings(workdir, stages.seconds)
+    _write_timings(workdir, stages.seconds, stages.compiled)
     print(f"run: {len(stages.done)} stage(s) run, {len(stages.skipped)} "
           f"already done; report: {os.path.join(workdir, 'report.html')}")
   return 0
@@ -343,8 +347,13 @@ def _with_encoder_options(cfg: ml_collections.ConfigDict, name: str
   return out
 
 
-def _write_timings(workdir: str, seconds: Mapping[str, float]) -> None:
-  """Adds this invocation's stage times to `<workdir>/run_timings.json`."""
+def _write_timings(workdir: str, seconds: Mapping[str, float],
+                   compiled: Mapping[str, Mapping[str, float | int]]) -> None:
+  """Adds this invocation's stage times to `<workdir>/run_timings.json`.
+
+  `compiled`: each stage's compilations (count, cache hits, seconds), whose
+  `compile_s` is part of the stage's wall time.
+  """
   if not seconds:
     return
   path = os.path.join(workdir, "run_timings.json")
@@ -355,12 +364,14 @@ def _write_timings(workdir: str, seconds: Mapping[str, float]) -> None:
     runs = []
   runs.append({"finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
                "total_s": round(sum(seconds.values()), 1),
-               "stages_s": dict(seconds)})
+               "stages_s": dict(seconds),
+               "compile": {k: dict(v) for k, v in compiled.items()}})
   with open(path + ".tmp", "w") as f:
     json.dump(runs, f, indent=1)
   os.replace(path + ".tmp", path)
   print("run: stage times " + ", ".join(
-      f"{k} {v:.0f} s" for k, v in seconds.items()))
+      f"{k} {v:.0f} s ({compiled[k]['compile_s']:.0f} s compiling)"
+      for k, v in seconds.items()))
 
 
 def _results_stamp(workdir: str) -> list[str]:

@@ -137,7 +137,7 @@ def convert(flags, config: Config) -> int:
 # ------------------------------------------------------------ extraction
 
 
-def _encoder_options(text: str) -> dict[str, Any]:
+def encoder_options(text: str) -> dict[str, Any]:
   """"variant=S/16,seed=0" -> {"variant": "S/16", "seed": 0}."""
   options = {}
   for item in filter(None, (t.strip() for t in text.split(","))):
@@ -220,7 +220,7 @@ def extract(flags, config: Config) -> int:
   checkpoint = hub.resolve(flags.checkpoint) if flags.checkpoint else None
   encoder = registry.load(flags.model, checkpoint,
                           dtype=getattr(jnp, c.compute_dtype),
-                          **_encoder_options(c.encoder_options))
+                          **encoder_options(c.encoder_options))
   for spec, builder, mode, _ in jobs:  # before the first store is started
     extract_lib.check_frame_keys(
         extract_lib.frame_keys(encoder, mode, c.frames),

@@ -606,10 +606,13 @@ def _run(encoder, source, example: Mode, keys: Sequence[str], store_dir: str,
       summary.compile_s += time.perf_counter() - start
     return compiled[key]
 
-  compiled_for(plan.global_batch)
-
   shards = [int(s) for s in np.flatnonzero(pending)]
   steps = [step for s in shards for step in plan.steps(s)]
+  # Before the clock starts, the shapes these steps take: a split smaller
+  # than the global batch never runs a whole one.
+  for rows in sorted({step_rows(plan, s, mesh.size, options.micro_batch)
+                      for s in steps}):
+    compiled_for(rows)
   ds = pl.eval_dataset(source, example.transforms(keys),
                        ("frames", "identity"), global_batch=plan.global_batch)
   iterator = pl.make_iterator(_Steps(ds, steps),

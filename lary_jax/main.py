@@ -6,6 +6,9 @@
 
 `lary --help` lists the commands, `lary COMMAND --help` one command's flags.
 A `LaryError` (bad input, a bad flag or config) is printed as one line.
+Every command keeps compiled XLA programs in JAX's persistent compilation
+cache (lary_jax/compilation.py; --compilation_cache_dir DIR, off with
+--nocompilation_cache).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from absl import logging
 import ml_collections
 
 from lary_jax import commands
+from lary_jax import compilation
 from lary_jax import config_args
 from lary_jax import mesh
 from lary_jax import names
@@ -88,6 +92,14 @@ flags.DEFINE_enum("action_mode", "absolute", ["absolute", "relative"],
 flags.DEFINE_alias("action-mode", "action_mode")
 flags.DEFINE_string("seeds", None, "classify: comma-separated seeds, one run "
                     "each, with mean and std over them (default --seed).")
+flags.DEFINE_bool("compilation_cache", True, "Keep compiled XLA programs "
+                  "on disk and reuse them in later runs (JAX's persistent "
+                  "compilation cache); --nocompilation_cache turns it off.")
+flags.DEFINE_string("compilation_cache_dir", None, "Where the compilation "
+                    "cache lives (default JAX_COMPILATION_CACHE_DIR, else "
+                    "$XDG_CACHE_HOME/lary_jax/jax_cache or "
+                    "~/.cache/lary_jax/jax_cache). Several processes may "
+                    "share it.")
 flags.DEFINE_string("published", None, "report: CSV of published numbers "
                     "(task,dataset,model,metric,value[,split][,decoder]; "
                     "lary_jax/report.py) shown beside ours.")
@@ -100,7 +112,7 @@ flags.DEFINE_string("gpus", None, "Upstream's flag, refused: every command "
 
 
 # Flags every command reads.
-_COMMON = ("workdir", "plugins")
+_COMMON = ("workdir", "plugins", "compilation_cache", "compilation_cache_dir")
 _MULTI_HOST = ("coordinator_address", "num_processes", "process_id")
 
 # command -> (arguments, what it does, the flags it reads besides _COMMON).
@@ -278,6 +290,9 @@ def main(argv: list[str], config: ml_collections.ConfigDict) -> int:
         "--coordinator_address/--num_processes/--process_id")
   _refuse_urls(flags.FLAGS)
   _normalise_names(flags.FLAGS)
+  # Before anything compiles (a plugin may): JAX reads it at the first.
+  compilation.enable_cache(flags.FLAGS.compilation_cache_dir,
+                           enabled=flags.FLAGS.compilation_cache)
   for module in flags.FLAGS.plugins:
     _import_plugin(module)
   if argv[1] not in commands.DEVICE_COMMANDS:

@@ -200,7 +200,8 @@ def build(model_cls: type, cfg: Any, params: Mapping[str, Any], *,
     if value.shape != tuple(var.shape):
       raise LaryError(f"converted parameter {key!r} has shape {value.shape}, "
                       f"the model expects {tuple(var.shape)}")
-    flat.append((path, var.replace(jax.numpy.asarray(value))))
+    # device_put, not jnp.asarray: that compiles a copy per distinct shape.
+    flat.append((path, var.replace(jax.device_put(value))))
   extra = set(params) - {_dotted(p) for p, _ in flat}
   if extra:
     raise LaryError(f"converted checkpoint has unknown parameter(s) "
