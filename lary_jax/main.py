@@ -112,7 +112,8 @@ flags.DEFINE_string("gpus", None, "Upstream's flag, refused: every command "
 
 
 # Flags every command reads.
-_COMMON = ("workdir", "plugins", "compilation_cache", "compilation_cache_dir")
+_COMMON = ("workdir", "plugins", "compilation_cache",
+           "compilation_cache_dir")
 _MULTI_HOST = ("coordinator_address", "num_processes", "process_id")
 
 # command -> (arguments, what it does, the flags it reads besides _COMMON).
