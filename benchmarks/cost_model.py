@@ -444,6 +444,7 @@ def check(workdir: str, host: HostRates) -> tuple[str, dict[str, float]]:
   from lary_jax import feature_store
   from lary_jax.configs import default
   from lary_jax.encoders import registry
+  from lary_jax.lams import train_lam
   gemm = min(_timed(report.gemm_step()) for _ in range(5))
   peak = report.GEMM_FLOPS / gemm
   cores = os.cpu_count()
@@ -459,8 +460,12 @@ def check(workdir: str, host: HostRates) -> tuple[str, dict[str, float]]:
   rows, predicted = [], {}  # stage -> (chip s, host s)
   # Extraction: every split of every dataset, host decode then compute
   # (on a CPU they share the cores).
-  lam_name = benchmark_run._load_config(  # pylint: disable=protected-access
-      cfg.run.lam_config).lam.model
+  lam = benchmark_run._load_config(  # pylint: disable=protected-access
+      cfg.run.lam_config).lam
+  # Where `run` trained it in this workdir (a copied workdir's stores still
+  # name the original's path).
+  lam_checkpoint = train_lam.checkpoint_dir(train_lam.workdir_of(workdir,
+                                                                 lam))
   for stage in timing["stages_s"]:
     if not stage.startswith("extract_"):
       continue
@@ -469,10 +474,11 @@ def check(workdir: str, host: HostRates) -> tuple[str, dict[str, float]]:
     with open(os.path.join(workdir, "features", *next(iter(mine)),
                            "run.json")) as f:
       fields = json.load(f)
-    name = model if model in registry.available() else lam_name
-    encoder = registry.load(name, fields.get("checkpoint"),
-                            **commands.encoder_options(
-                                fields.get("encoder_options", "")))
+    name, checkpoint = model, fields.get("checkpoint")
+    if model == benchmark_run.RUN_LAM:
+      name, checkpoint = lam.model, lam_checkpoint
+    encoder = registry.load(name, checkpoint, **commands.encoder_options(
+        fields.get("encoder_options", "")))
     flops = frames = 0
     for (dataset, _, _), manifest in mine.items():
       task = ("classification" if dataset.endswith("classification")
@@ -510,10 +516,8 @@ def check(workdir: str, host: HostRates) -> tuple[str, dict[str, float]]:
     predicted[stage] = (flops / peak, 0.0)
   # The LAM: its training steps.
   if "train_lam" in timing["stages_s"]:
-    lam_cfg = benchmark_run._load_config(  # pylint: disable=protected-access
-        cfg.run.lam_config).lam
-    predicted["train_lam"] = (lam_cfg.steps * lam_step_flops(lam_cfg) / peak,
-                              lam_cfg.steps * lam_cfg.global_batch * 2 *
+    predicted["train_lam"] = (lam.steps * lam_step_flops(lam) / peak,
+                              lam.steps * lam.global_batch * 2 *
                               host.decode_s / cores)
   ratios = {}
   for stage, wall in timing["stages_s"].items():
