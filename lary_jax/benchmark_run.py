@@ -20,6 +20,7 @@ import copy
 import dataclasses
 import json
 import os
+import sys
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -193,11 +194,23 @@ def _barrier_fn() -> Callable[[str], None]:
                            timeout_ms=BARRIER_TIMEOUT_MS)
 
 
-def plan_models(flags: Any, config: ml_collections.ConfigDict) -> list[Model]:
-  """The models of the run: config.run.models plus --models_dir's."""
+# Models that only LARY-Sim can feed: recorded states, and a LAM whose
+# config trains it on LARY-Sim. Left out (with a line) on other datasets.
+SIM_ONLY = ("sim_oracle", RUN_LAM)
+
+
+def plan_models(flags: Any, config: ml_collections.ConfigDict,
+                on_sim: bool = True) -> list[Model]:
+  """The models of the run: config.run.models plus --models_dir's (without
+  SIM_ONLY's unless every dataset is LARY-Sim)."""
   models = []
   for name in filter(None, (t.strip() for t in config.run.models.split(","))):
-    models.append(Model(name=names.model(name)))  # upstream's names too
+    name = names.model(name)  # upstream's names too
+    if name in SIM_ONLY and not on_sim:
+      print(f"run: {name} left out: it needs LARY-Sim (config.run.models)",
+            file=sys.stderr)
+      continue
+    models.append(Model(name=name))
   if flags.models_dir:
     models += models_in(flags.models_dir)
   labels = [m.store_name for m in models]
@@ -224,8 +237,9 @@ def run(flags: Any, config: ml_collections.ConfigDict,
       workdir, "tfds_tiny" if flags.tiny else "tfds")
   datasets = flags.dataset or "sim"
   specs = metadata.resolve_datasets(datasets, flags.stride)
-  cfg = stage_config(config, on_sim=all(metadata.is_sim(s) for s in specs))
-  models = plan_models(flags, cfg)
+  on_sim = all(metadata.is_sim(s) for s in specs)
+  cfg = stage_config(config, on_sim=on_sim)
+  models = plan_models(flags, cfg, on_sim)
   decoders = parse_decoders(cfg.run.decoders)
   seeds = flags.seeds or cfg.run.seeds
   base = dict(data_dir=data_dir, tfds_dir=tfds_dir, workdir=workdir)
