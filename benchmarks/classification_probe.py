@@ -20,7 +20,10 @@ Each side runs alone in its own process (malloc never unmaps:
 jitted 2048^3 fp32 matmul, measured the same way, is the GEMM peak that the
 achieved FLOP/s is compared with. Model FLOPs are counted analytically: 3x
 the forward's matmul FLOPs, attention included. `--full` runs the issue's
-batch sizes. Writes the `classification_probe` section of BENCHMARKS.md.
+batch sizes. `--compute_dtype bfloat16 --device cuda` run both sides in bf16
+(PyTorch under autocast) on a GPU, `--model_dim/--probe_heads/--depth`
+another probe size (benchmarks/device_check.py uses both). Writes the
+`classification_probe` section of BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -110,8 +113,11 @@ def worker_jax(args) -> dict:
   from lary_jax.probes import attentive_probe  # pylint: disable=g-import-not-at-top
   from lary_jax.probes import multi_head  # pylint: disable=g-import-not-at-top
   x, y = _inputs(args.shape)
-  config = attentive_probe.Config(dim=args.shape[-1], num_classes=CLASSES)
-  options = multi_head.StepOptions(total_steps=1000, compute_dtype="float32",
+  config = attentive_probe.Config(
+      dim=args.shape[-1], num_classes=CLASSES, model_dim=args.model_dim,
+      num_heads=args.probe_heads, depth=args.depth)
+  options = multi_head.StepOptions(total_steps=1000,
+                                   compute_dtype=args.compute_dtype,
                                    head_batch=args.head_batch)
   graphdef, params = multi_head.init_heads(config, NUM_HEADS, seed=0)
   opt_state = multi_head.init_optimizer(params, options)
@@ -130,7 +136,8 @@ def worker_jax(args) -> dict:
 
   out = _timed(step, args.rounds, args.idle_wait)
   return {**out, "compile_s": compile_s, "peak": _peak_gib(),
-          "first_loss": state["loss"][0], "threads": os.cpu_count()}
+          "first_loss": state["loss"][0], "threads": os.cpu_count(),
+          "xla_flops": report.xla_flops(step_fn)}
 
 
 def worker_torch(args) -> dict:
@@ -139,19 +146,25 @@ def worker_torch(args) -> dict:
   from lary_jax.probes import multi_head  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(os.cpu_count())
   torch.manual_seed(0)
-  x, y = (torch.from_numpy(a) for a in _inputs(args.shape))
-  probes = [torch_probe.TorchProbe(args.shape[-1], CLASSES)
+  x, y = (torch.from_numpy(a).to(args.device) for a in _inputs(args.shape))
+  probes = [torch_probe.TorchProbe(args.shape[-1], CLASSES, args.model_dim,
+                                   args.probe_heads, args.depth
+                                   ).to(args.device)
             for _ in range(NUM_HEADS)]
   optimizers = [torch.optim.AdamW(p.parameters(), lr=lr, weight_decay=wd)
                 for p, (lr, wd) in zip(probes, multi_head.HEADS)]
   criterion = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
+  # bf16 as upstream trains: autocast, fp32 parameters.
+  autocast = torch.autocast(args.device.split(":")[0], dtype=torch.bfloat16,
+                            enabled=args.compute_dtype == "bfloat16")
   losses = []
 
   def step():
     row = []
     for probe, opt in zip(probes, optimizers):
       opt.zero_grad(set_to_none=True)
-      loss = criterion(probe(x), y)
+      with autocast:
+        loss = criterion(probe(x), y)
       loss.backward()
       opt.step()
       row.append(loss.item())
@@ -169,7 +182,10 @@ def worker_gemm(args) -> dict:
 def _run_worker(side: str, args, shape: tuple[int, ...] = ()) -> dict:
   cmd = [sys.executable, os.path.abspath(__file__), "--worker", side,
          "--rounds", str(args.rounds), "--head_batch", str(args.head_batch),
-         "--idle_wait", str(args.idle_wait)]
+         "--idle_wait", str(args.idle_wait), "--compute_dtype",
+         args.compute_dtype, "--device", args.device, "--model_dim",
+         str(args.model_dim), "--probe_heads", str(args.probe_heads),
+         "--depth", str(args.depth)]
   if shape:
     cmd += ["--shape", ",".join(map(str, shape))]
   env = dict(os.environ)
@@ -199,6 +215,14 @@ def main() -> None:
   parser.add_argument("--shapes", default=",".join(SHAPES),
                       help="which token shapes to run (comma-separated)")
   parser.add_argument("--head_batch", type=int, default=1)
+  parser.add_argument("--compute_dtype", default="float32",
+                      choices=["float32", "bfloat16"])
+  parser.add_argument("--device", default="cpu",
+                      help="the PyTorch side's device (cpu, cuda)")
+  parser.add_argument("--model_dim", type=int, default=768,
+                      help="probe width (upstream's 768)")
+  parser.add_argument("--probe_heads", type=int, default=16)
+  parser.add_argument("--depth", type=int, default=4)
   parser.add_argument("--idle_wait", type=float, default=10.0,
                       help="most seconds to wait for an idle CPU per round")
   parser.add_argument("--full", action="store_true",
@@ -233,7 +257,7 @@ def main() -> None:
   lines = []
   for name, (t, n, d) in shapes.items():
     b = batches[name]
-    flops = probe_flops(b, t, n, d)
+    flops = probe_flops(b, t, n, d, args.model_dim, args.depth)
     ours = _row("lary-jax", runs[name, "jax"], flops, peak)
     theirs = _row("PyTorch", runs[name, "torch"], flops, peak)
     jax_run, torch_run = runs[name, "jax"][-1], runs[name, "torch"][-1]

@@ -84,14 +84,12 @@ def worker_jax(args) -> dict:
   t = time.perf_counter()
   compiled = jax.jit(enc.apply).lower(enc.params, images).compile()
   compile_s = time.perf_counter() - t
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, list) else cost
   tokens = compiled(enc.params, images).block_until_ready()
   times = _timed(lambda: compiled(enc.params, images).block_until_ready(),
                  args.rounds)
   np.save(args.out + ".npy", np.asarray(tokens[:2]))
   return {"times": times, "compile_s": compile_s, "rss_loaded": loaded,
-          "peak": _peak_gib(), "xla_flops": float(cost.get("flops", 0))}
+          "peak": _peak_gib(), "xla_flops": report.xla_flops(compiled)}
 
 
 def worker_torch(args) -> dict:

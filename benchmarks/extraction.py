@@ -16,6 +16,10 @@ to 224, 2x - 1, patch tokens after the final LayerNorm).
   `np.savez_compressed` per row (upstream's output), and the same loop
   without the writes.
 
+`--encoder random_vit:L/14` gives the lary-jax side a weight-free ViT of the
+same architecture instead (what benchmarks/device_check.py uses, without
+PyTorch), `--compute_dtype bfloat16` its compute dtype.
+
 Each side runs alone in its own process. "Busy" is the fraction of the wall
 time the devices spend computing: steps x (steady-state time of one step on a
 batch already on the device) / wall time (PyTorch: the time inside the
@@ -59,7 +63,12 @@ def worker_jax(args) -> dict:
   from tfds_builders import metadata  # pylint: disable=g-import-not-at-top
   from tfds_builders import prepare  # pylint: disable=g-import-not-at-top
   paths = _paths(args.tmp)
-  encoder = registry.load("dinov2", paths["hf"])
+  dtype = getattr(jnp, args.compute_dtype)
+  if args.encoder == "dinov2":  # the transformers model _setup saved
+    encoder = registry.load("dinov2", paths["hf"], dtype=dtype)
+  else:  # "random_vit:L/14": no PyTorch needed
+    encoder = registry.load("random_vit", dtype=dtype,
+                            variant=args.encoder.partition(":")[2])
   spec = metadata.DATASETS[SPEC_NAME]
   source = prepare.builder(spec, paths["tfds"]).as_data_source()["train"]
   options = extract.Options(global_batch=args.batch, micro_batch=args.micro,
@@ -172,15 +181,21 @@ def _run(side: str, args, **overrides) -> dict:
   return out
 
 
+def make_pairs(tmp: str, rows: int, size: str) -> None:
+  """Writes `rows` CALVIN-schema PNG pairs of `size` and prepares them."""
+  from tfds_builders import metadata  # pylint: disable=g-import-not-at-top
+  from tfds_builders import prepare  # pylint: disable=g-import-not-at-top
+  paths = _paths(tmp)
+  hw = tuple(int(s) for s in size.split("x"))
+  prepare_throughput.make_data_dir(paths["data"], rows, hw)
+  prepare.prepare(metadata.DATASETS[SPEC_NAME], paths["data"], paths["tfds"])
+
+
 def _setup(args) -> None:
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
-  from tfds_builders import metadata  # pylint: disable=g-import-not-at-top
-  from tfds_builders import prepare  # pylint: disable=g-import-not-at-top
   paths = _paths(args.tmp)
-  size = tuple(int(s) for s in args.size.split("x"))
-  prepare_throughput.make_data_dir(paths["data"], args.rows, size)
-  prepare.prepare(metadata.DATASETS[SPEC_NAME], paths["data"], paths["tfds"])
+  make_pairs(args.tmp, args.rows, args.size)
   torch.manual_seed(0)
   cfg = transformers.Dinov2Config(
       hidden_size=args.width, num_hidden_layers=args.depth,
@@ -211,6 +226,11 @@ def main() -> None:
   parser.add_argument("--loader_workers", type=int, default=2)
   parser.add_argument("--dtype", default="float16")
   parser.add_argument("--write", type=int, default=1)
+  parser.add_argument("--encoder", default="dinov2",
+                      help="lary-jax side: dinov2 (the PyTorch side's "
+                      "weights) or random_vit:VARIANT (e.g. L/14)")
+  parser.add_argument("--compute_dtype", default="float32",
+                      choices=["float32", "bfloat16"])
   parser.add_argument("--worker", choices=["jax", "torch"])
   parser.add_argument("--tmp")
   args = parser.parse_args()

@@ -49,7 +49,7 @@ sys.path.insert(0, ROOT)
 from benchmarks import report  # pylint: disable=g-import-not-at-top
 
 FIRST_STEP = 5001  # past LAPA's re-seeding schedule
-SHAPES = {"sim_small": 32, "lapa": 4}  # shape -> default batch
+SHAPES = {"sim_small": 32, "lapa": 4, "tiny": 4}  # shape -> default batch
 
 
 def _cpu_s() -> float:
@@ -70,8 +70,13 @@ def _others_busy(dt: float = 1.0) -> float:
   return max(0.0, (b1 - b0) - (own1 - own0)) / max(t1 - t0, 1)
 
 
-def _config(shape: str):
+def config(shape: str):
+  """The LAQ config of `--shape` (`tiny`: device_check.py's smoke size)."""
   from lary_jax.lams import lapa  # pylint: disable=g-import-not-at-top
+  if shape == "tiny":
+    return lapa.Config.sim_small(image_size=28, patch_size=4, dim=32,
+                                 quant_dim=8, spatial_depth=1,
+                                 temporal_depth=1, dim_head=16, heads=2)
   return getattr(lapa.Config, shape)()
 
 
@@ -99,13 +104,16 @@ def worker_jax(args) -> dict:
   from lary_jax import mesh as mesh_lib
   from lary_jax.lams import lapa
   from lary_jax.lams import train_lam
-  cfg = _config(args.shape)
+  cfg = config(args.shape)
   options = train_lam.Options(global_batch=args.batch, lr=1e-4,
-                              schedule="constant", compute_dtype="float32")
+                              schedule="constant",
+                              compute_dtype=args.compute_dtype)
   mesh = mesh_lib.make_mesh()
   t = time.perf_counter()
-  graphdef, state = train_lam.init_state(lapa, cfg, options, jnp.float32,
-                                         mesh)
+  graphdef, state = train_lam.init_state(
+      lapa, cfg, options,
+      train_lam.compute_dtype(args.compute_dtype, jax.default_backend()),
+      mesh)
   step = train_lam.make_train_step(lapa, cfg, graphdef, state, options, mesh)
   images = jax.device_put(np.load(os.path.join(args.tmp, "images.npy")))
   compiled = step.lower(state, images, jnp.int32(FIRST_STEP)).compile()
@@ -119,7 +127,7 @@ def worker_jax(args) -> dict:
     return float(out["loss"])  # waits for the step, like `.item()`
 
   return {**_timed(one_step, args.steps, args.rounds),
-          "setup_s": compile_s,
+          "setup_s": compile_s, "xla_flops": report.xla_flops(compiled),
           "params": int(sum(np.prod(x.shape) for x in jax.tree.leaves(
               holder["state"]["params"])))}
 
@@ -129,7 +137,7 @@ def worker_torch(args) -> dict:
   import importlib
   import torch
   from tests.fixtures import make_lam_fixtures
-  cfg = _config(args.shape)
+  cfg = config(args.shape)
   # (import_laq also saves the tiny feature-variant backbones it imports.)
   mods = make_lam_fixtures.import_laq(os.path.abspath(args.upstream),
                                       os.path.join(args.tmp, "backbones"))
@@ -170,7 +178,8 @@ def _run_worker(side: str, args, tmp: str) -> dict:
   cmd = [sys.executable, os.path.abspath(__file__), "--worker", side,
          "--tmp", tmp, "--shape", args.shape, "--batch", str(args.batch),
          "--steps", str(args.steps), "--rounds", str(args.rounds),
-         "--upstream", args.upstream or "", "--out", out]
+         "--upstream", args.upstream or "", "--out", out,
+         "--compute_dtype", args.compute_dtype]
   path = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
   env = dict(os.environ, PYTHONPATH=path, JAX_PLATFORMS="cpu")
   subprocess.run(cmd, check=True, env=env, cwd=ROOT)
@@ -187,6 +196,9 @@ def main() -> None:
   parser.add_argument("--rounds", type=int, default=3)
   parser.add_argument("--sessions", type=int, default=2)
   parser.add_argument("--write", action="store_true")
+  parser.add_argument("--compute_dtype", default="float32",
+                      choices=["float32", "bfloat16"],
+                      help="lary-jax side (PyTorch: float32)")
   parser.add_argument("--worker", choices=["jax", "torch"], default=None)
   parser.add_argument("--tmp", default=None)
   parser.add_argument("--out", default=None)
@@ -199,7 +211,7 @@ def main() -> None:
     return
   if not args.upstream:
     parser.error("--upstream DIR (a LARYBench checkout) is required")
-  cfg = _config(args.shape)
+  cfg = config(args.shape)
   rng = np.random.default_rng(0)
   runs = {"jax": [], "torch": []}
   with tempfile.TemporaryDirectory() as tmp:

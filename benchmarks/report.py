@@ -38,6 +38,13 @@ def gemm_step():
   return lambda: mm(a, b).block_until_ready()
 
 
+def xla_flops(compiled) -> float:
+  """The FLOPs XLA counts for a compiled computation (0 where it has none)."""
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  return float((cost or {}).get("flops", 0.0))
+
+
 def machine() -> str:
   return (f"{platform.machine()}, {os.cpu_count()} cores, Python "
           f"{platform.python_version()}, {datetime.date.today()}")

@@ -20,12 +20,14 @@ import copy
 import dataclasses
 import json
 import os
+import sys
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import ml_collections
 
+from lary_jax import compilation
 from lary_jax import config_args
 from lary_jax import names
 from lary_jax import progress as progress_lib
@@ -138,6 +140,8 @@ class Stages:
     self.done: list[str] = []
     self.skipped: list[str] = []
     self.seconds: dict[str, float] = {}  # wall time of each stage run now
+    # What each stage run now compiled (compilation.CompileStats.as_dict).
+    self.compiled: dict[str, dict[str, float | int]] = {}
 
   def _marker(self, name: str) -> str:
     return os.path.join(self.dir, name.replace("/", "_") + ".json")
@@ -155,11 +159,12 @@ class Stages:
     if self.finished(name, request):
       self.skipped.append(name)
       return
-    start = time.perf_counter()
+    start, compiled = time.perf_counter(), compilation.stats()
     if self.is_main or not main_only:
       fn()
     self.barrier(name)
     self.seconds[name] = round(time.perf_counter() - start, 1)
+    self.compiled[name] = (compilation.stats() - compiled).as_dict()
     if self.is_main:
       os.makedirs(self.dir, exist_ok=True)
       tmp = self._marker(name) + ".tmp"
@@ -189,11 +194,23 @@ def _barrier_fn() -> Callable[[str], None]:
                            timeout_ms=BARRIER_TIMEOUT_MS)
 
 
-def plan_models(flags: Any, config: ml_collections.ConfigDict) -> list[Model]:
-  """The models of the run: config.run.models plus --models_dir's."""
+# Models that only LARY-Sim can feed: recorded states, and a LAM whose
+# config trains it on LARY-Sim. Left out (with a line) on other datasets.
+SIM_ONLY = ("sim_oracle", RUN_LAM)
+
+
+def plan_models(flags: Any, config: ml_collections.ConfigDict,
+                on_sim: bool = True) -> list[Model]:
+  """The models of the run: config.run.models plus --models_dir's (without
+  SIM_ONLY's unless every dataset is LARY-Sim)."""
   models = []
   for name in filter(None, (t.strip() for t in config.run.models.split(","))):
-    models.append(Model(name=names.model(name)))  # upstream's names too
+    name = names.model(name)  # upstream's names too
+    if name in SIM_ONLY and not on_sim:
+      print(f"run: {name} left out: it needs LARY-Sim (config.run.models)",
+            file=sys.stderr)
+      continue
+    models.append(Model(name=name))
   if flags.models_dir:
     models += models_in(flags.models_dir)
   labels = [m.store_name for m in models]
@@ -220,8 +237,9 @@ def run(flags: Any, config: ml_collections.ConfigDict,
       workdir, "tfds_tiny" if flags.tiny else "tfds")
   datasets = flags.dataset or "sim"
   specs = metadata.resolve_datasets(datasets, flags.stride)
-  cfg = stage_config(config, on_sim=all(metadata.is_sim(s) for s in specs))
-  models = plan_models(flags, cfg)
+  on_sim = all(metadata.is_sim(s) for s in specs)
+  cfg = stage_config(config, on_sim=on_sim)
+  models = plan_models(flags, cfg, on_sim)
   decoders = parse_decoders(cfg.run.decoders)
   seeds = flags.seeds or cfg.run.seeds
   base = dict(data_dir=data_dir, tfds_dir=tfds_dir, workdir=workdir)
@@ -304,7 +322,7 @@ def run(flags: Any, config: ml_collections.ConfigDict,
   bar.update()
   bar.close()
   if is_main:
-    _write_timings(workdir, stages.seconds)
+    _write_timings(workdir, stages.seconds, stages.compiled)
     print(f"run: {len(stages.done)} stage(s) run, {len(stages.skipped)} "
           f"already done; report: {os.path.join(workdir, 'report.html')}")
   return 0
@@ -345,8 +363,13 @@ def _with_encoder_options(cfg: ml_collections.ConfigDict, model: Model
   return out
 
 
-def _write_timings(workdir: str, seconds: Mapping[str, float]) -> None:
-  """Adds this invocation's stage times to `<workdir>/run_timings.json`."""
+def _write_timings(workdir: str, seconds: Mapping[str, float],
+                   compiled: Mapping[str, Mapping[str, float | int]]) -> None:
+  """Adds this invocation's stage times to `<workdir>/run_timings.json`.
+
+  `compiled`: each stage's compilations (count, cache hits, seconds), whose
+  `compile_s` is part of the stage's wall time.
+  """
   if not seconds:
     return
   path = os.path.join(workdir, "run_timings.json")
@@ -357,12 +380,14 @@ def _write_timings(workdir: str, seconds: Mapping[str, float]) -> None:
     runs = []
   runs.append({"finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
                "total_s": round(sum(seconds.values()), 1),
-               "stages_s": dict(seconds)})
+               "stages_s": dict(seconds),
+               "compile": {k: dict(v) for k, v in compiled.items()}})
   with open(path + ".tmp", "w") as f:
     json.dump(runs, f, indent=1)
   os.replace(path + ".tmp", path)
   print("run: stage times " + ", ".join(
-      f"{k} {v:.0f} s" for k, v in seconds.items()))
+      f"{k} {v:.0f} s ({compiled[k]['compile_s']:.0f} s compiling)"
+      for k, v in seconds.items()))
 
 
 def _results_stamp(workdir: str) -> list[str]:

@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import ml_collections
 
+from lary_jax import hub
 from lary_jax.errors import LaryError
 
 DATASET_NAMES = ("calvin", "vlabench", "vlabench_15", "vlabench_30",
@@ -136,7 +137,7 @@ def convert(flags, config: Config) -> int:
 # ------------------------------------------------------------ extraction
 
 
-def _encoder_options(text: str) -> dict[str, Any]:
+def encoder_options(text: str) -> dict[str, Any]:
   """"variant=S/16,seed=0" -> {"variant": "S/16", "seed": 0}."""
   options = {}
   for item in filter(None, (t.strip() for t in text.split(","))):
@@ -186,8 +187,9 @@ def _splits(flags, builder) -> list[str]:
 
 
 def _store_dir(flags, dataset: str, split: str) -> str:
+  from lary_jax import feature_store  # pylint: disable=g-import-not-at-top
   root = flags.out or os.path.join(flags.workdir, "features")
-  return os.path.join(root, dataset, split, flags.model)
+  return feature_store.store_path(root, dataset, split, flags.model)
 
 
 def extract(flags, config: Config) -> int:
@@ -213,14 +215,17 @@ def extract(flags, config: Config) -> int:
   if c.compute_dtype not in ("float32", "bfloat16"):
     raise LaryError(f"--config.extract.compute_dtype={c.compute_dtype}: "
                     "expected float32 or bfloat16")
-  encoder = registry.load(flags.model, flags.checkpoint,
+  # A hub id is fetched (or found in the HF cache) once, here; the store
+  # records the id as given and the digest of the files it named.
+  checkpoint = hub.resolve(flags.checkpoint) if flags.checkpoint else None
+  encoder = registry.load(flags.model, checkpoint,
                           dtype=getattr(jnp, c.compute_dtype),
-                          **_encoder_options(c.encoder_options))
+                          **encoder_options(c.encoder_options))
   for spec, builder, mode, _ in jobs:  # before the first store is started
     extract_lib.check_frame_keys(
         extract_lib.frame_keys(encoder, mode, c.frames),
         builder.info.features.keys(), spec.name)
-  digest = extract_lib.checkpoint_digest(flags.checkpoint)
+  digest = extract_lib.checkpoint_digest(checkpoint)
   for spec, builder, mode, split in jobs:
     store_dir = _store_dir(flags, spec.name, split)
     fields = dict(
@@ -251,6 +256,7 @@ def extract(flags, config: Config) -> int:
 
 def import_features(flags, config: Config) -> int:
   """Turns upstream's .npz files + LA CSV (--csv, --la_dir) into a store."""
+  from lary_jax import feature_store  # pylint: disable=g-import-not-at-top
   from lary_jax import upstream_npz  # pylint: disable=g-import-not-at-top
   from tfds_builders import metadata  # pylint: disable=g-import-not-at-top
   from tfds_builders import prepare  # pylint: disable=g-import-not-at-top
@@ -261,7 +267,7 @@ def import_features(flags, config: Config) -> int:
                     "import one at a time")
   spec = specs[0]
   mode = _mode(flags, spec)
-  identity_key = "video_path" if mode == "video" else "src_path"
+  identity_key = feature_store.IDENTITY_KEYS[mode]
   identities = None
   builder = prepare.builder(spec, _tfds_dir(flags))
   if builder.is_prepared():

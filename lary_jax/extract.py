@@ -30,7 +30,7 @@ import os
 import signal
 import time
 import weakref
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import grain
@@ -84,10 +84,10 @@ class Mode:
 
 MODES = {
     # The clip's 9 sampled frames.
-    "video": Mode("classification", 9, "video_path", "clip", ("frames",),
-                  ("states",)),
+    "video": Mode("classification", 9, fs.IDENTITY_KEYS["video"], "clip",
+                  ("frames",), ("states",)),
     # The row's (source, target) image pair.
-    "image": Mode("regression", 2, "src_path", "pair",
+    "image": Mode("regression", 2, fs.IDENTITY_KEYS["image"], "pair",
                   ("src_image", "tgt_image"), ("src_state", "tgt_state")),
 }
 # config.extract.frames: "model" reads the encoder's own view where it has
@@ -115,6 +115,21 @@ def frame_keys(encoder: Any, mode: str, frames: str = "model"
     return MODES[mode].state_keys
   view = getattr(encoder, "frames_view", "") if frames == "model" else ""
   return tuple(f"{k}_{view}" if view else k for k in MODES[mode].frame_keys)
+
+
+def example_frames(record: Mapping[str, Any], mode: str,
+                   keys: Sequence[str] | None = None) -> np.ndarray:
+  """The frames `extract` gives an encoder for one record, uint8.
+
+  [9, 224, 224, 3] for a clip (mode "video"), [2, 224, 224, 3] for a
+  (src, tgt) pair ("image"): what features for a `feature_store.Writer` are
+  computed from. `keys` picks other stored frames (`frame_keys`).
+  """
+  if mode not in MODES:
+    raise LaryError(f"mode {mode!r}: expected one of {list(MODES)}")
+  example = MODES[mode]
+  decode = example.transforms(keys or example.frame_keys)[0]
+  return decode.map(dict(record))["frames"]
 
 
 def check_frame_keys(keys: Sequence[str], available: Collection[str],
@@ -591,10 +606,13 @@ def _run(encoder, source, example: Mode, keys: Sequence[str], store_dir: str,
       summary.compile_s += time.perf_counter() - start
     return compiled[key]
 
-  compiled_for(plan.global_batch)
-
   shards = [int(s) for s in np.flatnonzero(pending)]
   steps = [step for s in shards for step in plan.steps(s)]
+  # Before the clock starts, the shapes these steps take: a split smaller
+  # than the global batch never runs a whole one.
+  for rows in sorted({step_rows(plan, s, mesh.size, options.micro_batch)
+                      for s in steps}):
+    compiled_for(rows)
   ds = pl.eval_dataset(source, example.transforms(keys),
                        ("frames", "identity"), global_batch=plan.global_batch)
   iterator = pl.make_iterator(_Steps(ds, steps),

@@ -14,6 +14,10 @@ before its sidecar, so a writer killed at any moment leaves whole shards and
 files that `verify_shard` rejects, never a half shard that passes. Readers
 take rows only from shards whose checksum matches.
 
+`extract` writes stores from an encoder; `Writer` writes the same store from
+rows computed anywhere else (PyTorch, numpy, another JAX program), so that
+`classify` and `regress` probe any model's features.
+
 Interop with upstream's one-`.npz`-per-row layout is in `upstream_npz`.
 """
 
@@ -22,6 +26,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+import operator
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -36,6 +41,9 @@ FORMAT = "lary-features/1"
 MANIFEST = "manifest.json"
 RUN = "run.json"
 DTYPES = {"float16": np.dtype(np.float16), "float32": np.dtype(np.float32)}
+# The record key that names an example, per extraction mode: a store's rows
+# are matched to the prepared split's records by index and by this key.
+IDENTITY_KEYS = {"video": "video_path", "image": "src_path"}
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 _SHARD_RE = re.compile(r"shard-(\d{5})-p(\d{3})\.json")
 
@@ -48,6 +56,17 @@ def storage_dtype(name: str) -> np.dtype:
   if name not in DTYPES:
     raise LaryError(f"storage dtype {name!r}: expected one of {list(DTYPES)}")
   return DTYPES[name]
+
+
+def cast_rows(rows: np.ndarray, dtype: np.dtype, what: str) -> np.ndarray:
+  """Casts to the storage dtype, refusing values float16 cannot hold."""
+  if dtype == np.float16:
+    peak = np.abs(rows.astype(np.float32)).max(initial=0.0)
+    if not np.isfinite(peak) or peak > FLOAT16_MAX:
+      raise LaryError(f"{what}: features reach {peak:.4g}, beyond float16's "
+                      f"{FLOAT16_MAX:g}; store float32 "
+                      "(--config.extract.dtype=float32, Writer(dtype=...))")
+  return rows.astype(dtype)
 
 
 def write_json(path: str, obj: Any) -> None:
@@ -245,6 +264,206 @@ def read_manifest(store_dir: str) -> dict[str, Any]:
     raise LaryError(f"{store_dir}/{MANIFEST}: format "
                     f"{manifest.get('format')!r}, expected {FORMAT!r}")
   return manifest
+
+
+# ------------------------------------------- a store from your own rows
+
+
+class Writer:
+  """Writes a store from features computed outside lary-jax.
+
+  The store is the one `extract` writes (same files, checks and manifest),
+  so `classify`/`regress` read it unchanged when it sits where they look:
+  `<workdir>/features/DATASET/SPLIT/MODEL` (`store_path`). Row i holds the
+  features of record i of the prepared split (`records`, e.g.
+  `builder.as_data_source()[split]`) and carries that record's identity
+  (`src_path` of a pair, `video_path` of a clip), which the probes check.
+
+  Rows go into shards of `rows_per_shard` consecutive records; a shard is
+  written (atomically, with its checksum) once all its rows are given. An
+  interrupted run resumes: a new Writer on the same folder keeps every whole
+  shard, and `todo` lists the record ranges still to compute; rows given for
+  a finished shard are skipped. `close` writes the manifest once every
+  record has its row. One process writes a store.
+
+      with feature_store.Writer(store, records, mode="image", model="mine",
+                                dataset="calvin", split="validation") as w:
+        for rows in w.todo:
+          w.write(rows.start, my_features(rows))  # [len(rows), *shape]
+  """
+
+  def __init__(self, store_dir: str, records: Any, *, mode: str, model: str,
+               dataset: str, split: str, dtype: str = "float16",
+               rows_per_shard: int = 256,
+               fields: Mapping[str, Any] | None = None):
+    """Opens (or resumes) the store.
+
+    Args:
+      store_dir: the store's folder (created).
+      records: the split's records, random access, in record order.
+      mode: "image" (features of each (src, tgt) pair; regression datasets)
+        or "video" (of each 9-frame clip; classification datasets).
+      model: the model's name, as `--model` names it to the probes.
+      dataset: the dataset name (`calvin`, `human_1st`, ...).
+      split: `train`, `validation` or `unseen`.
+      dtype: storage dtype, "float16" or "float32".
+      rows_per_shard: records per shard: the unit of resumption, held in
+        memory until complete.
+      fields: more descriptive fields for run.json and the manifest.
+    """
+    if mode not in IDENTITY_KEYS:
+      raise LaryError(f"mode {mode!r}: expected one of {list(IDENTITY_KEYS)}")
+    if not isinstance(rows_per_shard, int) or rows_per_shard < 1:
+      raise LaryError(f"rows_per_shard={rows_per_shard!r}: expected a "
+                      "positive integer")
+    self.store_dir = store_dir
+    self.records = records
+    self.num_rows = len(records)
+    if not self.num_rows:
+      raise LaryError(f"{dataset} {split}: the split has no records")
+    self._dtype = storage_dtype(dtype)
+    self._rows_per_shard = rows_per_shard
+    self._layout = {
+        **(fields or {}), "model": model, "checkpoint": None,
+        "checkpoint_digest": None, "dataset": dataset, "split": split,
+        "format": FORMAT, "mode": mode, "identity_key": IDENTITY_KEYS[mode],
+        "dtype": self._dtype.name, "num_rows": self.num_rows,
+        "rows_per_shard": rows_per_shard, "writer": "feature_store.Writer"}
+    os.makedirs(store_dir, exist_ok=True)
+    found = read_json(os.path.join(store_dir, RUN))
+    if found is not None:
+      shape = found.get("token_shape")
+      diff = sorted(k for k in set(found) | set(self._layout)
+                    if k != "token_shape"
+                    and found.get(k) != self._layout.get(k))
+      if diff:
+        raise LaryError(
+            f"{store_dir} was started with other settings ({', '.join(diff)}"
+            f": {[found.get(k) for k in diff]} then, "
+            f"{[self._layout.get(k) for k in diff]} now); use those, or "
+            "remove the folder")
+      self._layout["token_shape"] = shape
+    remove_temporaries(store_dir)
+    self._done = set()
+    for shard in range(self.num_shards):
+      stem = shard_stem(shard, 0)
+      if verify_shard(store_dir, stem)[0] is not None:
+        self._done.add(shard)
+      else:
+        remove_shard(store_dir, stem)
+    manifest = os.path.join(store_dir, MANIFEST)
+    if len(self._done) < self.num_shards and os.path.exists(manifest):
+      os.remove(manifest)  # no longer complete until the shards are redone
+    self._buffers: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+  @property
+  def num_shards(self) -> int:
+    return -(-self.num_rows // self._rows_per_shard)
+
+  def _rows(self, shard: int) -> range:
+    start = shard * self._rows_per_shard
+    return range(start, min(start + self._rows_per_shard, self.num_rows))
+
+  @property
+  def todo(self) -> list[range]:
+    """The record ranges (one per unfinished shard) still to write."""
+    return [self._rows(k) for k in range(self.num_shards)
+            if k not in self._done]
+
+  def write(self, start: int, features: Any,
+            identities: Sequence[str] | None = None) -> None:
+    """Gives the features of records `start`, `start + 1`, ...
+
+    Args:
+      start: the record index of the first row.
+      features: [rows, *token_shape], numeric (numpy, or anything
+        `np.asarray` takes, e.g. a CPU torch tensor); every row the same
+        shape, the same in every call.
+      identities: optional: the identities the rows were computed from,
+        checked against the records' (a guard against misaligned rows).
+    """
+    try:
+      start = operator.index(start)
+    except TypeError:
+      raise LaryError(f"{self.store_dir}: start={start!r} is not a record "
+                      "index") from None
+    rows = np.asarray(features)
+    if rows.ndim < 1 or rows.dtype.kind not in "fiub":
+      raise LaryError(f"{self.store_dir}: features must be a numeric array "
+                      f"[rows, ...], got {rows.dtype} of shape {rows.shape}")
+    end = start + len(rows)
+    if not 0 <= start <= end <= self.num_rows:
+      raise LaryError(f"{self.store_dir}: rows {start}..{end - 1} are outside"
+                      f" the split's records 0..{self.num_rows - 1}")
+    shape = list(rows.shape[1:])
+    if self._layout.get("token_shape") is None:
+      self._layout["token_shape"] = shape
+      write_json(os.path.join(self.store_dir, RUN), self._layout)
+    elif self._layout["token_shape"] != shape:
+      raise LaryError(f"{self.store_dir}: rows of shape {shape}, but the "
+                      f"store holds {self._layout['token_shape']}")
+    if identities is not None:
+      if len(identities) != len(rows):
+        raise LaryError(f"{self.store_dir}: {len(identities)} identities for "
+                        f"{len(rows)} rows")
+      for i, name in zip(range(start, end), identities):
+        if _text(name) != self._identity(i):
+          raise LaryError(f"{self.store_dir}: row {i} was computed from "
+                          f"{_text(name)!r}, but record {i} is "
+                          f"{self._identity(i)!r}")
+    rows = cast_rows(rows, self._dtype, f"{self.store_dir} rows {start}.."
+                     f"{end - 1}")
+    for shard in range(start // self._rows_per_shard,
+                       -(-end // self._rows_per_shard)):
+      if shard in self._done:
+        continue  # written by an earlier run
+      span = self._rows(shard)
+      lo, hi = max(start, span.start), min(end, span.stop)
+      data, given = self._buffers.setdefault(shard, (
+          np.empty((len(span), *shape), self._dtype),
+          np.zeros(len(span), bool)))
+      if given[lo - span.start:hi - span.start].any():
+        raise LaryError(f"{self.store_dir}: a row of {lo}..{hi - 1} is given "
+                        "twice")
+      data[lo - span.start:hi - span.start] = rows[lo - start:hi - start]
+      given[lo - span.start:hi - span.start] = True
+      if given.all():
+        write_shard(self.store_dir, shard, 0, data, np.asarray(span),
+                    [self._identity(i) for i in span])
+        self._done.add(shard)
+        del self._buffers[shard]
+
+  def _identity(self, i: int) -> str:
+    return _text(self.records[i][self._layout["identity_key"]])
+
+  def close(self) -> dict[str, Any]:
+    """Writes the manifest; LaryError if a record has no row yet."""
+    missing = self.todo
+    if missing:
+      first = missing[0]
+      raise LaryError(
+          f"{self.store_dir}: {sum(len(r) for r in missing)} of "
+          f"{self.num_rows} records have no features yet (first unfinished "
+          f"shard: records {first.start}..{first.stop - 1}); write them and "
+          "close again")
+    return write_manifest(self.store_dir, self._layout, self.num_rows,
+                          [shard_stem(k, 0) for k in range(self.num_shards)])
+
+  def __enter__(self) -> Writer:
+    return self
+
+  def __exit__(self, kind, value, traceback) -> None:
+    if kind is None:
+      self.close()
+
+
+def store_path(features_root: str, dataset: str, split: str, model: str
+               ) -> str:
+  """Where the commands look for a store: ROOT/DATASET/SPLIT/MODEL.
+
+  `features_root` is `--out` or `<workdir>/features`.
+  """
+  return os.path.join(features_root, dataset, split, model)
 
 
 # ---------------------------------------------------------------- readers

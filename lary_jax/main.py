@@ -6,6 +6,9 @@
 
 `lary --help` lists the commands, `lary COMMAND --help` one command's flags.
 A `LaryError` (bad input, a bad flag or config) is printed as one line.
+Every command keeps compiled XLA programs in JAX's persistent compilation
+cache (lary_jax/compilation.py; --compilation_cache_dir DIR, off with
+--nocompilation_cache).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from absl import logging
 import ml_collections
 
 from lary_jax import commands
+from lary_jax import compilation
 from lary_jax import config_args
 from lary_jax import mesh
 from lary_jax import names
@@ -54,13 +58,15 @@ flags.DEFINE_string("out", None, "simulate: output DATA_DIR; convert: output "
                     "checkpoint directory; extract/import: feature store root "
                     "(default <workdir>/features).")
 flags.DEFINE_string("src", None, "convert: HF folder (config.json + "
-                    "*.safetensors) or original .pt/.pth checkpoint.")
+                    "*.safetensors), original .pt/.pth checkpoint, or a "
+                    "Hugging Face hub id of one (org/name[/file]).")
 flags.DEFINE_bool("tiny", False, "simulate/run: the tiny LARY-Sim.")
 flags.DEFINE_integer("seed", 0, "Random seed.")
 flags.DEFINE_bool("skip_bad_rows", False,
                   "prepare: leave bad rows out (listed in bad_rows.csv).")
 flags.DEFINE_string("checkpoint", None, "extract: encoder checkpoint (a "
-                    "`convert` output or an HF folder); none for baselines.")
+                    "`convert` output, an HF folder or file, or a hub id "
+                    "such as facebook/dinov2-large); none for baselines.")
 flags.DEFINE_enum("mode", None, ["image", "video"],
                   "extract: image (src, tgt pairs; regression datasets) or "
                   "video (9 frames; classification); default from --dataset.")
@@ -86,6 +92,14 @@ flags.DEFINE_enum("action_mode", "absolute", ["absolute", "relative"],
 flags.DEFINE_alias("action-mode", "action_mode")
 flags.DEFINE_string("seeds", None, "classify: comma-separated seeds, one run "
                     "each, with mean and std over them (default --seed).")
+flags.DEFINE_bool("compilation_cache", True, "Keep compiled XLA programs "
+                  "on disk and reuse them in later runs (JAX's persistent "
+                  "compilation cache); --nocompilation_cache turns it off.")
+flags.DEFINE_string("compilation_cache_dir", None, "Where the compilation "
+                    "cache lives (default JAX_COMPILATION_CACHE_DIR, else "
+                    "$XDG_CACHE_HOME/lary_jax/jax_cache or "
+                    "~/.cache/lary_jax/jax_cache). Several processes may "
+                    "share it.")
 flags.DEFINE_string("published", None, "report: CSV of published numbers "
                     "(task,dataset,model,metric,value[,split][,decoder]; "
                     "lary_jax/report.py) shown beside ours.")
@@ -98,7 +112,8 @@ flags.DEFINE_string("gpus", None, "Upstream's flag, refused: every command "
 
 
 # Flags every command reads.
-_COMMON = ("workdir", "plugins")
+_COMMON = ("workdir", "plugins", "compilation_cache",
+           "compilation_cache_dir")
 _MULTI_HOST = ("coordinator_address", "num_processes", "process_id")
 
 # command -> (arguments, what it does, the flags it reads besides _COMMON).
@@ -126,8 +141,8 @@ COMMAND_HELP: dict[str, tuple[str, str, tuple[str, ...]]] = {
          "tfds_dir", "stride", "seed", "seeds", *_MULTI_HOST)),
     "convert": (
         "--model M --src PATH --out DIR",
-        "turn an HF folder (config + safetensors) or an original .pt/.pth into "
-        "an orbax checkpoint",
+        "turn an HF folder (config + safetensors), an original .pt/.pth or a "
+        "hub id of one into an orbax checkpoint",
         ("model", "src", "out", "upstream_names")),
     "extract": (
         "--model M [--checkpoint PATH] --dataset D [--split S]",
@@ -276,6 +291,9 @@ def main(argv: list[str], config: ml_collections.ConfigDict) -> int:
         "--coordinator_address/--num_processes/--process_id")
   _refuse_urls(flags.FLAGS)
   _normalise_names(flags.FLAGS)
+  # Before anything compiles (a plugin may): JAX reads it at the first.
+  compilation.enable_cache(flags.FLAGS.compilation_cache_dir,
+                           enabled=flags.FLAGS.compilation_cache)
   for module in flags.FLAGS.plugins:
     _import_plugin(module)
   if argv[1] not in commands.DEVICE_COMMANDS:

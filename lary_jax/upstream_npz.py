@@ -289,17 +289,6 @@ def _load_tokens(path: str, where: str) -> np.ndarray:
   return tokens
 
 
-def cast_rows(rows: np.ndarray, dtype: np.dtype, what: str) -> np.ndarray:
-  """Casts to the storage dtype, refusing values float16 cannot hold."""
-  if dtype == np.float16:
-    peak = np.abs(rows.astype(np.float32)).max(initial=0.0)
-    if not np.isfinite(peak) or peak > fs.FLOAT16_MAX:
-      raise LaryError(f"{what}: features reach {peak:.4g}, beyond float16's "
-                      f"{fs.FLOAT16_MAX:g}; use "
-                      "--config.extract.dtype=float32")
-  return rows.astype(dtype)
-
-
 def import_npz(csv_path: str, la_root: str, store_dir: str, *,
                dataset: str, split: str, model: str, identity_column: str,
                fields: Mapping[str, Any], identities: Sequence[str] | None,
@@ -370,7 +359,7 @@ def import_npz(csv_path: str, la_root: str, store_dir: str, *,
     elif tokens.shape != shape:
       raise LaryError(f"{where}: {path} holds tokens of shape "
                       f"{tokens.shape}, earlier rows {shape}")
-    buffer.append(cast_rows(tokens, out_dtype, f"{where}: {path}"))
+    buffer.append(fs.cast_rows(tokens, out_dtype, f"{where}: {path}"))
     if len(buffer) == rows_per_shard or i == len(chosen) - 1:
       end = start + len(buffer)
       fs.write_shard(store_dir, shard, 0, np.stack(buffer),

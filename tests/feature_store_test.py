@@ -125,3 +125,75 @@ def test_join_adds_record_keys_and_checks_identity(tmp_path):
     ds[2]  # pylint: disable=pointless-statement
   with pytest.raises(LaryError, match="7 feature rows for 6 records"):
     fs.dataset(str(tmp_path), records[:6])
+
+
+def _records(n):
+  return [{"src_path": f"images/ep_1/frame_{i:06d}.png".encode(),
+           "label": i % 3} for i in range(n)]
+
+
+def test_writer_resumes_and_writes_what_extract_writes(tmp_path):
+  store, records = str(tmp_path / "store"), _records(7)
+  rows = _rows(7)
+  writer = fs.Writer(store, records, mode="image", model="mine",
+                     dataset="calvin", split="validation", rows_per_shard=3)
+  assert writer.todo == [range(0, 3), range(3, 6), range(6, 7)]
+  writer.write(0, rows[:4])  # shard 0 complete, shard 1 started ...
+  del writer  # ... and the run dies
+  assert fs.verify_shard(store, "shard-00000-p000")[0] is not None
+  again = fs.Writer(store, records, mode="image", model="mine",
+                    dataset="calvin", split="validation", rows_per_shard=3)
+  assert again.todo == [range(3, 6), range(6, 7)]
+  # Rows of the finished shard are skipped, not written twice.
+  again.write(0, rows[:2].astype(np.float32) + 1)
+  for start in (6, 3):
+    again.write(start, rows[start:start + 3], identities=[
+        records[i]["src_path"] for i in range(start, min(start + 3, 7))])
+  manifest = again.close()
+  assert manifest["identities"] == [r["src_path"].decode() for r in records]
+  assert (manifest["mode"], manifest["identity_key"], manifest["dtype"]) == (
+      "image", "src_path", "float16")
+  assert manifest["token_shape"] == list(SHAPE)
+  got = fs.dataset(store, records, keys=("label",))
+  for i in range(7):
+    np.testing.assert_array_equal(got[i]["features"], rows[i])
+    assert got[i]["label"] == i % 3
+  # A shard damaged later is redone, and the store is not complete till then.
+  with open(os.path.join(store, "shard-00001-p000.npy"), "r+b") as f:
+    f.seek(-1, os.SEEK_END)
+    f.write(b"\x01")
+  damaged = fs.Writer(store, records, mode="image", model="mine",
+                      dataset="calvin", split="validation", rows_per_shard=3)
+  assert damaged.todo == [range(3, 6)]
+  assert not os.path.exists(os.path.join(store, fs.MANIFEST))
+
+
+def test_writer_refuses_what_would_misalign_the_store(tmp_path):
+  store, records = str(tmp_path / "store"), _records(5)
+
+  def open_writer(**kw):
+    return fs.Writer(store, records, **{
+        "mode": "image", "model": "mine", "dataset": "calvin",
+        "split": "validation", "rows_per_shard": 2, **kw})
+
+  writer = open_writer()
+  with pytest.raises(LaryError, match="row 1 was computed from 'x.png', but "
+                     "record 1 is 'images/ep_1/frame_000001.png'"):
+    writer.write(0, _rows(2), identities=[records[0]["src_path"], "x.png"])
+  writer.write(0, _rows(2))
+  with pytest.raises(LaryError, match=r"rows of shape \[5\], but the store "
+                     r"holds \[2, 3, 4\]"):
+    writer.write(2, np.zeros((2, 5)))
+  with pytest.raises(LaryError, match="outside the split's records 0..4"):
+    writer.write(4, _rows(2))
+  with pytest.raises(LaryError, match="beyond float16's"):
+    writer.write(2, np.full((1, *SHAPE), 1e6))
+  writer.write(2, _rows(1))
+  with pytest.raises(LaryError, match="given twice"):
+    writer.write(2, _rows(1))
+  with pytest.raises(LaryError, match="3 of 5 records have no features yet"):
+    writer.close()
+  with pytest.raises(LaryError, match=r"other settings \(dtype"):
+    open_writer(dtype="float32")
+  with pytest.raises(LaryError, match="mode 'audio'"):
+    open_writer(mode="audio")

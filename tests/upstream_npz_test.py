@@ -168,13 +168,13 @@ def test_import_refuses_bad_files(tmp_path, case, message):
 
 def test_float16_storage_is_correct_rounding_or_an_error():
   x = np.array([[1.0, 1 + 2**-12, 3.14159, 65504.0]], np.float32)
-  np.testing.assert_array_equal(npz.cast_rows(x, np.dtype(np.float16), "r"),
+  np.testing.assert_array_equal(fs.cast_rows(x, np.dtype(np.float16), "r"),
                                 x.astype(np.float16))
   with pytest.raises(LaryError, match="r: features reach 7e\\+04"):
-    npz.cast_rows(np.array([70000.0]), np.dtype(np.float16), "r")
+    fs.cast_rows(np.array([70000.0]), np.dtype(np.float16), "r")
   with pytest.raises(LaryError, match="reach nan"):
-    npz.cast_rows(np.array([np.nan]), np.dtype(np.float16), "r")
-  assert npz.cast_rows(np.array([70000.0]), np.dtype(np.float32), "r")[0] == (
+    fs.cast_rows(np.array([np.nan]), np.dtype(np.float16), "r")
+  assert fs.cast_rows(np.array([70000.0]), np.dtype(np.float32), "r")[0] == (
       70000)
 
 

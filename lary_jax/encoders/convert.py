@@ -18,10 +18,11 @@ in `__call__` from static shapes (numpy), not stored.
 
 Files. `convert(model, src, out)` reads a Hugging Face folder (config.json +
 *.safetensors, via `safetensors.numpy`, no torch) or an original `.pt/.pth`
-(torch imported lazily; `target_encoder` picked, `module.`/`backbone.`
-stripped, then the module's `params_from_pt(weights, cfg)` hook, with cfg from
-`variant` or the module's optional `config_from_pt(weights)`), and writes
-`out/params` (orbax) and `out/config.json` (`{"model", "config"}`).
+(read without torch by `torch_checkpoint`; `target_encoder` picked,
+`module.`/`backbone.` stripped, then the module's `params_from_pt(weights,
+cfg)` hook, with cfg from `variant` or the module's optional
+`config_from_pt(weights)`), and writes `out/params` (orbax) and
+`out/config.json` (`{"model", "config"}`).
 """
 
 from __future__ import annotations
@@ -36,9 +37,13 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import jax
+# Registers bfloat16 with numpy, so that `safetensors.numpy` reads bf16 files.
+import ml_dtypes  # pylint: disable=unused-import
 import numpy as np
 from flax import nnx
 
+from lary_jax import hub
+from lary_jax import torch_checkpoint
 from lary_jax.errors import LaryError
 
 FORMAT = "lary_jax.encoders/1"
@@ -195,7 +200,8 @@ def build(model_cls: type, cfg: Any, params: Mapping[str, Any], *,
     if value.shape != tuple(var.shape):
       raise LaryError(f"converted parameter {key!r} has shape {value.shape}, "
                       f"the model expects {tuple(var.shape)}")
-    flat.append((path, var.replace(jax.numpy.asarray(value))))
+    # device_put, not jnp.asarray: that compiles a copy per distinct shape.
+    flat.append((path, var.replace(jax.device_put(value))))
   extra = set(params) - {_dotted(p) for p, _ in flat}
   if extra:
     raise LaryError(f"converted checkpoint has unknown parameter(s) "
@@ -239,20 +245,12 @@ _ORIGINAL_SUFFIXES = (".pt", ".pth", ".ckpt", ".safetensors")
 
 
 def read_safetensors(src: str) -> dict[str, np.ndarray]:
-  """Reads one `.safetensors` file as a float32 numpy state dict.
-
-  numpy has no bfloat16: a file holding bf16 tensors is read through torch.
-  """
+  """Reads one `.safetensors` file as a float32 numpy state dict."""
   from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
   try:
     weights = load_file(src)
-  except Exception:  # pylint: disable=broad-except
-    try:
-      import safetensors.torch  # pylint: disable=g-import-not-at-top
-      return {k: v.float().numpy()
-              for k, v in safetensors.torch.load_file(src).items()}
-    except Exception as e:  # safetensors raises its own error types
-      raise LaryError(f"{src}: cannot read safetensors ({e})") from None
+  except Exception as e:  # safetensors raises its own error types
+    raise LaryError(f"{src}: cannot read safetensors ({e})") from None
   return {k: v.astype(np.float32) for k, v in weights.items()}
 
 
@@ -260,25 +258,27 @@ def read_pt(src: str) -> dict[str, np.ndarray]:
   """Reads an original `.pt/.pth` checkpoint as a clean numpy state dict.
 
   Picks the `target_encoder` (or `state_dict`/`model`) entry when present and
-  strips `module.`/`backbone.` prefixes. torch is imported only here.
+  strips `module.`/`backbone.` prefixes. Read without torch
+  (`torch_checkpoint`), refusing what `weights_only=True` refuses; in a
+  Lightning `.ckpt` the objects pickled beside the weights (hyper-parameters,
+  callbacks) load as inert placeholders instead, their code never run.
   """
-  import torch  # pylint: disable=g-import-not-at-top
-  try:
-    obj = torch.load(src, map_location="cpu", weights_only=True)
-  except Exception as e:  # torch raises many types for bad files
-    raise LaryError(f"{src}: cannot load torch checkpoint ({e})") from None
+  obj = torch_checkpoint.load(src, opaque=src.endswith(".ckpt"))
   for key in _PT_WRAPPERS:
     if isinstance(obj, dict) and isinstance(obj.get(key), dict):
       obj = obj[key]
       break
+  if not isinstance(obj, dict):
+    raise LaryError(f"{src}: expected a state dict (a dict of tensors), "
+                    f"found a {type(obj).__name__}")
   out = {}
   for k, v in obj.items():
-    if not isinstance(v, torch.Tensor):
+    if not isinstance(v, np.ndarray):
       continue
     for prefix in _PT_PREFIXES:
       while k.startswith(prefix):
         k = k[len(prefix):]
-    out[k] = v.detach().float().numpy()
+    out[k] = v.astype(np.float32)
   return out
 
 
@@ -380,7 +380,8 @@ def convert(model: str, src: str, out: str, *, variant: str | None = None
 
   Args:
     model: registry name, e.g. "dinov2".
-    src: a Hugging Face folder or an original .pt/.pth file.
+    src: a Hugging Face folder or an original .pt/.pth file, or a hub id
+      of one (`facebook/dinov2-large`; see `hub.resolve`).
     out: output directory (created; `out/params` is overwritten).
     variant: Config preset for .pt files that carry no config.
 
@@ -389,6 +390,7 @@ def convert(model: str, src: str, out: str, *, variant: str | None = None
   """
   from lary_jax.encoders import registry  # pylint: disable=g-import-not-at-top
   module = registry.model_module(model)
+  src = hub.resolve(src)
   if hasattr(module, "convert_checkpoint"):  # writes more than one model
     # (a feature LAQ and the backbone its checkpoint embeds: lams/lapa.py)
     return module.convert_checkpoint(src, out, variant=variant)

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from lary_jax import hub
 from lary_jax.encoders import baselines
 from lary_jax.encoders import convert
 from lary_jax.encoders import dinov2
@@ -215,6 +216,7 @@ def _checkpoint_factory(name: str) -> Factory:
     if path is None:
       raise LaryError(f"encoder {name!r} needs a checkpoint: a Hugging Face "
                       "folder or a directory written by `convert`")
+    path = hub.resolve(path)
     if convert.is_converted(path):
       saved, cfg_dict, params = convert.load_converted(path)
       if saved != name:
@@ -274,8 +276,10 @@ def load(name: str, path: str | None = None, *, dtype=jnp.float32,
   Args:
     name: one of `available()`, or upstream's name of one (`names.py`;
       upstream's dinov2/dinov3/siglip2 keep our meaning, the backbones).
-    path: a converted orbax directory or a Hugging Face folder; None for
-      the baselines.
+    path: a converted orbax directory, a Hugging Face folder or original
+      checkpoint file, or (built-in models) a Hugging Face hub id such as
+      `facebook/dinov2-large`, fetched into the HF cache (`hub.resolve`);
+      None for the baselines.
     dtype: compute dtype (parameters stay float32).
     **options: passed to the factory (e.g. `variant="B/16", seed=1` for
       random_vit, `patch=16` for pixels).

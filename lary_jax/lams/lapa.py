@@ -52,6 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from lary_jax import hub
 from lary_jax.errors import LaryError
 from lary_jax.lams import embedded
 from lary_jax.lams import laq_layers
@@ -720,9 +721,10 @@ def encoder_factory(name: str):
 
   Options (`--config.extract.encoder_options=backbone=DIR,latent=quantized`):
   backbone: the feature variant's DINOv2/DINOv3/SigLIP2 checkpoint (HF
-  folder or `convert`ed dir). Without it the backbone that the checkpoint
-  carries is used: upstream's state dicts hold it under EMBEDDED_PREFIX,
-  a `convert`ed directory in `backbone/`; an explicit one wins.
+  folder, `convert`ed dir or hub id). Without it the backbone that the
+  checkpoint carries is used: upstream's state dicts hold it under
+  EMBEDDED_PREFIX, a `convert`ed directory in `backbone/`; an explicit one
+  wins.
   latent: nsvq (default, upstream's), quantized or continuous; seed: the
   NSVQ noise seed.
   """
@@ -735,6 +737,8 @@ def encoder_factory(name: str):
     if backbone is not None and not features:
       raise LaryError(f"encoder {name!r} reads pixels; backbone= is for the "
                       "feature variants")
+    if path is not None:
+      path = hub.resolve(path)
     # An explicit backbone wins: the embedded one is then not even read.
     cfg, params, found = _read(name, path, with_backbone=backbone is None)
     lam = convert.build(Model, cfg, params, dtype=dtype)
@@ -742,7 +746,7 @@ def encoder_factory(name: str):
     bb = module = None
     if features:
       if backbone is not None:
-        bb, module = _backbone(features, backbone, dtype)
+        bb, module = _backbone(features, hub.resolve(backbone), dtype)
       elif found is not None:
         module = registry.model_module(features)
         bb = convert.build(module.Model, _backbone_options(

@@ -29,9 +29,9 @@ offset), unlike transformers' Dinov2Model; `aa_bicubic_matrix` is that
 resize.
 
 Checkpoints: UniVLA's Lightning `.ckpt` (`{"state_dict": {"lam.<key>": ...}}`,
-`lam.` stripped as upstream strips it), read with `torch.load(weights_only=
-True)`; non-tensor objects Lightning pickles beside the weights (hyper-
-parameters) are read as inert placeholders, never run.
+`lam.` stripped as upstream strips it), read without torch by
+`torch_checkpoint`; non-tensor objects Lightning pickles beside the weights
+(hyper-parameters) are read as inert placeholders, never run.
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import pickle
 from typing import Any
 
 import jax
@@ -47,6 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from lary_jax import torch_checkpoint
 from lary_jax.encoders import config_dict
 from lary_jax.encoders import convert
 from lary_jax.encoders import dinov2
@@ -436,43 +436,20 @@ def params_from_torch(weights: dict[str, np.ndarray], cfg: Config
 params_from_pt = params_from_torch
 
 
-class _Opaque:
-  """Stands in for a pickled non-tensor object; never calls its code."""
-
-  def __init__(self, *args, **kwargs):
-    self.args, self.kwargs = args, kwargs
-
-  def __setstate__(self, state):
-    self.state = state
-
-
 def read_ckpt(path: str) -> dict[str, np.ndarray]:
   """UniVLA's `.ckpt`: the LAM state dict as numpy, `lam.` stripped.
 
-  Loads with `torch.load(weights_only=True)`; globals that Lightning pickles
-  beside the weights (hyper-parameters, callbacks) become `_Opaque`
-  placeholders instead of failing the load.
+  Read without torch (`torch_checkpoint`); the objects that Lightning
+  pickles beside the weights (hyper-parameters, callbacks) load as inert
+  placeholders, whose code never runs, instead of failing the load.
   """
-  import torch  # pylint: disable=g-import-not-at-top
-  try:
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-  except pickle.UnpicklingError:
-    try:
-      names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-      stubs = [(type(name.rsplit(".", 1)[-1], (_Opaque,), {}), name)
-               for name in names]
-      with torch.serialization.safe_globals(stubs):
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for bad files
-      raise LaryError(f"{path}: cannot load torch checkpoint ({e})") from None
-  except Exception as e:  # torch raises many types for bad files
-    raise LaryError(f"{path}: cannot load torch checkpoint ({e})") from None
+  obj = torch_checkpoint.load(path, opaque=True)
   state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
   if not isinstance(state, dict):
     raise LaryError(f"{path}: expected a Lightning checkpoint with a "
                     "'state_dict' (or a bare state dict)")
-  out = {k.replace("lam.", ""): v.detach().float().numpy()
-         for k, v in state.items() if isinstance(v, torch.Tensor)}
+  out = {k.replace("lam.", ""): v.astype(np.float32)
+         for k, v in state.items() if isinstance(v, np.ndarray)}
   if not out:
     raise LaryError(f"{path}: 'state_dict' holds no tensors")
   return out

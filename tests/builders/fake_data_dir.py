@@ -1,9 +1,10 @@
 """Synthetic LARYBench DATA_DIRs built from real upstream metadata rows.
 
-The CSV rows in ../shared/larybench/metadata are real upstream rows; this
-module creates, at exactly the paths those rows name, small files of the
-right kind (PNG frames, `.npy` action chunks and states, mp4 clips), so the
-builders run on upstream's schema and path layout without the real data.
+The CSV rows in tests/fixtures/upstream_csv are real upstream rows (their
+README names the upstream files); this module creates, at exactly the paths
+those rows name, small files of the right kind (PNG frames, `.npy` action
+chunks and states, mp4 clips), so the builders run on upstream's schema and
+path layout without the real data.
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ from PIL import Image
 
 from tfds_builders import metadata
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))))
-SHARED_METADATA = os.path.join(REPO, "..", "shared", "larybench", "metadata")
+UPSTREAM_CSV = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures",
+    "upstream_csv")
 
-# dataset -> {upstream split: shared CSV it is made from (and row slice)}.
+# dataset -> {upstream split: upstream CSV it is made from (and row slice)}.
 SOURCES = {
     "calvin": {"train": ("val_la_calvin_5_dinov2", slice(0, 40)),
                "val": ("calvin_metadata_val", slice(0, 30))},
@@ -39,9 +40,9 @@ SOURCES = {
 CLASSES = ("pick up the cup", "open the drawer", "wipe the table")
 
 
-def read_shared(name: str) -> tuple[list[str], list[list[str]]]:
-  with open(os.path.join(SHARED_METADATA, f"{name}.head200.csv"),
-            newline="") as f:
+def read_upstream(name: str) -> tuple[list[str], list[list[str]]]:
+  """The header and rows of the kept upstream CSV `name`."""
+  with open(os.path.join(UPSTREAM_CSV, f"{name}.csv"), newline="") as f:
     lines = list(csv.reader(f))
   return lines[0], lines[1:]
 
@@ -85,7 +86,7 @@ def make_regression(data_dir: str, name: str, seed: int = 0) -> str:
   rng = np.random.default_rng(seed)
   meta_dir = os.path.join(data_dir, "metadata")
   for split, (source, rows_slice) in SOURCES[name].items():
-    header, rows = read_shared(source)
+    header, rows = read_upstream(source)
     rows = rows[rows_slice]
     write_csv(os.path.join(meta_dir, spec.csv_name(split)), header, rows)
     root = spec.data_root(data_dir, split)

@@ -16,21 +16,29 @@ def _write(tmp_path, spec_name, split, header, rows):
   return spec, str(path)
 
 
-def test_every_shared_csv_matches_its_schema():
+def test_every_upstream_csv_matches_its_schema():
+  used = {}  # kept CSV -> the most rows a slice takes from it
   for name, splits in fake_data_dir.SOURCES.items():
     spec = metadata.DATASETS[name]
-    for source, _ in splits.values():
-      header, rows = fake_data_dir.read_shared(source)
+    for source, rows_slice in splits.values():
+      header, rows = fake_data_dir.read_upstream(source)
       assert set(spec.columns) <= set(header) <= (
           set(spec.columns) | set(spec.optional_columns)), (name, header)
-      assert len(rows) == 200
+      assert all(len(r) == len(header) for r in rows), source
+      used[source] = max(used.get(source, 0), rows_slice.stop)
+  # The fixtures keep exactly the rows the slices take, no more.
+  for source, stop in used.items():
+    assert len(fake_data_dir.read_upstream(source)[1]) == stop, source
+  kept = {f[:-len(".csv")] for f in os.listdir(fake_data_dir.UPSTREAM_CSV)
+          if f.endswith(".csv")}
+  assert kept == set(used)
 
 
 def test_calvin_paths_resolve_as_upstream(tmp_path):
-  header, rows = fake_data_dir.read_shared("calvin_metadata_val")
+  header, rows = fake_data_dir.read_upstream("calvin_metadata_val")
   spec, path = _write(tmp_path, "calvin", "val", header, rows)
   good, bad = metadata.read_split(spec, path, "/data")
-  assert bad == [] and len(good) == 200
+  assert bad == [] and len(good) == len(rows) == 30
   assert good[0].line == 2
   assert good[0].paths["src_img"] == (
       "/data/regression/calvin/val_stride5/images/ep_1/frame_000065.png")
@@ -43,7 +51,7 @@ def test_calvin_paths_resolve_as_upstream(tmp_path):
 
 def test_la_csv_paths_get_upstream_column_dirs(tmp_path):
   # Upstream's extraction CSVs drop the images/ and actions/ components.
-  header, rows = fake_data_dir.read_shared("val_la_calvin_5_dinov2")
+  header, rows = fake_data_dir.read_upstream("val_la_calvin_5_dinov2")
   spec, path = _write(tmp_path, "calvin", "train", header, rows)
   good, bad = metadata.read_split(spec, path, "/data")
   assert bad == []
@@ -57,7 +65,7 @@ def test_la_csv_paths_get_upstream_column_dirs(tmp_path):
 
 
 def test_vlabench_strides_share_one_flat_root(tmp_path):
-  header, rows = fake_data_dir.read_shared("vlabench_30_metadata_val")
+  header, rows = fake_data_dir.read_upstream("vlabench_30_metadata_val")
   spec, path = _write(tmp_path, "vlabench_30", "val", header, rows)
   good, _ = metadata.read_split(spec, path, "/d")
   assert good[0].paths["src_img"] == (

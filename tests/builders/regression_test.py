@@ -26,7 +26,7 @@ def _prepare(tmp_path, name, **options):
 
 def _csv_rows(name, split):
   source, rows_slice = fake_data_dir.SOURCES[name][split]
-  header, rows = fake_data_dir.read_shared(source)
+  header, rows = fake_data_dir.read_upstream(source)
   return [dict(zip(header, r)) for r in rows[rows_slice]]
 
 

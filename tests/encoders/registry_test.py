@@ -71,7 +71,8 @@ def test_unknown_and_missing():
     encoders.load("dinov5")
   with pytest.raises(LaryError, match="'dinov2' needs a checkpoint"):
     encoders.load("dinov2")
-  with pytest.raises(LaryError, match="nonexistent/dir: expected a Hug"):
+  with pytest.raises(LaryError, match="/nonexistent/dir: no such file or "
+                     "folder, and not a Hugging Face hub id"):
     encoders.load("dinov2", "/nonexistent/dir")
 
 
