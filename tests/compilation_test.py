@@ -19,6 +19,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 # A whole `run` at its smallest: prepare, extract `pixels`, the attentive
 # probe for two epochs, the report.
 RUN_FLAGS = ("run", "--dataset=human_1st", "--config.run.models=pixels",
+             "--config.run.probes=small",
              "--config.run.overrides.classify.epochs=2",
              "--config.run.overrides.classify.global_batch=8",
              "--config.run.overrides.classify.eval_batch=8",
@@ -96,20 +97,15 @@ def test_second_run_loads_every_executable_from_the_cache(two_runs):
   assert compiling == ["extract_pixels", "classify_human_1st_pixels"]
   for stage in compiling:
     was, now = first["compile"][stage], second["compile"][stage]
-    assert was["cache_hits"] == 0, stage
+    # The first run fills the cache (a program it compiles again, as each
+    # seed's probe step, is already a hit there); the second loads every
+    # executable, the probes' steps included.
+    assert was["cache_misses"] > 0, stage
+    assert was["cache_hits"] + was["cache_misses"] == was["compilations"]
     assert now["compilations"] == was["compilations"], stage
-    # Whatever the first run looked up and missed, it wrote; the second
-    # finds all of it.
-    assert now["cache_hits"] == was["cache_misses"] > 0, stage
+    assert now["cache_hits"] == now["compilations"], stage
     assert now["cache_misses"] == 0, stage
     assert now["compile_s"] < was["compile_s"], stage
-  assert second["compile"]["extract_pixels"]["cache_hits"] == (
-      second["compile"]["extract_pixels"]["compilations"])
-  # On a CPU the probes' train and eval steps take oneDNN options
-  # (multi_head.compiler_options), whose fusions XLA cannot serialise: they
-  # bypass the cache. Everything else is loaded.
-  probe = second["compile"]["classify_human_1st_pixels"]
-  assert probe["compilations"] - probe["cache_hits"] <= 2
   written = sum(first["compile"][s]["cache_misses"] for s in compiling)
   assert len([e for e in entries if e.endswith("-cache")]) == written
   assert sorted(os.listdir(root / "jax_cache")) == entries

@@ -26,16 +26,6 @@ from lary_jax.probes import attentive_probe
 # Upstream's five (learning rate, weight decay) probes.
 HEADS = ((5e-3, 0.01), (3e-3, 0.1), (1e-3, 0.4), (3e-4, 0.8), (1e-4, 0.01))
 TOP_K = 5
-# XLA:CPU sends matmuls to oneDNN instead of its default YNNPACK/Eigen:
-# the probe's training step ran ~7% faster in CPU time on both token
-# shapes (benchmarks/classification_probe.py), and oneDNN takes transposed
-# operands as they are, where Eigen first copies them.
-CPU_COMPILER_OPTIONS = {
-    "xla_cpu_experimental_ynn_fusion_type": "",
-    "xla_cpu_use_onednn": True,
-    "xla_cpu_experimental_onednn_fusion_type": "LIBRARY_FUSION_TYPE_DOT",
-}
-
 Params = Any  # a stacked nnx.State: every leaf [num_heads, ...]
 
 
@@ -130,8 +120,7 @@ def make_train_step(graphdef: nnx.GraphDef, options: StepOptions
   A head whose loss or logits are not finite skips its update (upstream
   skips it too) and says so in `finite`.
   """
-  return jax.jit(make_step_fn(graphdef, options), donate_argnums=(0, 1),
-                 compiler_options=compiler_options())
+  return jax.jit(make_step_fn(graphdef, options), donate_argnums=(0, 1))
 
 
 def make_step_fn(graphdef: nnx.GraphDef, options: StepOptions
@@ -178,12 +167,7 @@ def make_eval_step(graphdef: nnx.GraphDef, num_classes: int,
     return jax.lax.map(one_head, params,
                        batch_size=min(max(head_batch, 1), num_heads))
 
-  return jax.jit(step_fn, compiler_options=compiler_options())
-
-
-def compiler_options() -> dict[str, Any] | None:
-  """XLA options for the probe steps on this backend (None: the defaults)."""
-  return CPU_COMPILER_OPTIONS if jax.default_backend() == "cpu" else None
+  return jax.jit(step_fn)
 
 
 def _head_batch(options: StepOptions, num_heads: int) -> int:

@@ -143,8 +143,7 @@ def train(probe: attentive_probe.Config, train_split: Split,
     order = pl.train_order(len(train_split.source), seed=seed, labels=(
         train_split.labels if options.balanced else None))
     run_epoch = in_memory.make_epoch(
-        mh.make_step_fn(graphdef, step_options), KEYS, mesh,
-        mh.compiler_options())
+        mh.make_step_fn(graphdef, step_options), KEYS, mesh)
   else:
     train_step = mh.make_train_step(graphdef, step_options)
     batches = pl.train_dataset(
