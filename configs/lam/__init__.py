@@ -56,4 +56,7 @@ def lam_defaults() -> ml_collections.ConfigDict:
   c.read_threads = 4
   c.prefetch = 4
   c.worker_count = 0
+  # Decoded frames kept in memory, up to this many MB: LARY-Sim's training
+  # frames fit, and are then decoded once, not at every step.
+  c.decode_cache_mb = 1024.0
   return c

@@ -175,6 +175,7 @@ class Options:
   read_threads: int = 4
   prefetch: int = 4
   worker_count: int = 0
+  decode_cache_mb: float = 1024.0  # decoded frames kept (pl.DecodePair)
 
 
 def replace_step(step: jax.Array,
@@ -410,7 +411,8 @@ def train(module: ModuleType, cfg: Any, pairs: Sequence[Mapping[str, bytes]],
 
   graphdef, state = init_state(module, cfg, options, dtype, mesh)
   batches = pl.train_dataset(
-      pairs, (pl.DecodePair(image_size=stored_size(pairs)),), ("images",),
+      pairs, (pl.DecodePair(image_size=stored_size(pairs),
+                            cache_mb=options.decode_cache_mb),), ("images",),
       global_batch=options.global_batch, seed=options.seed)
   iterator = pl.make_iterator(batches, worker_count=options.worker_count,
                               read_threads=options.read_threads,

@@ -58,6 +58,29 @@ def test_decode_frames_and_pair_return_the_stored_pixels():
   np.testing.assert_array_equal(out["images"][1], fr.pixels(0, 1))
 
 
+def test_decode_pair_cache_decodes_each_frame_once(monkeypatch):
+  pairs = [r | {"index": i} for i, r in enumerate(fr.regression_records(3))]
+  plain = [pl.DecodePair(image_size=S).map(p)["images"] for p in pairs]
+  decoded = []
+  real = pl.images.decode_image
+  monkeypatch.setattr(pl.images, "decode_image",
+                      lambda data: decoded.append(data) or real(data))
+  frame_mb = S * S * 3 / 2**20
+  cached = pl.DecodePair(image_size=S, cache_mb=100 * frame_mb)
+  for _ in range(3):  # three epochs
+    for p, want in zip(pairs, plain):
+      np.testing.assert_array_equal(cached.map(p)["images"], want)
+  assert len(decoded) == len({p[k] for p in pairs
+                              for k in ("src_image", "tgt_image")})
+  # Over its budget it keeps what fits and decodes the rest each time.
+  decoded.clear()
+  small = pl.DecodePair(image_size=S, cache_mb=1.5 * frame_mb)
+  for _ in range(2):
+    for p in pairs:
+      small.map(p)
+  assert len(decoded) == 2 * 2 * len(pairs) - 1
+
+
 def test_decode_rejects_bad_images_naming_the_record():
   clip = fr.classification_records([0])[0] | {"index": 7}
   pair = fr.regression_records(1)[0] | {"index": 3, "tgt_image": b"GIF89a"}
