@@ -186,9 +186,12 @@ def regress(builder: Any, spec: Any, stores: Mapping[str, str],
                   "decoder_shape": dict(decoder_shape or {}),
                   "floor": mean_floor(targets[TRAIN].subset(train_ids),
                                       seed_targets, labels, groups)}
+    # Plots of the first seed only: the one the report shows (a second of
+    # matplotlib each, as long as the training of a LARY-Sim seed).
     per_seed[seed] = report.write_seed(seed_dir, history, seed_targets,
                                        labels, groups, run_fields,
-                                       write=jax.process_index() == 0)
+                                       write=jax.process_index() == 0,
+                                       plots=seed == min(seeds))
   summary_fields = {**fields, "model_type": model_type,
                     "action_mode": action_mode, "holdout_fraction": holdout,
                     "trained_on": run_state.trained_on(holdout),

@@ -102,9 +102,10 @@ def example_mse(prediction: np.ndarray, targets: Targets) -> np.ndarray:
 def write_seed(out_dir: str, history: Mapping[str, np.ndarray],
                targets: Mapping[str, Targets], labels: Sequence[str],
                groups: Mapping[str, Sequence[int]],
-               fields: Mapping[str, Any], *, write: bool = True
-               ) -> dict[str, Any]:
-  """Writes one seed's results.json, best_result.csv and trajectory plots.
+               fields: Mapping[str, Any], *, write: bool = True,
+               plots: bool = True) -> dict[str, Any]:
+  """Writes one seed's results.json, best_result.csv and (`plots`)
+  trajectory plots.
 
   Args:
     out_dir: the seed's folder.
@@ -115,6 +116,7 @@ def write_seed(out_dir: str, history: Mapping[str, np.ndarray],
     fields: what the run was (model, dataset, ...), copied in.
     write: False only computes the results (the other processes of a
       multi-process run, which share process 0's folder).
+    plots: also draw trajectories_<split>.png.
 
   Returns:
     The results written to results.json.
@@ -139,7 +141,7 @@ def write_seed(out_dir: str, history: Mapping[str, np.ndarray],
   _write_best_result(os.path.join(out_dir, "best_result.csv"),
                      results[UPSTREAM[0]])
   chosen = results.get(HONEST[0], results[UPSTREAM[0]])["epoch"] - 1
-  for split in (VALIDATION, UNSEEN):
+  for split in (VALIDATION, UNSEEN) if plots else ():
     if split in targets:
       _plot_trajectories(
           os.path.join(out_dir, f"trajectories_{split}.png"),
