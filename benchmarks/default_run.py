@@ -62,12 +62,24 @@ def timing_section(workdir: str, measured: dict | None) -> str:
   lines = [
       f"The default `run` from nothing took **{_minutes(total)}** of wall "
       f"time ({bench.machine()}; {load}; `python benchmarks/default_run.py`"
-      ", which also wrote the tables below):", "",
-      "| stage | " + " | ".join(stages) + " |",
-      "|---|" + "---|" * len(stages),
-      "| wall time | " + " | ".join(_minutes(s) for s in stages.values())
-      + " |"]
+      ", which also wrote the tables below):", ""]
+  rows = [[stage, _minutes(s)] for stage, s in stages.items()]
+  lines += report.md_table((["stage", "wall time"], rows))
   return "\n".join(lines)
+
+
+def _checks_text() -> str:
+  """The controls' thresholds, from report.CONTROL_CHECKS."""
+  said = []
+  for model, task, decoder, split, check, threshold in report.CONTROL_CHECKS:
+    where = f"{model} {decoder or task} ({report.SPLIT_LABELS.get(split, split)})"
+    if check == "top1":
+      said.append(f"{where} top-1 >= {100 * threshold:g}%")
+    elif check == "mse_ratio":
+      said.append(f"{where} MSE <= {threshold:g}x predict-the-mean")
+    else:
+      said.append(f"{where} > {threshold:g} SE above the best floor")
+  return "; ".join(said)
 
 
 def _row(board: report.Leaderboard, run: report.Run) -> list[str]:
@@ -113,10 +125,9 @@ def results_section(workdir: str) -> str:
               + " seen / unseen):", ""]
     lines += report.md_table((header, [_row(board, r) for r in runs]))
   failures = report.control_failures(board)
-  lines += ["", "Positive controls: " + (
-      "every threshold met (sim_oracle top-1 >= 90% seen and >= 80% unseen, "
-      "MLP MSE <= 0.3x predict-the-mean absolute and relative; flow above "
-      "chance)." if not failures else "**missed**: " + "; ".join(failures))]
+  lines += ["", "Positive controls (" + _checks_text() + "): " + (
+      "every threshold met." if not failures
+      else "**missed**: " + "; ".join(failures) + ".")]
   settings = report.probe_settings(board)
   if settings:
     lines += ["", *report.md_table(settings)]

@@ -86,19 +86,20 @@ _DECODER_CHECKS = {
 # representation should lose to.
 CONTROLS = ("sim_oracle", "flow")
 FLOORS = ("pixels", "random_vit")
+# Models beat the best floor when the gap exceeds this many standard errors.
+FLOOR_MARGIN_SE = 3.0
 # (model, task, decoder ("" any), split, check, threshold): honest numbers,
 # mean over seeds, on LARY-Sim's datasets. "top1": at least; "mse_ratio":
-# MSE / predict-the-mean at most; "above_chance": the 95% interval of
-# top-1 above chance.
+# MSE / predict-the-mean at most; "above_floors": more than `threshold`
+# standard errors above the best floor (without floors: the 95% interval
+# of top-1 above chance).
 CONTROL_CHECKS = (
     ("sim_oracle", CLASSIFICATION, "", VALIDATION, "top1", 0.90),
     ("sim_oracle", CLASSIFICATION, "", UNSEEN, "top1", 0.80),
     ("sim_oracle", REGRESSION, "mlp_absolute", VALIDATION, "mse_ratio", 0.3),
     ("sim_oracle", REGRESSION, "mlp_relative", VALIDATION, "mse_ratio", 0.3),
-    ("flow", CLASSIFICATION, "", VALIDATION, "above_chance", 0.0),
+    ("flow", CLASSIFICATION, "", VALIDATION, "above_floors", FLOOR_MARGIN_SE),
 )
-# Models beat the best floor when the gap exceeds this many standard errors.
-FLOOR_MARGIN_SE = 3.0
 
 # (task, dataset, model, decoder, split); decoder "" matches any decoder.
 PublishedKey = tuple[str, str, str, str, str]
@@ -473,11 +474,13 @@ def honest_cell(run: Run, split: str) -> str:
   return text + (" ≈ mean or worse" if value.get("at_floor") else "")
 
 
-def versus_floors(board: Leaderboard, run: Run, split: str) -> str:
-  """How far a model's honest number is from the best floor's, in standard
-  errors of the difference: "+12.3 (4.1 SE)"; "" for floors and controls."""
-  if run.role != "model":
-    return ""
+def floor_gap(board: Leaderboard, run: Run, split: str
+              ) -> tuple[float, float, Run] | None:
+  """(gap, gap in standard errors of the difference, best floor) of a run's
+  honest number over the best floor's (positive: better); None for floors,
+  or without a floor or an error to compare with."""
+  if run.role == "floor":
+    return None
   floors = [r for r in board.runs if r.role == "floor" and
             (r.task, r.dataset, r.decoder) == (run.task, run.dataset,
                                                run.decoder)]
@@ -485,16 +488,24 @@ def versus_floors(board: Leaderboard, run: Run, split: str) -> str:
   mine = run.honest(split).get(metric)
   se = run.standard_error(split)
   if not floors or not mine or se is None:
-    return ""
+    return None
   sign = 1 if run.task == CLASSIFICATION else -1  # MSE: lower is better
   best = max(floors, key=lambda r: sign * r.honest(split).get(
       metric, {"mean": -sign * np.inf})["mean"])
   theirs = best.honest(split).get(metric)
   their_se = best.standard_error(split)
   if not theirs or their_se is None:
-    return ""
+    return None
   gap = sign * (mine["mean"] - theirs["mean"])
-  z = gap / max(math.hypot(se, their_se), 1e-12)
+  return gap, gap / max(math.hypot(se, their_se), 1e-12), best
+
+
+def versus_floors(board: Leaderboard, run: Run, split: str) -> str:
+  """`floor_gap` as a cell: "+12.3 (4.1 SE vs pixels) ✓" ("" for floors)."""
+  found = floor_gap(board, run, split)
+  if found is None:
+    return ""
+  gap, z, best = found
   shown = _percent(gap) if run.task == CLASSIFICATION else _mse(gap)
   mark = " ✓" if z > FLOOR_MARGIN_SE else ""
   return f"{'+' if gap >= 0 else ''}{shown} ({z:.1f} SE vs {best.model}){mark}"
@@ -582,6 +593,11 @@ def control_failures(board: Leaderboard) -> list[str]:
         if ratio is None or ratio > threshold:
           out.append(f"{where}: honest MSE {_fmt_or_dash(ratio, _ratio)} of"
                      f" predict-the-mean, needs <= {threshold:g}x")
+      elif check == "above_floors" and (
+          gap := floor_gap(board, run, split)) is not None:
+        if gap[1] <= threshold:
+          out.append(f"{where}: honest top-1 {gap[1]:.1f} standard errors "
+                     f"above {gap[2].model}, needs > {threshold:g}")
       elif value.get("at_chance", True):
         out.append(f"{where}: honest top-1 not above chance (its 95% "
                    "interval reaches chance)")
@@ -598,9 +614,11 @@ def _ratio(value: float) -> str:
 
 def probe_settings(board: Leaderboard) -> Table | None:
   """The probe and its training budget, per task and dataset, as recorded
-  (every row of a dataset must share them)."""
-  header = ["task", "dataset", "probe", "updates", "runs"]
-  found: dict[tuple[str, str, str, str], list[str]] = {}
+  (every row of a dataset must share them). Training examples vary with the
+  seed's held-out slice: their range."""
+  header = ["task", "dataset", "probe", "updates", "training examples",
+            "runs"]
+  found: dict[tuple[str, str, str, str], tuple[set[int], list[str]]] = {}
   for run in board.runs:
     for results in run.seeds.values():
       sched = results.get("schedule")
@@ -617,15 +635,20 @@ def probe_settings(board: Leaderboard) -> Table | None:
             f"{k} {v}" for k, v in shape.items())
       updates = (f"{sched['updates']} ({sched['epochs']} epochs x "
                  f"{sched['steps_per_epoch']} steps of "
-                 f"{sched['global_batch']}; {sched['train_examples']} "
-                 "training examples)")
-      key = (run.task, run.dataset, what, updates)
-      found.setdefault(key, [])
-      if run.model not in found[key]:
-        found[key].append(run.model)
+                 f"{sched['global_batch']})")
+      examples, models = found.setdefault(
+          (run.task, run.dataset, what, updates), (set(), []))
+      examples.add(int(sched["train_examples"]))
+      if run.model not in models:
+        models.append(run.model)
   if not found:
     return None
-  return header, [[*k, ", ".join(v)] for k, v in found.items()]
+  rows = []
+  for key, (examples, models) in found.items():
+    low, high = min(examples), max(examples)
+    rows.append([*key, str(low) if low == high else f"{low}-{high}",
+                 ", ".join(models)])
+  return header, rows
 
 
 def _per_seed_table(run: Run) -> Table:

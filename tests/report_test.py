@@ -451,10 +451,25 @@ def test_controls_have_their_section_and_a_banner_when_they_miss(tmp_path):
   # points, 9.5 for the difference: 3.7 of them.
   gap, rest = lam["vs best floor"].split(" (")
   assert gap == "+35.4" and rest == "3.7 SE vs pixels) ✓"
+  # A control is measured against the floors too.
+  flow = _find(tables, model="flow", split="seen")
+  assert flow["role"] == "control" and flow["vs best floor"].endswith("✓")
   settings = _find(tables, task="classification")
-  assert settings["updates"].startswith("10 (2 epochs x 5 steps of 16")
+  assert settings["updates"] == "10 (2 epochs x 5 steps of 16)"
+  assert settings["training examples"] == "96"
   page = pathlib.Path(html_path).read_text()
   assert '<div class="banner">' in page
+
+
+def test_flow_must_beat_the_floors_by_three_standard_errors(tmp_path):
+  work = str(tmp_path)
+  _sim_classification_run(work, "sim_oracle", 47, 45)
+  _sim_classification_run(work, "flow", 20, 20)  # 41.7%: above chance only
+  _sim_classification_run(work, "pixels", 13, 12)
+  text = pathlib.Path(report.write(work)[0]).read_text()
+  # 41.7% vs 27.1%: 14.6 points over a 9.8-point standard error.
+  assert ("sim_classification flow (seen): honest top-1 1.5 standard errors "
+          "above pixels, needs > 3") in text
 
 
 def test_no_banner_when_the_controls_pass(tmp_path):
