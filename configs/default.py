@@ -131,10 +131,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.run.lam_config = "lam/lapa_sim"  # a --config name, or a .py file
   config.run.seeds = "0,1,2"
   # Encoder options per model (config.extract.encoder_options for the others):
-  # a ViT-Ti/16 keeps the random-ViT baseline inside the laptop budget; the
+  # a ViT-Ti/32 keeps the random-ViT baseline inside the laptop budget; the
   # run's small LAM is read before its quantiser (configs/lam/lapa_sim.py).
   config.run.encoder_options = ml_collections.ConfigDict(dict(
-      random_vit="variant=Ti/16", run_lam="latent=continuous"))
+      random_vit="variant=Ti/32", run_lam="latent=continuous"))
   # Regression decoders, TYPE:MODE (mlp|dit : absolute|relative).
   config.run.decoders = "mlp:absolute,mlp:relative"
   # Which probes `run` trains: "auto" the small ones below on LARY-Sim and
@@ -148,7 +148,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.run.overrides = ml_collections.ConfigDict()
   config.run.overrides.classify = ml_collections.ConfigDict(dict(
       epochs=10, min_updates=1000, global_batch=16, eval_batch=64,
-      heads=((1e-2, 0.01), (5e-3, 0.01), (3e-3, 0.1)),
+      heads=((1e-2, 0.01), (5e-3, 0.01), (3e-3, 0.1)), head_batch=3,
       probe=dict(model_dim=32, num_heads=2, depth=2, pool_grid=2)))
   config.run.overrides.regress = ml_collections.ConfigDict(dict(
       epochs=10, min_updates=1000, global_batch=32, eval_batch=64, lr=1e-3,
