@@ -334,8 +334,8 @@ def classify(flags, config: Config) -> int:
   options = train_classifier.Options(
       epochs=c.epochs, global_batch=c.global_batch, eval_batch=c.eval_batch,
       label_smoothing=c.label_smoothing, compute_dtype=c.compute_dtype,
-      head_batch=c.head_batch, balanced=c.balanced,
-      read_threads=c.read_threads)
+      head_batch=c.head_batch, micro_batch=c.micro_batch,
+      balanced=c.balanced, read_threads=c.read_threads)
   shape = classify_lib.ProbeShape(**c.probe.to_dict())
   seeds = _seeds(flags)
   for spec in metadata.resolve_datasets(flags.dataset, flags.stride):
