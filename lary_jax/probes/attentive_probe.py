@@ -56,22 +56,27 @@ class Config:
       raise LaryError(f"probe depth {self.depth}: expected >= 1")
 
 
-def _normal_init(key, shape, dtype=jnp.float32):
+def _normal_init(key, shape, dtype=jnp.float32, scale: float = 1.0):
   # Upstream's trunc_normal_(std=0.02) cuts at +-2 absolute, i.e. 100 std.
-  return 0.02 * jax.random.truncated_normal(key, -100.0, 100.0, shape, dtype)
+  # One multiply by one constant after the draw: the jitted init
+  # (multi_head.init_heads) must give exactly the eager parameters, and
+  # XLA rounds `0.02 * x / scale` differently when it fuses the two.
+  return (0.02 / scale) * jax.random.truncated_normal(key, -100.0, 100.0,
+                                                      shape, dtype)
 
 
 def _torch_default_init(fan_in: int):
+  # One jax.random call: a multiply and an add after it would fuse into one
+  # rounding under jit and two op by op.
   bound = 1.0 / math.sqrt(fan_in)
-  return nnx.initializers.uniform(2 * bound), bound
+  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(
+      key, shape, dtype, -bound, bound)
 
 
 def _linear(din: int, dout: int, dtype, rngs: nnx.Rngs,
             scale: float = 1.0) -> nnx.Linear:
-  init = _normal_init
-  if scale != 1.0:
-    init = lambda key, shape, dtype=jnp.float32: _normal_init(
-        key, shape, dtype) / scale
+  init = lambda key, shape, dtype=jnp.float32: _normal_init(
+      key, shape, dtype, scale)
   return nnx.Linear(din, dout, dtype=dtype, param_dtype=jnp.float32,
                     kernel_init=init, rngs=rngs)
 
@@ -171,12 +176,10 @@ class AttentiveProbe(nnx.Module):
                                      fc2_scale=math.sqrt(2.0 * max(
                                          c.depth - 1, 1)),
                                      dtype=dtype, rngs=rngs)
-    init, bound = _torch_default_init(d)
-    self.head = nnx.Linear(
-        d, c.num_classes, dtype=dtype, param_dtype=jnp.float32,
-        kernel_init=lambda k, s, t=jnp.float32: init(k, s, t) - bound,
-        bias_init=lambda k, s, t=jnp.float32: init(k, s, t) - bound,
-        rngs=rngs)
+    init = _torch_default_init(d)
+    self.head = nnx.Linear(d, c.num_classes, dtype=dtype,
+                           param_dtype=jnp.float32, kernel_init=init,
+                           bias_init=init, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """[B, T, N, D] or [B, N, D] features -> [B, num_classes] float32."""
