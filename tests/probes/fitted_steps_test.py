@@ -101,8 +101,10 @@ def test_micro_batches_give_the_big_batch_numbers():
 
 def test_summed_gradients_equal_the_big_batch_gradients():
   # The core of accumulation, without AdamW: four micro-batches' sums
-  # against one call on the whole batch, to fp32 rounding (1e-6 of the
-  # largest gradient of each leaf, ~8 ulps: the sums add in another order).
+  # against one call on the whole batch, to fp32 rounding (2e-6 of the
+  # largest gradient of each leaf, ~16 ulps: the sums add in another order;
+  # the input projection's bias adds 128 tokens' terms that mostly cancel,
+  # and reached 1.03e-6 on an AVX2 x86 CPU).
   graphdef, params = mh.init_heads(PROBE, 2, seed=1)
   options = mh.StepOptions(heads=mh.HEADS[:2], compute_dtype="float32")
   grad = mh.make_grad_step(graphdef, options, BATCH)
@@ -117,7 +119,7 @@ def test_summed_gradients_equal_the_big_batch_gradients():
                   jax.tree.leaves(whole["grads"])):
     g, w = np.asarray(g), np.asarray(w)
     np.testing.assert_allclose(g, w, rtol=0,
-                               atol=1e-6 * max(np.abs(w).max(), 1e-30))
+                               atol=2e-6 * max(np.abs(w).max(), 1e-30))
   # ... and the big batch's mean-loss gradient is what the fused step uses.
   want = jax.grad(mh.loss_and_logits, argnums=1, has_aux=True)(
       graphdef, jax.tree.map(lambda a: a[0], params),
