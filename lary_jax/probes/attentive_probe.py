@@ -216,7 +216,9 @@ def tokens_attended(config: Config, feature_shape: tuple[int, ...]) -> int:
   """How many tokens the probe's blocks attend over for one example of
   stored features [T, N, D] (or [N, D])."""
   frames = feature_shape[0] if len(feature_shape) == 3 else 1
-  per_frame = config.pool_grid**2 if config.pool_grid else feature_shape[-2]
+  per_frame = feature_shape[-2]
+  if config.pool_grid:  # pooling only ever reduces (`pool_tokens`)
+    per_frame = min(per_frame, config.pool_grid**2)
   return frames * per_frame
 
 
