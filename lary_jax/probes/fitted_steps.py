@@ -134,7 +134,7 @@ class TrainStep:
 
   def __call__(self, params: Any, opt_state: Any, step: int,
                local_batch: Mapping[str, np.ndarray],
-               on_micro: Callable[[int, int], None] | None = None
+               on_micro: Callable[[int, int, Any], None] | None = None
                ) -> tuple[Any, ...]:
     batch = {"features": local_batch["features"],
              "label": local_batch["label"]}

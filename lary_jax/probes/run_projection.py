@@ -40,11 +40,13 @@ class Projection:
   """Times units of work and says once how long the rest will take.
 
   Call `unit_done()` when a unit has finished (after blocking on its
-  result); it returns the line once, then None.
+  result); it returns the line once, then None. A unit is a step, a
+  micro-batch of one (`units_per_step` > 1) or an epoch of steps (< 1);
+  `start()` leaves out what ran since the last unit (e.g. evaluation).
   """
 
-  def __init__(self, what: str, steps_left: int, units_per_step: int = 1,
-               clock=time.perf_counter):
+  def __init__(self, what: str, steps_left: int,
+               units_per_step: float = 1, clock=time.perf_counter):
     self.what = what
     self.steps_left = steps_left
     self.units_per_step = units_per_step
@@ -54,6 +56,21 @@ class Projection:
     self._measured = 0.0
     self._seen = 0
     self.done = steps_left == 0
+
+  def start(self) -> None:
+    """The next unit starts now."""
+    self._start = self._clock()
+
+  def finished(self, pending: Any, show: bool | None, bar: Any) -> None:
+    """A unit whose result is `pending` was dispatched: until the line has
+    been said, waits for it (the clock needs finished work), records it
+    and says the line once it is known (`say`)."""
+    if self.done:
+      return
+    jax.block_until_ready(pending)
+    line = self.unit_done()
+    if line:
+      say(show, bar, line)
 
   def unit_done(self) -> str | None:
     """Records a finished unit; the projection line once it is known."""

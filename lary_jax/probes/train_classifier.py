@@ -159,6 +159,9 @@ def train(probe: attentive_probe.Config, train_split: Split,
     order = pl.train_order(len(train_split.source), seed=seed, labels=(
         train_split.labels if options.balanced else None))
     train_step = None
+    # Timed by epochs: a scan is one call.
+    projection = run_projection.Projection(
+        run_name, total - start_epoch * per_epoch, 1 / per_epoch)
     features = held["train"]["features"]
     eval_step = fitted_steps.EvalStep(
         eval_graphdef, probe.num_classes, options.head_batch, mesh, params,
@@ -193,11 +196,7 @@ def train(probe: attentive_probe.Config, train_split: Split,
         start_epoch * per_epoch), train_step.micro_steps)
 
     def on_micro(step, i, k, pending):
-      if not projection.done:  # the clock needs finished work: wait for it
-        jax.block_until_ready(pending)
-        line = projection.unit_done()
-        if line:
-          run_projection.say(show, bar, line)
+      projection.finished(pending, show, bar)
       if k > 1:
         bar.n = step + (i + 1) / k
         bar.refresh()
@@ -217,8 +216,10 @@ def train(probe: attentive_probe.Config, train_split: Split,
     if held is not None:
       ids = in_memory.epoch_indices(order, first, per_epoch,
                                     options.global_batch)
+      projection.start()
       params, opt_state, (losses, hits, _) = run_epoch(
           params, opt_state, jnp.int32(first), held["train"], ids)
+      projection.finished(losses, show, bar)
       bar.update(per_epoch)
     else:
       losses, hits = [], []

@@ -283,17 +283,20 @@ def train(decoder: Decoder, token_shape: tuple[int, ...], train_split: Split,
   show = progress if jax.process_index() == 0 else False
   bar = progress_lib.bar(total, initial=start_epoch * per_epoch, unit="step",
                          desc=f"regress {decoder.name}", show=show)
+  # Timed by steps, or by epochs where an epoch is one call (a scan).
   projection = run_projection.Projection(
       f"regress {decoder.name} {os.path.basename(workdir)}",
-      0 if held is not None else total - start_epoch * per_epoch)
+      total - start_epoch * per_epoch, 1 if held is None else 1 / per_epoch)
   events = tensorboard_log.ScalarLog(workdir)
   for epoch in range(start_epoch, options.epochs):
     first = epoch * per_epoch
     if held is not None:
       ids = in_memory.epoch_indices(order, first, per_epoch,
                                     options.global_batch)
+      projection.start()
       params, opt_state, (losses,) = run_epoch(
           params, opt_state, jnp.int32(first), held["train"], ids)
+      projection.finished(losses, show, bar)
       bar.update(per_epoch)
     else:
       losses = []
@@ -303,11 +306,7 @@ def train(decoder: Decoder, token_shape: tuple[int, ...], train_split: Split,
             params, opt_state, jnp.int32(step), batch["features"],
             batch["target"])
         losses.append(loss)
-        if not projection.done:  # the clock needs finished work
-          jax.block_until_ready(loss)
-          line = projection.unit_done()
-          if line:
-            run_projection.say(show, bar, line)
+        projection.finished(loss, show, bar)
         bar.update(1)
     out = {name: (predict(eval_step, params, split.source, options.eval_batch,
                           mesh, eval_prefetch) if held is None else

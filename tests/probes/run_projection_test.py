@@ -34,6 +34,22 @@ def test_a_long_first_unit_is_enough():
       "days of training on this machine, evaluation not included")
 
 
+def test_epochs_as_units_leave_out_what_runs_between_them():
+  # 10 steps an epoch, 5 epochs. Epoch 1 runs 0-1 s (warm-up), evaluation
+  # until 9 s, epoch 2 from 9 s to 12 s, epoch 3 from 20 s to 23 s.
+  p = run_projection.Projection("classify seed_0", 50, 1 / 10,
+                                clock=Clock(0.0, 0.0, 1.0, 9.0, 12.0, 20.0,
+                                            23.0))
+  p.start()
+  assert p.unit_done() is None
+  p.start()
+  assert p.unit_done() is None
+  p.start()
+  assert p.unit_done() == (
+      "classify seed_0: 50 training steps at 0.3 s a step -> about 15 s "
+      "of training on this machine, evaluation not included")
+
+
 def test_durations():
   assert [run_projection.duration(s) for s in (3, 252, 27000, 1e6)] == [
       "3 s", "4.2 min", "7.5 h", "11.6 days"]
