@@ -51,6 +51,12 @@ def check_batches(mesh: Mesh, global_batch: int, eval_batch: int,
                       "that each device gets")
 
 
+def _share(mesh: Mesh, batch: int, micro_batch: int) -> int:
+  """Rows of `batch` that each device gets, once they are known to split."""
+  check_batches(mesh, batch, batch, micro_batch)
+  return batch // mesh.devices.size
+
+
 def _sizes(per_device: int, micro_batch: int, tokens: int,
            mesh: Mesh) -> list[int]:
   """Candidate micro-batches, largest first: `micro_batch` if set, else
@@ -99,8 +105,7 @@ class TrainStep:
                host_reserve: int = 0, tokens: int = 0):
     self.mesh = mesh
     self.local_devices = len(mesh.local_devices)
-    check_batches(mesh, global_batch, global_batch, micro_batch)
-    per_device = global_batch // mesh.devices.size
+    per_device = _share(mesh, global_batch, micro_batch)
     params_bytes = memory_fit.tree_bytes(params)
     state_bytes = memory_fit.tree_bytes(opt_state)
     step_spec = jax.ShapeDtypeStruct((), jnp.int32,
@@ -170,8 +175,7 @@ class EvalStep:
                host_reserve: int = 0, tokens: int = 0):
     self.mesh = mesh
     self.local_devices = len(mesh.local_devices)
-    check_batches(mesh, eval_batch, eval_batch, micro_batch)
-    per_device = eval_batch // mesh.devices.size
+    per_device = _share(mesh, eval_batch, micro_batch)
     step = mh.make_eval_step(graphdef, num_classes, head_batch)
     params_bytes = memory_fit.tree_bytes(params)
 

@@ -1,11 +1,5 @@
 """Micro-batched probe steps: the numbers of one big batch, sized to memory."""
 
-import json
-import os
-import pathlib
-import subprocess
-import sys
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,8 +12,8 @@ from lary_jax.probes import attentive_probe
 from lary_jax.probes import fitted_steps
 from lary_jax.probes import memory_fit
 from lary_jax.probes import multi_head as mh
+from tests.probes import eight_devices
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
 PROBE = attentive_probe.Config(dim=16, num_classes=4, model_dim=32,
                                num_heads=2, depth=2)
 OPTIONS = mh.StepOptions(total_steps=10, compute_dtype="float32")
@@ -130,15 +124,9 @@ def test_summed_gradients_equal_the_big_batch_gradients():
 
 
 def test_micro_batches_on_eight_devices_match_one_device(tmp_path):
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT),
-             XLA_FLAGS="--xla_force_host_platform_device_count=8")
-  result = subprocess.run(
-      [sys.executable, "-m", "tests.probes.micro_batch_worker",
-       str(tmp_path)], env=env, capture_output=True, text=True, timeout=600,
-      cwd=ROOT)
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert json.loads((tmp_path / "info.json").read_text()) == {
-      "devices": 8, "micro_steps": {"whole": 1, "micro": 2}}
+  info = eight_devices.run_worker("tests.probes.micro_batch_worker",
+                                  tmp_path, timeout=600)
+  assert info == {"devices": 8, "micro_steps": {"whole": 1, "micro": 2}}
   one_device = train(whole_batch())
   for name in ("whole", "micro"):
     got = dict(np.load(tmp_path / f"{name}.npz"))

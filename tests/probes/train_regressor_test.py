@@ -1,11 +1,6 @@
 """Training a regression decoder: learning, warm-up, FSDP-style sharding."""
 
-import json
-import os
-import pathlib
 import re
-import subprocess
-import sys
 
 import jax.numpy as jnp
 import numpy as np
@@ -14,8 +9,8 @@ import pytest
 from lary_jax.probes import regress
 from lary_jax.probes import regression_report as report
 from lary_jax.probes import train_regressor as tr
+from tests.probes import eight_devices
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
 TOKENS = (2, 4, 8)  # a pair of 4 tokens of width 8 -> 64 inputs
 STEPS, DIM = 3, 2
 
@@ -77,14 +72,8 @@ def test_param_shardings_split_only_big_leaves():
 
 
 def test_sharded_and_replicated_training_agree_on_eight_devices(tmp_path):
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT),
-             XLA_FLAGS="--xla_force_host_platform_device_count=8")
-  result = subprocess.run(
-      [sys.executable, "-m", "tests.probes.sharded_regressor_worker",
-       str(tmp_path)], env=env, capture_output=True, text=True, timeout=300,
-      cwd=ROOT)
-  assert result.returncode == 0, result.stderr[-3000:]
-  info = json.loads((tmp_path / "info.json").read_text())
+  info = eight_devices.run_worker("tests.probes.sharded_regressor_worker",
+                                  tmp_path, timeout=300)
   assert info["devices"] == 8
   assert info["fc1_spec"] == ["data", None]  # first layer split 8 ways
   assert info["fc1_shard_rows"] == 64 // 8
