@@ -2,6 +2,7 @@
 
   python benchmarks/classification_probe.py [--lam_batch 16]
       [--encoder_batch 1] [--rounds 2] [--sessions 1] [--full]
+  python benchmarks/classification_probe.py --memory DIR
 
 Five probes of upstream's size (model_dim 768, 16 heads, depth 4, 54
 classes) take one training step on one batch of random features, in fp32,
@@ -15,8 +16,8 @@ encoder-shaped [B, 9, 256, 1024] (2304 tokens).
   backward and step per head on the same batch, label smoothing 0.1, torch
   threads = cores.
 
-Each side runs alone in its own process (malloc never unmaps:
-`GLIBC_TUNABLES=glibc.malloc.mmap_max=0:...trim_threshold=32G` for both), one warm-up step, then `--rounds` timed steps; a
+Each side runs alone in its own process (the same `GLIBC_TUNABLES` for
+both), one warm-up step, then `--rounds` timed steps; a
 jitted 2048^3 fp32 matmul, measured the same way, is the GEMM peak that the
 achieved FLOP/s is compared with. Model FLOPs are counted analytically: 3x
 the forward's matmul FLOPs, attention included. `--full` runs the issue's
@@ -24,6 +25,14 @@ batch sizes. `--compute_dtype bfloat16 --device cuda` run both sides in bf16
 (PyTorch under autocast) on a GPU, `--model_dim/--probe_heads/--depth`
 another probe size (benchmarks/device_check.py uses both). Writes the
 `classification_probe` section of BENCHMARKS.md.
+
+`--memory DIR` is the protocol's probe where it does not fit at once:
+`classify --model pixels --dataset sim_classification` with the default
+config on a tiny LARY-Sim (rendered, prepared and extracted into DIR if
+missing), run until it has printed its micro-batches and its projection
+(timed on its first finished micro-batches), then stopped. Writes the
+`classification_probe_memory` section: what it printed, its peak RSS
+(VmHWM) and the host's free memory when it started.
 """
 
 from __future__ import annotations
@@ -47,7 +56,8 @@ CLASSES = 54
 NUM_HEADS = 5
 GEMM_N = report.GEMM_N
 FULL = {"lam_batch": 256, "encoder_batch": 8}
-# Page faults on freshly mapped buffers are costly on these VMs.
+# Page faults on freshly mapped buffers are costly on these VMs: glibc keeps
+# freed memory instead of returning it, for both sides.
 MALLOC_TUNABLES = ("glibc.malloc.mmap_max=0:"
                    "glibc.malloc.trim_threshold=34359738368")
 
@@ -206,6 +216,81 @@ def _row(name: str, runs: list[dict], flops: float, peak: float) -> dict:
           "load": [x for r in runs for x in r["load"]]}
 
 
+def _cli(*argv: str) -> list[str]:
+  return [sys.executable, "-m", "lary_jax.main", *argv]
+
+
+def _memory_section(args) -> str:
+  """Runs the protocol's classify on pixels features until it has shown
+  its micro-batches and its projection."""
+  import threading  # pylint: disable=g-import-not-at-top
+  from lary_jax.probes import memory_fit  # pylint: disable=g-import-not-at-top
+  root = os.path.abspath(args.memory)
+  data, work = os.path.join(root, "data"), os.path.join(root, "work")
+  store = os.path.join(work, "features", "sim_classification", "train",
+                       "pixels", "manifest.json")
+  if not os.path.exists(store):
+    for argv in (("simulate", "--out", data, "--tiny"),
+                 ("prepare", "--dataset", "sim", "--data_dir", data,
+                  "--workdir", work),
+                 ("extract", "--model", "pixels", "--dataset",
+                  "sim_classification", "--data_dir", data,
+                  "--workdir", work)):
+      subprocess.run(_cli(*argv), check=True)
+  subprocess.run(["rm", "-rf", os.path.join(work, "classify")], check=True)
+  free = memory_fit.host_free_bytes()
+  command = ("classify", "--model", "pixels", "--dataset",
+             "sim_classification", "--workdir", work)
+  start = time.time()
+  proc = subprocess.Popen(_cli(*command), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True,
+                          env=dict(os.environ, PYTHONUNBUFFERED="1"))
+  peak = [0.0]
+  loads = []
+
+  def watch():
+    while proc.poll() is None:
+      try:
+        with open(f"/proc/{proc.pid}/status") as f:
+          hwm = next(x for x in f if x.startswith("VmHWM:"))
+        peak[0] = max(peak[0], int(hwm.split()[1]) / 2**20)
+      except (OSError, StopIteration):
+        pass
+      loads.append(os.getloadavg()[0])
+      time.sleep(1.0)
+
+  watcher = threading.Thread(target=watch, daemon=True)
+  watcher.start()
+  shown = []
+  for line in iter(proc.stdout.readline, ""):
+    text = line.strip()
+    print(text, file=sys.stderr)
+    if "micro-batches of" in text or "training steps at" in text:
+      shown.append((time.time() - start, text))
+    if "training steps at" in text:
+      break
+  stopped = time.time() - start
+  proc.kill()
+  proc.wait()
+  watcher.join()
+  lines = "\n".join(f"    [{t:5.0f} s] {text}" for t, text in shown)
+  return f"""## classification_probe_memory: the protocol's probe where it does not fit at once
+
+`python benchmarks/classification_probe.py --memory DIR`
+({report.machine()}): `{" ".join(command[:5])}` with the default config
+(upstream's probe, global batch 256, 20 epochs) on the `--tiny` LARY-Sim's
+`pixels` features ([9, 256, 588] a clip, 2304 tokens), stopped once it had
+printed its projection ({stopped:.0f} s after it started, seconds below
+likewise). The host had {free / 2**30:.1f} GiB free at the start; load
+average {min(loads or [0]):.1f}-{max(loads or [0]):.1f} (other processes
+share the machine). It printed:
+
+{lines}
+
+Peak RSS (VmHWM) of the run: **{peak[0]:.1f} GiB**.
+"""
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--lam_batch", type=int, default=16)
@@ -229,12 +314,20 @@ def main() -> None:
                       help=f"the issue's batch sizes: {FULL}")
   parser.add_argument("--print_only", action="store_true",
                       help="print the section, leave BENCHMARKS.md alone")
+  parser.add_argument("--memory", metavar="DIR",
+                      help="run the memory proof in DIR instead")
   parser.add_argument("--worker", choices=["jax", "torch", "gemm"])
   parser.add_argument("--shape", type=lambda s: tuple(map(int, s.split(","))))
   args = parser.parse_args()
   if args.worker:
     fn = {"jax": worker_jax, "torch": worker_torch, "gemm": worker_gemm}
     print(json.dumps(fn[args.worker](args)))
+    return
+  if args.memory:
+    body = _memory_section(args)
+    print(body)
+    if not args.print_only:
+      report.write_section("classification_probe_memory", body)
     return
   if args.full:
     for key, value in FULL.items():

@@ -72,6 +72,11 @@ def get_config() -> ml_collections.ConfigDict:
   # Probes computed at once in a step: 1 keeps one probe's activations in
   # memory; 5 vmaps all five (faster on a big accelerator, 5x the memory).
   config.classify.head_batch = 1
+  # Examples a device computes at once; the rest of its share of the global
+  # batch follows in further micro-batches with their gradients summed (the
+  # numbers of one big batch). 0: the largest that fits the device's free
+  # memory (the protocol's probe on encoder tokens needs ~0.6 GB an example).
+  config.classify.micro_batch = 0
   # Share of train held out (per class) to pick the honest head and epoch;
   # 0 trains on all of train, as upstream, and reports no honest number.
   config.classify.holdout = 0.1

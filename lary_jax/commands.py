@@ -385,8 +385,9 @@ def classify(flags, config: Config) -> int:
       global_batch=c.global_batch, eval_batch=c.eval_batch,
       heads=tuple(tuple(float(v) for v in h) for h in c.heads),
       label_smoothing=c.label_smoothing, compute_dtype=c.compute_dtype,
-      head_batch=c.head_batch, balanced=c.balanced,
-      read_threads=c.read_threads, in_memory_mb=c.in_memory_mb)
+      head_batch=c.head_batch, micro_batch=c.micro_batch,
+      balanced=c.balanced, read_threads=c.read_threads,
+      in_memory_mb=c.in_memory_mb)
   shape = classify_lib.ProbeShape(**c.probe.to_dict())
   seeds = _seeds(flags)
   for spec in probe_specs(flags.dataset, flags.stride, "classify"):

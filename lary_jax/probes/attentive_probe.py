@@ -14,6 +14,9 @@ attention output projection and fc2 of self-attention block i, and the
 cross-attention fc2 after the last block, divided by sqrt(2 (i + 1)); the
 classifier Linear keeps PyTorch's default (uniform +-1/sqrt(768)), because
 upstream never re-initialises it.
+
+Self-attention goes through `probe_attention`, which never holds a layer's
+[B, H, N, N] logits (87 GB at the protocol's batch of encoder tokens).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from flax import nnx
 
 from lary_jax.encoders import vit_layers
 from lary_jax.errors import LaryError
+from lary_jax.probes import probe_attention
 
 EPS = 1e-5  # torch.nn.LayerNorm's default, which upstream uses
 
@@ -53,24 +57,78 @@ class Config:
       raise LaryError(f"probe depth {self.depth}: expected >= 1")
 
 
-def _normal_init(key, shape, dtype=jnp.float32):
+def _normal_init(key, shape, dtype=jnp.float32, scale: float = 1.0):
   # Upstream's trunc_normal_(std=0.02) cuts at +-2 absolute, i.e. 100 std.
-  return 0.02 * jax.random.truncated_normal(key, -100.0, 100.0, shape, dtype)
+  # One multiply by one constant after the draw: the jitted init
+  # (multi_head.init_heads) must give exactly the eager parameters, and
+  # XLA rounds `0.02 * x / scale` differently when it fuses the two.
+  return (0.02 / scale) * jax.random.truncated_normal(key, -100.0, 100.0,
+                                                      shape, dtype)
 
 
 def _torch_default_init(fan_in: int):
+  # One jax.random call: a multiply and an add after it would fuse into one
+  # rounding under jit and two op by op.
   bound = 1.0 / math.sqrt(fan_in)
-  return nnx.initializers.uniform(2 * bound), bound
+  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(
+      key, shape, dtype, -bound, bound)
 
 
 def _linear(din: int, dout: int, dtype, rngs: nnx.Rngs,
             scale: float = 1.0) -> nnx.Linear:
-  init = _normal_init
-  if scale != 1.0:
-    init = lambda key, shape, dtype=jnp.float32: _normal_init(
-        key, shape, dtype) / scale
+  init = lambda key, shape, dtype=jnp.float32: _normal_init(
+      key, shape, dtype, scale)
   return nnx.Linear(din, dout, dtype=dtype, param_dtype=jnp.float32,
                     kernel_init=init, rngs=rngs)
+
+
+class Mlp(nnx.Module):
+  """fc1 -> exact GELU -> fc2; fc2 starts divided by `fc2_scale`."""
+
+  def __init__(self, dim: int, hidden: int, *, fc2_scale: float, dtype,
+               rngs: nnx.Rngs):
+    self.fc1 = _linear(dim, hidden, dtype, rngs)
+    self.fc2 = _linear(hidden, dim, dtype, rngs, scale=fc2_scale)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.fc2(vit_layers.gelu_erf(self.fc1(x)))
+
+
+class SelfAttention(nnx.Module):
+  """Multi-head self-attention: fused qkv, `probe_attention`, out proj."""
+
+  def __init__(self, dim: int, num_heads: int, *, proj_scale: float, dtype,
+               rngs: nnx.Rngs):
+    self.num_heads = num_heads
+    self.qkv = _linear(dim, 3 * dim, dtype, rngs)
+    self.proj = _linear(dim, dim, dtype, rngs, scale=proj_scale)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    b, n, d = x.shape
+    h = self.num_heads
+    qkv = self.qkv(x).reshape(b, n, 3, h, d // h)
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, N, H, Dh]
+    return self.proj(probe_attention.attention(q, k, v).reshape(b, n, d))
+
+
+class SelfAttentionBlock(nnx.Module):
+  """Pre-norm block: x + attn(norm1(x)), then x + mlp(norm2(x)).
+
+  Self-attention block i of upstream's probe: its attention output
+  projection and fc2 start divided by `out_scale` = sqrt(2 (i + 1)).
+  """
+
+  def __init__(self, dim: int, num_heads: int, hidden: int, *,
+               out_scale: float, dtype, rngs: nnx.Rngs):
+    self.norm1 = vit_layers.layer_norm(dim, EPS, dtype=dtype, rngs=rngs)
+    self.attn = SelfAttention(dim, num_heads, proj_scale=out_scale,
+                              dtype=dtype, rngs=rngs)
+    self.norm2 = vit_layers.layer_norm(dim, EPS, dtype=dtype, rngs=rngs)
+    self.mlp = Mlp(dim, hidden, fc2_scale=out_scale, dtype=dtype, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = x + self.attn(self.norm1(x))
+    return x + self.mlp(self.norm2(x))
 
 
 class CrossAttentionBlock(nnx.Module):
@@ -83,9 +141,7 @@ class CrossAttentionBlock(nnx.Module):
     self.q = _linear(dim, dim, dtype, rngs)
     self.kv = _linear(dim, 2 * dim, dtype, rngs)
     self.norm2 = vit_layers.layer_norm(dim, EPS, dtype=dtype, rngs=rngs)
-    self.mlp = vit_layers.Mlp(dim, hidden, dtype=dtype, rngs=rngs)
-    self.mlp.fc1 = _linear(dim, hidden, dtype, rngs)
-    self.mlp.fc2 = _linear(hidden, dim, dtype, rngs, scale=fc2_scale)
+    self.mlp = Mlp(dim, hidden, fc2_scale=fc2_scale, dtype=dtype, rngs=rngs)
 
   def __call__(self, query: jax.Array, x: jax.Array) -> jax.Array:
     b, n, d = x.shape
@@ -113,28 +169,18 @@ class AttentiveProbe(nnx.Module):
     self.temporal_embed = nnx.Param(_normal_init(rngs.params(),
                                                  (c.max_frames, d)))
     self.query = nnx.Param(_normal_init(rngs.params(), (1, d)))
-    blocks = []
-    for i in range(c.depth - 1):
-      block = vit_layers.Block(d, c.num_heads, hidden, eps=EPS, dtype=dtype,
-                               rngs=rngs)
-      # Upstream re-draws every Linear, then rescales the residual outputs.
-      scale = math.sqrt(2.0 * (i + 1))
-      block.attn.qkv = _linear(d, 3 * d, dtype, rngs)
-      block.attn.proj = _linear(d, d, dtype, rngs, scale=scale)
-      block.mlp.fc1 = _linear(d, hidden, dtype, rngs)
-      block.mlp.fc2 = _linear(hidden, d, dtype, rngs, scale=scale)
-      blocks.append(block)
-    self.blocks = nnx.List(blocks)
+    self.blocks = nnx.List([
+        SelfAttentionBlock(d, c.num_heads, hidden,
+                           out_scale=math.sqrt(2.0 * (i + 1)), dtype=dtype,
+                           rngs=rngs) for i in range(c.depth - 1)])
     self.cross = CrossAttentionBlock(d, c.num_heads, hidden,
                                      fc2_scale=math.sqrt(2.0 * max(
                                          c.depth - 1, 1)),
                                      dtype=dtype, rngs=rngs)
-    init, bound = _torch_default_init(d)
-    self.head = nnx.Linear(
-        d, c.num_classes, dtype=dtype, param_dtype=jnp.float32,
-        kernel_init=lambda k, s, t=jnp.float32: init(k, s, t) - bound,
-        bias_init=lambda k, s, t=jnp.float32: init(k, s, t) - bound,
-        rngs=rngs)
+    init = _torch_default_init(d)
+    self.head = nnx.Linear(d, c.num_classes, dtype=dtype,
+                           param_dtype=jnp.float32, kernel_init=init,
+                           bias_init=init, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """[B, T, N, D] or [B, N, D] features -> [B, num_classes] float32."""
@@ -164,6 +210,16 @@ class AttentiveProbe(nnx.Module):
     query = jnp.broadcast_to(self.query[...].astype(x.dtype), (b, 1, d))
     pooled = self.cross(query, x)[:, 0]
     return self.head(pooled).astype(jnp.float32)
+
+
+def tokens_attended(config: Config, feature_shape: tuple[int, ...]) -> int:
+  """How many tokens the probe's blocks attend over for one example of
+  stored features [T, N, D] (or [N, D])."""
+  frames = feature_shape[0] if len(feature_shape) == 3 else 1
+  per_frame = feature_shape[-2]
+  if config.pool_grid:  # pooling only ever reduces (`pool_tokens`)
+    per_frame = min(per_frame, config.pool_grid**2)
+  return frames * per_frame
 
 
 def pool_features(x: jax.Array, grid: int) -> jax.Array:

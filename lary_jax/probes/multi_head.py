@@ -7,11 +7,16 @@ heads at a time (1 = one after another, the least memory; 5 = all vmapped,
 which holds five heads' activations at once). The batch is split over the
 `data` mesh axis; the global batch is fixed, so the numbers do not depend on
 how many devices computed them.
+
+A batch too big for the device runs as micro-batches instead
+(`fitted_steps`): `make_grad_step` adds each one's gradients to running
+sums, `make_update_step` applies AdamW to the sums once per batch.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import jax
@@ -67,18 +72,24 @@ def init_heads(config: attentive_probe.Config, num_heads: int, seed: int,
                dtype: Any = jnp.float32) -> tuple[nnx.GraphDef, Params]:
   """Draws `num_heads` probes and stacks their parameters.
 
+  Head h is `AttentiveProbe(config, rngs=nnx.Rngs(params=fold_in(key(seed),
+  h)))`, drawn in one jitted call: the same parameters, bit for bit, as
+  building each head op by op, in one compilation instead of one per
+  primitive and shape.
+
   Returns:
     (graphdef computing in `dtype`, parameters [num_heads, ...] float32).
   """
-  key = jax.random.key(seed)
-  states = []
-  graphdef = None
-  for h in range(num_heads):
-    model = attentive_probe.AttentiveProbe(
-        config, dtype=dtype, rngs=nnx.Rngs(params=jax.random.fold_in(key, h)))
-    graphdef, state = nnx.split(model)
-    states.append(state)
-  return graphdef, jax.tree.map(lambda *x: jnp.stack(x), *states)
+  return graphdef_for(config, dtype), _draw_heads(config, num_heads, seed)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _draw_heads(config: attentive_probe.Config, num_heads: int,
+                seed: jax.Array) -> Params:
+  keys = jax.vmap(jax.random.fold_in, (None, 0))(
+      jax.random.key(seed), jnp.arange(num_heads))
+  return jax.vmap(lambda key: nnx.state(attentive_probe.AttentiveProbe(
+      config, rngs=nnx.Rngs(params=key))))(keys)
 
 
 def graphdef_for(config: attentive_probe.Config, dtype: Any) -> nnx.GraphDef:
@@ -101,18 +112,55 @@ def init_optimizer(params: Params, options: StepOptions) -> Any:
 
 
 def loss_and_logits(graphdef: nnx.GraphDef, params: Any, features: jax.Array,
-                    labels: jax.Array, label_smoothing: float
+                    labels: jax.Array, label_smoothing: float,
+                    batch_size: int | None = None
                     ) -> tuple[jax.Array, jax.Array]:
-  """Mean label-smoothed cross-entropy of one head, and its logits."""
+  """Label-smoothed cross-entropy of one head summed over the examples and
+  divided by `batch_size` (default: the mean), and its logits.
+
+  A micro-batch of a larger batch divides by the whole batch's size, so
+  that its gradients add up to the big batch's.
+  """
   logits = nnx.merge(graphdef, params)(features)
   targets = optax.smooth_labels(
       jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
-  return optax.softmax_cross_entropy(logits, targets).mean(), logits
+  losses = optax.softmax_cross_entropy(logits, targets)
+  return losses.sum() / (batch_size or losses.shape[0]), logits
+
+
+def _head_gradients(graphdef, options: StepOptions, p, features, labels,
+                    batch_size: int):
+  """One head on (a micro-batch of) a batch: its share of the mean loss
+  and its gradients, the count of right answers, whether all is finite."""
+  (loss, logits), grads = jax.value_and_grad(
+      loss_and_logits, argnums=1, has_aux=True)(
+          graphdef, p, features, labels, options.label_smoothing, batch_size)
+  finite = jnp.isfinite(loss) & jnp.isfinite(logits).all()
+  correct = (logits.argmax(-1) == labels).sum()
+  return grads, loss, correct, finite
+
+
+def _head_update(options: StepOptions, p, state, lr, wd, scale, grads,
+                 finite):
+  """One head's AdamW update; a head with a non-finite loss keeps its
+  parameters and state (upstream skips that update)."""
+  updates, new_state = _adamw(options, lr * scale, wd).update(grads, state, p)
+  new_p = optax.apply_updates(p, updates)
+  keep = lambda new, old: jax.tree.map(
+      lambda a, b: jnp.where(finite, a, b), new, old)
+  return keep(new_p, p), keep(new_state, state)
+
+
+def _head_hyperparameters(options: StepOptions) -> tuple[jax.Array, ...]:
+  if options.total_steps < 1:
+    raise LaryError(f"total_steps {options.total_steps}: expected >= 1")
+  return (jnp.asarray([h[0] for h in options.heads], jnp.float32),
+          jnp.asarray([h[1] for h in options.heads], jnp.float32))
 
 
 def make_train_step(graphdef: nnx.GraphDef, options: StepOptions
                     ) -> Callable[..., tuple[Any, ...]]:
-  """The jitted step.
+  """The jitted step on a whole batch.
 
   step(params, opt_state, step, features, labels) ->
       (params, opt_state, loss [H], correct [H], finite [H])
@@ -126,32 +174,87 @@ def make_train_step(graphdef: nnx.GraphDef, options: StepOptions
 def make_step_fn(graphdef: nnx.GraphDef, options: StepOptions
                  ) -> Callable[..., tuple[Any, ...]]:
   """`make_train_step`'s function before jit (to run inside a scan)."""
-  lrs = jnp.asarray([h[0] for h in options.heads], jnp.float32)
-  wds = jnp.asarray([h[1] for h in options.heads], jnp.float32)
-  if options.total_steps < 1:
-    raise LaryError(f"total_steps {options.total_steps}: expected >= 1")
+  lrs, wds = _head_hyperparameters(options)
 
   def step_fn(params, opt_state, step, features, labels):
     scale = lr_scale(step, options.total_steps)
 
     def one_head(args):
       p, state, lr, wd = args
-      (loss, logits), grads = jax.value_and_grad(
-          loss_and_logits, argnums=1, has_aux=True)(
-              graphdef, p, features, labels, options.label_smoothing)
-      updates, new_state = _adamw(options, lr * scale, wd).update(
-          grads, state, p)
-      new_p = optax.apply_updates(p, updates)
-      finite = jnp.isfinite(loss) & jnp.isfinite(logits).all()
-      keep = lambda new, old: jax.tree.map(
-          lambda a, b: jnp.where(finite, a, b), new, old)
-      correct = (logits.argmax(-1) == labels).sum()
-      return keep(new_p, p), keep(new_state, state), loss, correct, finite
+      grads, loss, correct, finite = _head_gradients(
+          graphdef, options, p, features, labels, features.shape[0])
+      new_p, new_state = _head_update(options, p, state, lr, wd, scale,
+                                      grads, finite)
+      return new_p, new_state, loss, correct, finite
 
     return jax.lax.map(one_head, (params, opt_state, lrs, wds),
                        batch_size=_head_batch(options, len(options.heads)))
 
   return step_fn
+
+
+def zero_sums(params: Params) -> dict[str, Any]:
+  """What `make_grad_step` adds up over micro-batches, all zero: each
+  head's gradients, share of the loss, right answers, and finiteness."""
+  heads = jax.tree.leaves(params)[0].shape[0]
+  return {"grads": jax.tree.map(jnp.zeros_like, params),
+          "loss": jnp.zeros((heads,), jnp.float32),
+          "correct": jnp.zeros((heads,), jnp.int32),
+          "finite": jnp.ones((heads,), bool)}
+
+
+def make_grad_step(graphdef: nnx.GraphDef, options: StepOptions,
+                   batch_size: int) -> Callable[..., Any]:
+  """The jitted gradients of one micro-batch of a `batch_size` batch,
+  added to the running sums (donated; see `zero_sums`).
+
+  grad_step(params, sums, features, labels) -> sums
+  """
+
+  def step_fn(params, sums, features, labels):
+    def one_head(args):
+      p, acc = args
+      grads, loss, correct, finite = _head_gradients(
+          graphdef, options, p, features, labels, batch_size)
+      return {"grads": jax.tree.map(jnp.add, acc["grads"], grads),
+              "loss": acc["loss"] + loss,
+              "correct": acc["correct"] + correct.astype(jnp.int32),
+              "finite": acc["finite"] & finite}
+
+    return jax.lax.map(one_head, (params, sums),
+                       batch_size=_head_batch(options, len(options.heads)))
+
+  return jax.jit(step_fn, donate_argnums=(1,))
+
+
+def make_update_step(options: StepOptions) -> Callable[..., tuple[Any, ...]]:
+  """The jitted AdamW update from a whole batch's sums.
+
+  update(params, opt_state, step, sums) ->
+      (params, opt_state, loss [H], correct [H], finite [H], zeroed sums)
+
+  The sums come back zeroed in their own (donated) buffers, ready for the
+  next batch.
+  """
+  lrs, wds = _head_hyperparameters(options)
+
+  def step_fn(params, opt_state, step, sums):
+    scale = lr_scale(step, options.total_steps)
+
+    def one_head(args):
+      p, state, lr, wd, grads, finite = args
+      return _head_update(options, p, state, lr, wd, scale, grads, finite)
+
+    params, opt_state = jax.lax.map(
+        one_head, (params, opt_state, lrs, wds, sums["grads"],
+                   sums["finite"]),
+        batch_size=_head_batch(options, len(options.heads)))
+    zeroed = jax.tree.map(jnp.zeros_like, sums)
+    zeroed["finite"] = jnp.ones_like(sums["finite"])
+    return (params, opt_state, sums["loss"], sums["correct"], sums["finite"],
+            zeroed)
+
+  return jax.jit(step_fn, donate_argnums=(0, 1, 3))
 
 
 def make_eval_step(graphdef: nnx.GraphDef, num_classes: int,

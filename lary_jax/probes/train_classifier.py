@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 from collections.abc import Mapping
@@ -27,12 +28,16 @@ from lary_jax import tensorboard_log
 from lary_jax.data import pipeline as pl
 from lary_jax.errors import LaryError
 from lary_jax.probes import attentive_probe
+from lary_jax.probes import fitted_steps
 from lary_jax.probes import in_memory
+from lary_jax.probes import memory_fit
 from lary_jax.probes import multi_head as mh
+from lary_jax.probes import run_projection
 from lary_jax.probes import run_state
 
 _log = logging.getLogger(__name__)
 KEYS = ("features", "label")
+EVAL_PREFETCH = 2  # eval batches read ahead
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +54,10 @@ class Options:
   label_smoothing: float = 0.1
   compute_dtype: str = "auto"  # bf16 on GPU/TPU, fp32 on CPU
   head_batch: int = 1  # heads run at once (1: least memory)
+  # Examples a device computes at once; the rest of its share of the global
+  # batch follows in further micro-batches, gradients summed. 0: the
+  # largest that fits the device's free memory.
+  micro_batch: int = 0
   balanced: bool = True  # class-balanced draws with replacement
   read_threads: int = 4
   prefetch: int = 4
@@ -102,12 +111,8 @@ def train(probe: attentive_probe.Config, train_split: Split,
     and `train_loss` / `train_top1` [epochs, heads] of the training steps.
   """
   mesh = mesh or mesh_lib.make_mesh()
-  n_dev = mesh.devices.size
-  for name, batch in (("global_batch", options.global_batch),
-                      ("eval_batch", options.eval_batch)):
-    if batch % n_dev or batch % jax.process_count():
-      raise LaryError(f"classify.{name}={batch} must be a multiple of the "
-                      f"{n_dev} devices")
+  fitted_steps.check_batches(mesh, options.global_batch, options.eval_batch,
+                             options.micro_batch)
   per_epoch = run_state.steps_per_epoch(
       len(train_split.source), options.global_batch, epochs=options.epochs,
       min_updates=options.min_updates)
@@ -124,9 +129,13 @@ def train(probe: attentive_probe.Config, train_split: Split,
   params, opt_state = jax.device_put((params, opt_state), replicated)
 
   if jax.process_index() == 0:
+    # The micro-batch changes how a step is computed, not its numbers
+    # (beyond fp32 rounding): a run may resume with another.
+    settings = dataclasses.asdict(options)
+    del settings["micro_batch"]
     run_state.claim(workdir, {
         "probe": dataclasses.asdict(probe), "seed": seed,
-        "options": dataclasses.asdict(options), "inputs": inputs or {},
+        "options": settings, "inputs": inputs or {},
         "examples": {"train": len(train_split.source),
                      **{k: len(v.source) for k, v in evals.items()}}})
   checkpoints = run_state.Checkpoints(workdir)
@@ -136,54 +145,104 @@ def train(probe: attentive_probe.Config, train_split: Split,
   if start_epoch:
     _log.info("%s: resumed after epoch %d", workdir, start_epoch)
 
-  eval_step = mh.make_eval_step(eval_graphdef, probe.num_classes,
-                                options.head_batch)
+  show = progress if progress is not None else None
+  if jax.process_index() != 0:
+    show = False
+  run_name = f"classify {os.path.basename(workdir)}"
+  bar = progress_lib.bar(total, initial=start_epoch * per_epoch, unit="step",
+                         desc=run_name, show=show)
   held = _hold(probe, train_split, evals, options, mesh)
-  if held is not None:
+  run_epoch = None if held is None else _fitted_epoch(
+      graphdef, step_options, mesh, params, opt_state, held["train"],
+      per_epoch, options)
+  if run_epoch is not None:
     order = pl.train_order(len(train_split.source), seed=seed, labels=(
         train_split.labels if options.balanced else None))
-    run_epoch = in_memory.make_epoch(
-        mh.make_step_fn(graphdef, step_options), KEYS, mesh)
+    train_step = None
+    # Timed by epochs: a scan is one call.
+    projection = run_projection.Projection(
+        run_name, total - start_epoch * per_epoch, 1 / per_epoch)
+    features = held["train"]["features"]
+    eval_step = fitted_steps.EvalStep(
+        eval_graphdef, probe.num_classes, options.head_batch, mesh, params,
+        options.eval_batch,
+        jax.ShapeDtypeStruct(features.shape[1:], features.dtype),
+        micro_batch=options.micro_batch)
   else:
-    train_step = mh.make_train_step(graphdef, step_options)
+    held = None  # streamed instead: the held copies are freed
+    example = _example(train_split.source)
+    row = {"features": example, "label": jax.ShapeDtypeStruct((), np.int32)}
+    local = options.global_batch // jax.process_count()
+    prefetch, train_ahead = memory_fit.read_ahead(row, local,
+                                                  options.prefetch)
+    eval_prefetch, eval_ahead = memory_fit.read_ahead(
+        row, options.eval_batch // jax.process_count(), EVAL_PREFETCH)
+    fit = dict(micro_batch=options.micro_batch,
+               host_reserve=train_ahead + eval_ahead,
+               tokens=attentive_probe.tokens_attended(probe, example.shape))
+    train_step = fitted_steps.TrainStep(
+        graphdef, step_options, mesh, params, opt_state,
+        options.global_batch, example, **fit)
+    eval_step = fitted_steps.EvalStep(
+        eval_graphdef, probe.num_classes, options.head_batch, mesh, params,
+        options.eval_batch, example, **fit)
     batches = pl.train_dataset(
         train_split.source, (), KEYS, global_batch=options.global_batch,
         seed=seed, labels=train_split.labels if options.balanced else None)
     iterator = pl.make_iterator(batches[start_epoch * per_epoch:total],
                                 read_threads=options.read_threads,
-                                prefetch=options.prefetch)
-  show = progress if progress is not None else None
-  if jax.process_index() != 0:
-    show = False
-  bar = progress_lib.bar(total, initial=start_epoch * per_epoch, unit="step",
-                         desc=f"classify {os.path.basename(workdir)}",
-                         show=show)
+                                prefetch=prefetch)
+    projection = run_projection.Projection(run_name, total - (
+        start_epoch * per_epoch), train_step.micro_steps)
+
+    def on_micro(step, i, k, pending):
+      projection.finished(pending, show, bar)
+      if k > 1:
+        bar.n = step + (i + 1) / k
+        bar.refresh()
+
+  per_device = options.eval_batch // mesh.devices.size
+  if (train_step is not None and train_step.micro_steps > 1) or (
+      eval_step.micro < per_device):
+    train_part = ("" if train_step is None else
+                  f"{train_step.micro} (train, {train_step.micro_steps} a "
+                  f"step, {train_step.need / memory_fit.GIB:.1f} GiB) and ")
+    run_projection.say(
+        show, bar, f"{run_name}: micro-batches of {train_part}"
+        f"{eval_step.micro} (eval) examples a device, to fit its memory")
   events = tensorboard_log.ScalarLog(workdir)
   for epoch in range(start_epoch, options.epochs):
     first = epoch * per_epoch
     if held is not None:
       ids = in_memory.epoch_indices(order, first, per_epoch,
                                     options.global_batch)
+      projection.start()
       params, opt_state, (losses, hits, _) = run_epoch(
           params, opt_state, jnp.int32(first), held["train"], ids)
+      projection.finished(losses, show, bar)
+      bar.update(per_epoch)
     else:
       losses, hits = [], []
       for step in range(first, first + per_epoch):
-        batch = pl.to_device(next(iterator), mesh)
+        if losses and train_step.micro_steps > 1:
+          # Micro-batches are dispatched one by one: without this, a
+          # step's batches and sums would pile up behind the one running.
+          jax.block_until_ready(losses[-1])
         params, opt_state, loss, correct, _ = train_step(
-            params, opt_state, jnp.int32(step), batch["features"],
-            batch["label"])
+            params, opt_state, step, next(iterator),
+            functools.partial(on_micro, step))
         losses.append(loss)
         hits.append(correct)
+        if train_step.micro_steps == 1:
+          bar.update(1)
       losses, hits = jnp.stack(losses), jnp.stack(hits)
-    bar.update(per_epoch)
     loss = np.asarray(losses).mean(0)
     predictions = {
         name: (predict(eval_step, params, split.source, options.eval_batch,
-                       mesh) if held is None else in_memory.predict(
+                       eval_prefetch) if held is None else in_memory.predict(
                            lambda k, x: eval_step(params, x),
-                           held[name]["features"], options.eval_batch, mesh,
-                           axis=1))
+                           held[name]["features"],
+                           eval_step.micro * mesh.devices.size, mesh, axis=1))
         for name, split in evals.items()}
     # What the heads saw while training (bf16 where training is): [H] each.
     predictions["train_loss"] = loss.astype(np.float32)
@@ -231,6 +290,28 @@ def _hold(probe: attentive_probe.Config, train_split: Split,
   return held
 
 
+def _fitted_epoch(graphdef: Any, step_options: mh.StepOptions, mesh: Mesh,
+                  params: Any, opt_state: Any, train: Mapping[str, jax.Array],
+                  steps: int, options: Options) -> Any:
+  """The in-memory epoch (`in_memory.make_epoch`) compiled, or None where
+  its step over the whole global batch does not fit the device's memory
+  or micro-batches are asked for: the streaming path then runs them."""
+  per_device = options.global_batch // mesh.devices.size
+  if options.micro_batch not in (0, per_device):
+    return None
+  epoch = in_memory.make_epoch(mh.make_step_fn(graphdef, step_options), KEYS,
+                               mesh)
+  ids = jax.ShapeDtypeStruct((steps, options.global_batch), jnp.int32)
+  compiled, need = memory_fit.compile_within(
+      epoch, (params, opt_state, jnp.int32(0), train, ids),
+      (params, opt_state, train),
+      memory_fit.device_budget(mesh.local_devices[0]))
+  if compiled is None:
+    _log.info("in-memory epoch needs %.2f GiB: streamed in micro-batches "
+              "instead", need / memory_fit.GIB)
+  return compiled
+
+
 def _epoch_scalars(predictions: Mapping[str, np.ndarray],
                    evals: Mapping[str, Split]) -> dict[str, float]:
   """One epoch's TensorBoard scalars, per head (`head<h>`)."""
@@ -249,18 +330,27 @@ def _top1(topk: np.ndarray, labels: np.ndarray) -> float:
   return float((topk[:, 0] == labels).mean())
 
 
-def predict(eval_step, params: Any, source: Any, eval_batch: int,
-            mesh: Mesh) -> np.ndarray:
+def _example(source: Any) -> jax.ShapeDtypeStruct:
+  """Shape and dtype of one record's features, as they reach the device."""
+  if not len(source):
+    raise LaryError("classify: the training split has no examples")
+  features = np.asarray(source[0]["features"])
+  return jax.ShapeDtypeStruct(features.shape, features.dtype)
+
+
+def predict(eval_step: fitted_steps.EvalStep, params: Any, source: Any,
+            eval_batch: int, prefetch: int = EVAL_PREFETCH) -> np.ndarray:
   """Top-k predictions of every head on every record once: [H, N, k]."""
   ds = pl.eval_dataset(source, (), KEYS, global_batch=eval_batch)
   out = None
-  for batch in pl.make_iterator(ds, read_threads=2, prefetch=2):
-    index = multihost_utils.process_allgather(batch["index"], tiled=True)
-    mask = multihost_utils.process_allgather(batch["_mask"], tiled=True)
-    features = pl.to_device({"features": batch["features"]}, mesh)
-    top = np.asarray(multihost_utils.process_allgather(
-        eval_step(params, features["features"]), tiled=True))
-    if out is None:
-      out = np.zeros((top.shape[0], len(source), top.shape[2]), np.int32)
-    out[:, index[mask]] = top[:, mask]
+  for batch in pl.make_iterator(ds, read_threads=2, prefetch=prefetch):
+    for part in eval_step.micro_batches(
+        {k: batch[k] for k in ("features", "index", "_mask")}):
+      index = multihost_utils.process_allgather(part["index"], tiled=True)
+      mask = multihost_utils.process_allgather(part["_mask"], tiled=True)
+      top = np.asarray(multihost_utils.process_allgather(
+          eval_step(params, part["features"]), tiled=True))
+      if out is None:
+        out = np.zeros((top.shape[0], len(source), top.shape[2]), np.int32)
+      out[:, index[mask]] = top[:, mask]
   return out

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
+import os
 from collections.abc import Callable, Mapping
 from types import ModuleType
 from typing import Any
@@ -36,10 +38,13 @@ from lary_jax.data import pipeline as pl
 from lary_jax.errors import LaryError
 from lary_jax.probes import attentive_probe
 from lary_jax.probes import in_memory
+from lary_jax.probes import memory_fit
+from lary_jax.probes import run_projection
 from lary_jax.probes import run_state
 
 _log = logging.getLogger(__name__)
 KEYS = ("features", "target")
+EVAL_PREFETCH = 2  # eval batches read ahead
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,27 +205,13 @@ def train(decoder: Decoder, token_shape: tuple[int, ...], train_split: Split,
   total = options.epochs * per_epoch
   warmup_steps = int(total * options.warmup)
   dtype = getattr(jnp, options.compute_dtype)
-  model = decoder.make(input_dim(token_shape, options.pool_grid), seed, dtype)
-  graphdef, params = nnx.split(model)
-  del model
+  make = lambda: decoder.make(input_dim(token_shape, options.pool_grid),
+                              seed, dtype)
+  graphdef, abstract = nnx.split(nnx.eval_shape(make))
   tx = _optimizer(options, warmup_steps)
-  opt_state = tx.init(params)
-  p_sharding = param_shardings(params, mesh, options.shard_min_mb)
-  o_sharding = param_shardings(opt_state, mesh, options.shard_min_mb)
-  params = jax.device_put(params, p_sharding)
-  opt_state = jax.device_put(opt_state, o_sharding)
-  if jax.process_index() == 0:
-    run_state.claim(workdir, {
-        "decoder": decoder.name, "token_shape": list(token_shape),
-        "seed": seed, "options": dataclasses.asdict(options),
-        "inputs": inputs or {},
-        "examples": {"train": len(train_split.source),
-                     **{k: len(v.source) for k, v in evals.items()}}})
-  checkpoints = run_state.Checkpoints(workdir)
-  start_epoch, state = checkpoints.restore(
-      {"params": params, "opt_state": opt_state})
-  params, opt_state = state["params"], state["opt_state"]
-
+  p_sharding = param_shardings(abstract, mesh, options.shard_min_mb)
+  o_sharding = param_shardings(jax.eval_shape(tx.init, abstract), mesh,
+                               options.shard_min_mb)
   data = NamedSharding(mesh, P("data"))
   replicated = NamedSharding(mesh, P())
   train_key = jax.random.key(seed)
@@ -237,11 +228,41 @@ def train(decoder: Decoder, token_shape: tuple[int, ...], train_split: Split,
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss
 
-  train_step = jax.jit(
-      step_fn, in_shardings=(p_sharding, o_sharding, replicated, data, data),
-      out_shardings=(p_sharding, o_sharding, replicated),
-      donate_argnums=(0, 1),
-      compiler_options=compiler_options(mesh.devices.flat[0].platform))
+  held = _hold(train_split, evals, options, mesh)
+  platform_options = compiler_options(mesh.devices.flat[0].platform)
+  run_epoch = None if held is None else _fitted_epoch(
+      in_memory.make_epoch(step_fn, KEYS, mesh, platform_options,
+                           state_shardings=(p_sharding, o_sharding)),
+      abstract, tx, held["train"], per_epoch, options, mesh)
+  if run_epoch is None:
+    held = None  # streamed instead: the held copies are freed
+    row = _row_spec(train_split.source)
+    prefetch, train_ahead = memory_fit.read_ahead(
+        row, options.global_batch // jax.process_count(), options.prefetch)
+    eval_prefetch, eval_ahead = memory_fit.read_ahead(
+        row, options.eval_batch // jax.process_count(), EVAL_PREFETCH)
+    # Compiled before any parameter exists, so that a decoder too big for
+    # the device is refused up front instead of dying in its first step.
+    train_step = _compile_fitting(
+        jax.jit(step_fn,
+                in_shardings=(p_sharding, o_sharding, replicated, data, data),
+                out_shardings=(p_sharding, o_sharding, replicated),
+                donate_argnums=(0, 1), compiler_options=platform_options),
+        abstract, tx, mesh, options, decoder.name, row,
+        train_ahead + eval_ahead)
+  params = jax.device_put(nnx.state(make()), p_sharding)
+  opt_state = jax.device_put(tx.init(params), o_sharding)
+  if jax.process_index() == 0:
+    run_state.claim(workdir, {
+        "decoder": decoder.name, "token_shape": list(token_shape),
+        "seed": seed, "options": dataclasses.asdict(options),
+        "inputs": inputs or {},
+        "examples": {"train": len(train_split.source),
+                     **{k: len(v.source) for k, v in evals.items()}}})
+  checkpoints = run_state.Checkpoints(workdir)
+  start_epoch, state = checkpoints.restore(
+      {"params": params, "opt_state": opt_state})
+  params, opt_state = state["params"], state["opt_state"]
 
   def eval_fn(params, batch_index, features):
     z = flatten_features(features, options.pool_grid)
@@ -251,29 +272,32 @@ def train(decoder: Decoder, token_shape: tuple[int, ...], train_split: Split,
   eval_step = jax.jit(eval_fn, in_shardings=(p_sharding, replicated, data),
                       out_shardings=data)
 
-  held = _hold(train_split, evals, options, mesh)
   if held is not None:
     order = pl.train_order(len(train_split.source), seed=seed)
-    run_epoch = in_memory.make_epoch(
-        step_fn, KEYS, mesh, compiler_options(mesh.devices.flat[0].platform),
-        state_shardings=(p_sharding, o_sharding))
   else:
     batches = pl.train_dataset(train_split.source, (), KEYS,
                                global_batch=options.global_batch, seed=seed)
     iterator = pl.make_iterator(batches[start_epoch * per_epoch:total],
                                 read_threads=options.read_threads,
-                                prefetch=options.prefetch)
+                                prefetch=prefetch)
   show = progress if jax.process_index() == 0 else False
   bar = progress_lib.bar(total, initial=start_epoch * per_epoch, unit="step",
                          desc=f"regress {decoder.name}", show=show)
+  # Timed by steps, or by epochs where an epoch is one call (a scan).
+  projection = run_projection.Projection(
+      f"regress {decoder.name} {os.path.basename(workdir)}",
+      total - start_epoch * per_epoch, 1 if held is None else 1 / per_epoch)
   events = tensorboard_log.ScalarLog(workdir)
   for epoch in range(start_epoch, options.epochs):
     first = epoch * per_epoch
     if held is not None:
       ids = in_memory.epoch_indices(order, first, per_epoch,
                                     options.global_batch)
+      projection.start()
       params, opt_state, (losses,) = run_epoch(
           params, opt_state, jnp.int32(first), held["train"], ids)
+      projection.finished(losses, show, bar)
+      bar.update(per_epoch)
     else:
       losses = []
       for step in range(first, first + per_epoch):
@@ -282,12 +306,13 @@ def train(decoder: Decoder, token_shape: tuple[int, ...], train_split: Split,
             params, opt_state, jnp.int32(step), batch["features"],
             batch["target"])
         losses.append(loss)
-    bar.update(per_epoch)
+        projection.finished(loss, show, bar)
+        bar.update(1)
     out = {name: (predict(eval_step, params, split.source, options.eval_batch,
-                          mesh) if held is None else in_memory.predict(
-                              lambda k, x: eval_step(params, jnp.int32(k), x),
-                              held[name]["features"], options.eval_batch,
-                              mesh))
+                          mesh, eval_prefetch) if held is None else
+                  in_memory.predict(
+                      lambda k, x: eval_step(params, jnp.int32(k), x),
+                      held[name]["features"], options.eval_batch, mesh))
            for name, split in evals.items()}
     out["train_loss"] = np.asarray(float(np.mean(jax.device_get(losses))))
     if jax.process_index() == 0:
@@ -329,13 +354,88 @@ def _hold(train_split: Split, evals: Mapping[str, Split], options: Options,
   return held
 
 
+def _fitted_epoch(epoch: Any, params: Any, tx: Any,
+                  train: Mapping[str, jax.Array], steps: int,
+                  options: Options, mesh: Mesh) -> Any:
+  """The in-memory epoch compiled for the abstract `params`, or None where
+  it does not fit the device beside the held `train` arrays (the streaming
+  step, which holds no data, is then tried)."""
+  compiled, need = memory_fit.compile_within(
+      epoch, (params, jax.eval_shape(tx.init, params),
+              jax.ShapeDtypeStruct((), jnp.int32), train,
+              jax.ShapeDtypeStruct((steps, options.global_batch), jnp.int32)),
+      train, memory_fit.device_budget(mesh.local_devices[0], host_share=1.0))
+  if compiled is None:
+    _log.info("in-memory epoch needs %.2f GiB: streamed instead",
+              need / memory_fit.GIB)
+  return compiled
+
+
+def _row_spec(source: Any) -> dict[str, jax.ShapeDtypeStruct]:
+  """Shape and dtype of one record's features and target, as they reach
+  the device."""
+  if not len(source):
+    raise LaryError("regress: the training split has no examples")
+  row = source[0]
+  return {k: jax.ShapeDtypeStruct(np.shape(row[k]), np.asarray(row[k]).dtype)
+          for k in KEYS}
+
+
+def _compile_fitting(step: Any, params: Any, tx: Any, mesh: Mesh,
+                     options: Options, name: str,
+                     row: Mapping[str, jax.ShapeDtypeStruct],
+                     host_reserve: int) -> Any:
+  """The compiled train step, or an error saying what would make it fit.
+
+  Args:
+    step: the jitted step (with its shardings).
+    params: the decoder's parameters, abstract.
+    tx: the optimizer.
+    mesh: the device mesh.
+    options: training options.
+    name: the decoder's name, for the error.
+    row: one row's features and target (`_row_spec`).
+    host_reserve: host bytes the input pipelines hold.
+  """
+  batch = [jax.ShapeDtypeStruct((options.global_batch, *row[k].shape),
+                                row[k].dtype) for k in KEYS]
+  # No micro-batch makes a decoder smaller: it runs if the memory is free.
+  budget = memory_fit.device_budget(mesh.local_devices[0], host_reserve,
+                                    host_share=1.0)
+  compiled, need = memory_fit.compile_within(
+      step, (params, jax.eval_shape(tx.init, params),
+             jax.ShapeDtypeStruct((), jnp.int32), *batch), (), budget)
+  if compiled is not None:
+    return compiled
+  # What sharding would split: the large parameters, their two moments
+  # and their gradients (at most all of the step).
+  big = min(need * mesh.devices.size, 4 * sum(
+      x.size * 4 for x in jax.tree.leaves(params)
+      if x.size * 4 >= options.shard_min_mb * 2**20))
+  count = sum(x.size for x in jax.tree.leaves(params))
+  rest = need - big / mesh.devices.size
+  devices = (f"on about {math.ceil(big / (budget - rest))} devices of this "
+             "size (parameters of at least regress.shard_min_mb="
+             f"{options.shard_min_mb:g} MiB are split over the devices with "
+             "their moments)" if big and options.shard_min_mb >= 0
+             and budget > rest else "on a device with more memory")
+  gib = memory_fit.GIB
+  raise LaryError(
+      f"regress: a training step of the {name} decoder needs {need / gib:.1f}"
+      f" GiB on each of {mesh.devices.size} device(s) ({count / 1e9:.2f} B "
+      "parameters, with their AdamW moments and gradients), and this "
+      f"{mesh.local_devices[0].platform} device has {budget / gib:.1f} GiB "
+      f"to give. It fits {devices}, or with a smaller input: "
+      "--config.regress.pool_grid=4 (not the protocol)")
+
+
 def predict(eval_step, params: Any, source: Any, eval_batch: int,
-            mesh: Mesh) -> np.ndarray:
+            mesh: Mesh, prefetch: int = EVAL_PREFETCH) -> np.ndarray:
   """Normalised predictions for every record once: [N, S * A] float32."""
   ds = pl.eval_dataset(source, (), ("features",), global_batch=eval_batch)
   out = None
   for k, batch in enumerate(pl.make_iterator(ds, read_threads=2,
-                                                      prefetch=2)):
+                                             prefetch=prefetch)):
     index = multihost_utils.process_allgather(batch["index"], tiled=True)
     mask = multihost_utils.process_allgather(batch["_mask"], tiled=True)
     features = pl.to_device({"features": batch["features"]}, mesh)

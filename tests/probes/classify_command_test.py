@@ -73,6 +73,10 @@ def test_results_over_seeds_and_resume_after_kill(workdir):
   assert first.returncode == 0, first.stderr[-3000:]
   out = root / "lary_workdir" / "classify" / "human_1st" / "pixels"
   assert "upstream-style (chosen on val)" in first.stdout
+  # Each seed says how long its training will take (2 epochs of 2 steps:
+  # 9 clips left after the holdout, batch 8), timed here on epochs of the
+  # features held in memory.
+  assert "classify seed_0: 4 training steps at " in first.stdout
   assert "honest (chosen on train holdout)" in first.stdout
   summary = json.loads((out / "results.json").read_text())
   assert summary["seeds"] == [0, 1]
@@ -141,6 +145,10 @@ def test_errors_name_the_fix(workdir):
   assert other.returncode == 1
   assert "holds a run with other settings (differing: ['options'])" in \
       other.stderr
+  micro = _classify(workdir.root, "--workdir=lary_workdir",
+                    "--config.classify.micro_batch=3")
+  assert "error: classify.micro_batch=3 must divide the 8 examples of " \
+      "classify.global_batch=8" in micro.stderr
   regression = _classify(workdir.root, "--workdir=lary_workdir",
                          "--dataset=calvin")
   assert "calvin is a regression dataset" in regression.stderr

@@ -82,3 +82,51 @@ def test_regressor_in_memory_equals_streaming(tmp_path):
   np.testing.assert_allclose(runs["held"]["validation"],
                              runs["streaming"]["validation"], rtol=1e-5,
                              atol=1e-6)
+
+
+def test_classifier_held_data_whose_step_does_not_fit_is_micro_batched(
+    tmp_path, monkeypatch, caplog):
+  # The protocol's case in small: the features fit `in_memory_mb`, but a
+  # step over the whole batch does not fit the device. The device is given
+  # what one example at a time needs (measured the way `classify` does): the
+  # held epoch is refused and the stream runs micro-batches of one, to the
+  # numbers of the held run (fp32 rounding apart).
+  import jax  # pylint: disable=g-import-not-at-top
+  from lary_jax.probes import fitted_steps  # pylint: disable=g-import-not-at-top
+  from lary_jax.probes import memory_fit  # pylint: disable=g-import-not-at-top
+  from lary_jax.probes import multi_head as mh  # pylint: disable=g-import-not-at-top
+  probe = attentive_probe.Config(dim=D, num_classes=CLASSES, model_dim=16,
+                                 num_heads=2, depth=1)
+  rng = np.random.default_rng(0)
+  labels = np.arange(16) % CLASSES
+  centres = rng.standard_normal((CLASSES, 1, 1, D))
+  feats = (centres[labels] + rng.standard_normal((16, T, N, D))).astype(
+      np.float32)
+  train = tc.Split([{"features": f, "label": np.int32(y)}
+                    for f, y in zip(feats, labels)], labels)
+  evals = {"validation": train}
+  options = tc.Options(epochs=2, global_batch=8, eval_batch=8,
+                       compute_dtype="float32",
+                       heads=((1e-2, 0.01), (1e-3, 0.1)))
+  held = tc.train(probe, train, evals, str(tmp_path / "held"), seed=1,
+                  options=options, progress=False)
+
+  graphdef, params = mh.init_heads(probe, 2, 1)
+  step_options = mh.StepOptions(heads=options.heads, total_steps=4,
+                                compute_dtype="float32")
+  one = fitted_steps.TrainStep(
+      graphdef, step_options, tc.mesh_lib.make_mesh(), params,
+      mh.init_optimizer(params, step_options), 8,
+      jax.ShapeDtypeStruct((T, N, D), np.float32), micro_batch=1).need
+  monkeypatch.setattr(memory_fit, "device_budget",
+                      lambda device, host_reserve=0, host_share=0.5: one)
+  with caplog.at_level("INFO"):
+    tight = tc.train(probe, train, evals, str(tmp_path / "tight"), seed=1,
+                     options=options, progress=False)
+  devices = jax.device_count()
+  assert ("micro-batches of 1 (train, %d a step" % (8 // devices)
+          in caplog.text), caplog.text
+  np.testing.assert_allclose(tight["train_loss"], held["train_loss"],
+                             rtol=1e-5)
+  np.testing.assert_array_equal(tight["validation"][..., 0],
+                                held["validation"][..., 0])

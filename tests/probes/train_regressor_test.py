@@ -1,19 +1,16 @@
 """Training a regression decoder: learning, warm-up, FSDP-style sharding."""
 
-import json
-import os
-import pathlib
-import subprocess
-import sys
+import re
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from lary_jax.probes import regress
 from lary_jax.probes import regression_report as report
 from lary_jax.probes import train_regressor as tr
+from tests.probes import eight_devices
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
 TOKENS = (2, 4, 8)  # a pair of 4 tokens of width 8 -> 64 inputs
 STEPS, DIM = 3, 2
 
@@ -75,14 +72,8 @@ def test_param_shardings_split_only_big_leaves():
 
 
 def test_sharded_and_replicated_training_agree_on_eight_devices(tmp_path):
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT),
-             XLA_FLAGS="--xla_force_host_platform_device_count=8")
-  result = subprocess.run(
-      [sys.executable, "-m", "tests.probes.sharded_regressor_worker",
-       str(tmp_path)], env=env, capture_output=True, text=True, timeout=300,
-      cwd=ROOT)
-  assert result.returncode == 0, result.stderr[-3000:]
-  info = json.loads((tmp_path / "info.json").read_text())
+  info = eight_devices.run_worker("tests.probes.sharded_regressor_worker",
+                                  tmp_path, timeout=300)
   assert info["devices"] == 8
   assert info["fc1_spec"] == ["data", None]  # first layer split 8 ways
   assert info["fc1_shard_rows"] == 64 // 8
@@ -95,3 +86,33 @@ def test_sharded_and_replicated_training_agree_on_eight_devices(tmp_path):
   # shard that is lost or counted twice (an error of its share, 1/8).
   np.testing.assert_allclose(sharded, replicated, atol=1e-5, rtol=0)
   assert np.abs(sharded).max() > 0.1
+
+
+def test_a_decoder_too_big_for_the_device_is_refused_before_it_exists(
+    tmp_path, monkeypatch):
+  # 1 MiB to give: upstream's MLP (hidden 4096) on these 64 inputs needs
+  # ~0.7 GB with AdamW. The step is compiled, measured and refused before
+  # a parameter is drawn, and the error names what would make it fit.
+  from lary_jax.errors import LaryError  # pylint: disable=g-import-not-at-top
+  from lary_jax.probes import memory_fit  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(memory_fit, "device_budget",
+                      lambda device, reserve=0, host_share=1: 2**20)
+  made = []
+  mlp = regress.mlp()(STEPS, DIM)
+  decoder = tr.Decoder(mlp.name, lambda *a: made.append(a) or mlp.make(*a),
+                       mlp.loss, mlp.predict)
+  rows, _ = synthetic(32, 0)
+  with pytest.raises(LaryError) as error:
+    tr.train(decoder, TOKENS, tr.Split(rows), {}, str(tmp_path), seed=0,
+             options=tr.Options(epochs=1, global_batch=32,
+                                shard_min_mb=0.0), progress=False)
+  message = str(error.value)
+  assert re.fullmatch(
+      r"regress: a training step of the mlp decoder needs 0\.\d GiB on each "
+      r"of 1 device\(s\) \(0\.03 B parameters, with their AdamW moments and "
+      r"gradients\), and this cpu device has 0\.0 GiB to give\. It fits on "
+      r"about \d+ devices of this size \(parameters of at least "
+      r"regress\.shard_min_mb=0 MiB are split over the devices with their "
+      r"moments\), or with a smaller input: --config\.regress\.pool_grid=4 "
+      r"\(not the protocol\)", message), message
+  assert len(made) == 1  # its shapes were traced, nothing was drawn
