@@ -149,14 +149,15 @@ def get_config() -> ml_collections.ConfigDict:
   # The small probes (not the protocol, and marked so in the report): sized
   # by updates, not epochs, so that LARY-Sim's few hundred examples are
   # learnt from (sim_oracle reaches its thresholds), in minutes on 2 CPU
-  # cores. Every model of a dataset gets the same settings.
+  # cores; 5 evaluations (epochs) of the 1000 updates, each a candidate for
+  # selection. Every model of a dataset gets the same settings.
   config.run.overrides = ml_collections.ConfigDict()
   config.run.overrides.classify = ml_collections.ConfigDict(dict(
-      epochs=10, min_updates=1000, global_batch=16, eval_batch=64,
+      epochs=5, min_updates=1000, global_batch=16, eval_batch=64,
       heads=((1e-2, 0.01), (5e-3, 0.01), (3e-3, 0.1)), head_batch=3,
       probe=dict(model_dim=32, num_heads=2, depth=2, pool_grid=2)))
   config.run.overrides.regress = ml_collections.ConfigDict(dict(
-      epochs=10, min_updates=1000, global_batch=32, eval_batch=64, lr=1e-3,
+      epochs=5, min_updates=1000, global_batch=32, eval_batch=64, lr=1e-3,
       pool_grid=2, mlp_hidden=512, dit_hidden=64, dit_depth=2, dit_heads=2))
 
   return config

@@ -22,8 +22,10 @@ collapses (perplexity ~1, probes at chance):
   frame (copying the first frame is no longer free);
 - motion_weight 10: pixels that change weigh 11x in the reconstruction loss.
 `run` reads this model's continuous latent (before NSVQ), see
-`config.run.encoder_options.run_lam`. Not upstream's model:
-`configs/lam/lapa.py` has upstream's hyper-parameters.
+`config.run.encoder_options.run_lam`: its NSVQ latent, and the same model
+trained for 400 or 800 steps or on gaps up to 8, probed lower on LARY-Sim
+2.0 in our trials. Not upstream's model: `configs/lam/lapa.py` has
+upstream's hyper-parameters.
 """
 
 import ml_collections
