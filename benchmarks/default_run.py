@@ -24,9 +24,10 @@ import sys
 import tempfile
 import time
 
-from benchmarks import report as bench
-from lary_jax import report
-from lary_jax.configs import default
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import report as bench  # pylint: disable=g-import-not-at-top
+from lary_jax import report  # pylint: disable=g-import-not-at-top
+from lary_jax.configs import default  # pylint: disable=g-import-not-at-top
 
 _SPLITS = (report.VALIDATION, report.UNSEEN)
 
