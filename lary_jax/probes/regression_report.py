@@ -172,33 +172,36 @@ def _write_best_result(path: str, best: Mapping[str, Any]) -> None:
 def _plot_trajectories(path: str, prediction: np.ndarray, targets: Targets,
                        labels: Sequence[str], title: str,
                        examples: int = 4) -> None:
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  """One panel per action dimension, the first `examples` chunks in it (a
+  colour each; true solid, predicted dashed)."""
+  # The Figure API, not pyplot: no global figure registry, and a panel per
+  # dimension (not per example and dimension) draws ~4x faster, which `run`
+  # pays in every regression stage.
+  from matplotlib import figure  # pylint: disable=g-import-not-at-top
+  from matplotlib.backends import backend_agg  # pylint: disable=g-import-not-at-top
   true = targets.normalised
   pred = prediction.reshape(true.shape)
   n = min(examples, len(true))
   dims = true.shape[-1]
-  fig, axes = plt.subplots(n, dims, figsize=(2.2 * dims, 1.9 * n),
-                           squeeze=False)
+  fig = figure.Figure(figsize=(1.9 * dims, 2.4), dpi=100)
+  axes = fig.subplots(1, dims, squeeze=False)[0]
   steps = np.arange(true.shape[1])
-  for i in range(n):
-    mean, std = targets.mean[i], targets.std[i]
-    for d in range(dims):
-      ax = axes[i, d]
-      ax.plot(steps, true[i, :, d] * std[d] + mean[d], "o-", color="black",
-              label="true", markersize=3)
-      ax.plot(steps, pred[i, :, d] * std[d] + mean[d], "s--",
-              color="tab:red", label="predicted", markersize=3)
-      if i == 0:
-        ax.set_title(labels[d], fontsize=8)
-      ax.tick_params(labelsize=6)
-  axes[0, 0].legend(fontsize=6)
-  fig.suptitle(title + " (robot units; x: step in the chunk)", fontsize=9)
-  fig.tight_layout()
+  for d, ax in enumerate(axes):
+    for i in range(n):
+      mean, std = targets.mean[i, d], targets.std[i, d]
+      colour = f"C{i}"
+      ax.plot(steps, true[i, :, d] * std + mean, "o-", color=colour,
+              markersize=2, linewidth=1)
+      ax.plot(steps, pred[i, :, d] * std + mean, "--", color=colour,
+              linewidth=1)
+    ax.set_title(labels[d], fontsize=8)
+    ax.tick_params(labelsize=6)
+  fig.suptitle(f"{title} ({n} chunks, a colour each, in robot units; solid: "
+               "true, dashed: predicted; x: step in the chunk)", fontsize=8)
+  fig.subplots_adjust(left=0.04, right=0.99, bottom=0.1, top=0.8,
+                      wspace=0.4)
   png = io.BytesIO()
-  fig.savefig(png, format="png", dpi=100)
-  plt.close(fig)
+  backend_agg.FigureCanvasAgg(fig).print_png(png)
   fs.write_atomic(path, png.getvalue())
 
 
