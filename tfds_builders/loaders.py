@@ -39,15 +39,19 @@ class FrameOptions:
   frame_format: str = "png"
   jpeg_quality: int = 95
   vjepa2_view: bool = False
+  png_level: int = 6  # zlib level: bytes against time, same pixels
 
   def __post_init__(self):
     if self.frame_format not in ("png", "jpeg"):
       raise LaryError(f"frame_format must be 'png' or 'jpeg', not "
                       f"{self.frame_format!r}")
+    if not 0 <= self.png_level <= 9:
+      raise LaryError(f"png_level must be a zlib level 0-9, not "
+                      f"{self.png_level!r}")
 
   def encode(self, img: np.ndarray) -> bytes:
     if self.frame_format == "png":
-      return images.encode_png(img)
+      return images.encode_png(img, self.png_level)
     return images.encode_jpeg(img, quality=self.jpeg_quality)
 
 

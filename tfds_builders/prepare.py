@@ -28,11 +28,12 @@ class PrepareOptions:
   allow_absolute_paths: bool = False
   overwrite: bool = False
   vjepa2_view: bool = False
+  png_level: int = 6
 
   @property
   def frames(self) -> loaders.FrameOptions:
     return loaders.FrameOptions(self.frame_format, self.jpeg_quality,
-                                self.vjepa2_view)
+                                self.vjepa2_view, self.png_level)
 
 
 def check(spec: metadata.DatasetSpec, data_dir: str,

@@ -274,10 +274,15 @@ def _check_rgb(img: np.ndarray) -> np.ndarray:
   return img
 
 
-def encode_png(img: np.ndarray) -> bytes:
-  """Encodes a uint8 RGB image [H, W, 3] as PNG (lossless, deterministic)."""
+def encode_png(img: np.ndarray, compress_level: int = 6) -> bytes:
+  """Encodes a uint8 RGB image [H, W, 3] as PNG (lossless, deterministic).
+
+  `compress_level` (zlib, 0-9) trades bytes for time and nothing else: every
+  level decodes to the same pixels.
+  """
   buf = io.BytesIO()
-  Image.fromarray(_check_rgb(img)).save(buf, format="PNG", compress_level=6)
+  Image.fromarray(_check_rgb(img)).save(buf, format="PNG",
+                                        compress_level=compress_level)
   return buf.getvalue()
 
 

@@ -9,6 +9,7 @@ from PIL import Image
 
 from lary_jax.data import images
 from lary_jax.errors import LaryError
+from tfds_builders import loaders
 
 
 def _random(shape, seed=0):
@@ -178,6 +179,22 @@ def test_png_round_trip_is_lossless_and_deterministic():
   data = images.encode_png(img)
   assert data.startswith(b"\x89PNG") and data == images.encode_png(img)
   np.testing.assert_array_equal(images.decode_image(data), img)
+
+
+def test_png_levels_trade_bytes_only():
+  img = _smooth((64, 96, 3), seed=3)
+  fast, small = images.encode_png(img, 1), images.encode_png(img, 9)
+  assert fast != small and len(fast) > len(small)
+  np.testing.assert_array_equal(images.decode_image(fast), img)
+  np.testing.assert_array_equal(images.decode_image(small), img)
+
+
+def test_frame_options_refuse_a_png_level_zlib_does_not_have():
+  with pytest.raises(LaryError, match="png_level must be a zlib level 0-9"):
+    loaders.FrameOptions(png_level=12)
+  img = _smooth((32, 32, 3), seed=5)
+  assert loaders.FrameOptions(png_level=1).encode(img) == images.encode_png(
+      img, 1)
 
 
 def test_jpeg_is_deterministic_and_decodes_like_cv2():
