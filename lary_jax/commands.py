@@ -60,7 +60,7 @@ def _prepare_options(config: Config, skip_bad_rows: bool):
       frame_format=c.frame_format, jpeg_quality=c.jpeg_quality,
       num_workers=_workers(c.num_workers), skip_bad_rows=skip_bad_rows,
       allow_absolute_paths=c.allow_absolute_paths, overwrite=c.overwrite,
-      vjepa2_view=c.vjepa2_view)
+      vjepa2_view=c.vjepa2_view, png_level=c.png_level)
 
 
 def simulate(flags, config: Config) -> int:
@@ -156,7 +156,8 @@ def _extract_options(config: Config):
   return extract_lib.Options(
       global_batch=c.global_batch, micro_batch=c.micro_batch, dtype=c.dtype,
       shard_mb=c.shard_mb, worker_count=c.worker_count,
-      read_threads=c.read_threads, prefetch=c.prefetch, frames=c.frames)
+      read_threads=c.read_threads, prefetch=c.prefetch, frames=c.frames,
+      decode_cache_mb=c.decode_cache_mb)
 
 
 def _mode(flags, spec) -> str:

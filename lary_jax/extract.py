@@ -65,20 +65,21 @@ class Mode:
   frame_keys: tuple[str, ...]  # record keys of the squashed 224 frames
   state_keys: tuple[str, ...]  # record keys of the robot states, if any
 
-  def transforms(self, frame_keys: Sequence[str]
+  def transforms(self, frame_keys: Sequence[str], cache_mb: float = 0.0
                  ) -> tuple[grain.transforms.Map, ...]:
     """Decodes `frame_keys` (this mode's, a view's, or the states) into
-    `frames`."""
+    `frames`, keeping up to `cache_mb` of decoded frames for the process."""
     if tuple(frame_keys) == self.state_keys:
       decode = pl.StackArrays(keys=self.state_keys, out_key="frames")
     elif self.kind == "classification":
       (key,) = frame_keys
       decode = pl.DecodeFrames(key=key, num_frames=self.frames,
-                               image_size=IMAGE_SIZE, out_key="frames")
+                               image_size=IMAGE_SIZE, out_key="frames",
+                               cache_mb=cache_mb)
     else:
       src, tgt = frame_keys
       decode = pl.DecodePair(src_key=src, tgt_key=tgt, out_key="frames",
-                             image_size=IMAGE_SIZE)
+                             image_size=IMAGE_SIZE, cache_mb=cache_mb)
     return (decode, IdentityBytes(self.identity_key))
 
 
@@ -165,6 +166,9 @@ class Options:
   read_threads: int = 4
   prefetch: int = 4
   frames: str = "model"  # one of FRAMES
+  # Decoded frames kept for the process (pl.DECODED_FRAMES), so the next
+  # model of a run reads them without decoding; 0: none kept.
+  decode_cache_mb: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -613,7 +617,8 @@ def _run(encoder, source, example: Mode, keys: Sequence[str], store_dir: str,
   for rows in sorted({step_rows(plan, s, mesh.size, options.micro_batch)
                       for s in steps}):
     compiled_for(rows)
-  ds = pl.eval_dataset(source, example.transforms(keys),
+  ds = pl.eval_dataset(source, example.transforms(keys,
+                                                 options.decode_cache_mb),
                        ("frames", "identity"), global_batch=plan.global_batch)
   iterator = pl.make_iterator(_Steps(ds, steps),
                               worker_count=options.worker_count,

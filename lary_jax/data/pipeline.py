@@ -16,9 +16,11 @@ B = L * process_count, and only those.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import sys
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from absl import flags
@@ -57,17 +59,73 @@ def _decode(data: bytes, *, record: Record, key: str,
   return image
 
 
+class DecodedFrames:
+  """Encoded frame bytes -> the decoded array, kept for the whole process.
+
+  Every decode transform with a `cache_mb` reads and fills this one store,
+  so a frame decoded once (by a LAM reading a small dataset for hundreds of
+  steps, or by the first model `run` extracts) is not decoded again by the
+  next: each model of a run reads the same prepared frames. The arrays are
+  read-only, the same as a fresh decode; the store grows only while it
+  holds fewer bytes than the caller's `cache_mb`.
+  """
+
+  def __init__(self):
+    self._frames: dict[bytes, np.ndarray] = {}
+    self._bytes = 0
+    self._lock = threading.Lock()  # grain reads with a pool of threads
+
+  def get(self, data: bytes, decode: Callable[[], np.ndarray],
+          cache_mb: float) -> np.ndarray:
+    """The decoded `data`: kept, or `decode()` (kept if it fits)."""
+    image = self._frames.get(data)
+    if image is not None:
+      return image
+    image = decode()
+    with self._lock:
+      if (data not in self._frames
+          and self._bytes + image.nbytes <= cache_mb * 2**20):
+        image.flags.writeable = False
+        self._frames[data] = image
+        self._bytes += image.nbytes
+    return image
+
+  def clear(self) -> None:
+    """Forgets every frame (frees the memory)."""
+    with self._lock:
+      self._frames.clear()
+      self._bytes = 0
+
+  @property
+  def nbytes(self) -> int:
+    return self._bytes
+
+
+DECODED_FRAMES = DecodedFrames()
+
+
+def _decode_kept(data: bytes, *, record: Record, key: str, image_size: int,
+                 cache_mb: float) -> np.ndarray:
+  decode = functools.partial(_decode, data, record=record, key=key,
+                             image_size=image_size)
+  if cache_mb <= 0:
+    return decode()
+  return DECODED_FRAMES.get(data, decode, cache_mb)
+
+
 @dataclasses.dataclass(frozen=True)
 class DecodeFrames(grain.transforms.Map):
   """Decodes a clip's encoded frames into uint8 [num_frames, S, S, 3].
 
   The frames are read from `key` and written to `out_key` (default: `key`).
+  With `cache_mb` > 0 decoded frames are kept in `DECODED_FRAMES`.
   """
 
   key: str = "frames"
   num_frames: int = 9
   image_size: int = 224
   out_key: str = ""
+  cache_mb: float = 0.0
 
   def map(self, record: Record) -> Record:
     encoded = record[self.key]
@@ -76,7 +134,8 @@ class DecodeFrames(grain.transforms.Map):
           f"record {record.get(INDEX_KEY)}: key {self.key!r} holds "
           f"{len(encoded)} frames, expected {self.num_frames}")
     frames = np.stack([
-        _decode(data, record=record, key=self.key, image_size=self.image_size)
+        _decode_kept(data, record=record, key=self.key,
+                     image_size=self.image_size, cache_mb=self.cache_mb)
         for data in encoded
     ])  # [T, S, S, 3]
     return {**record, self.out_key or self.key: frames}
@@ -86,10 +145,10 @@ class DecodeFrames(grain.transforms.Map):
 class DecodePair(grain.transforms.Map):
   """Decodes a (source, target) image pair into uint8 [2, S, S, 3].
 
-  With `cache_mb` > 0 each distinct encoded frame is decoded once and kept
-  (up to that many MB, per process): a small dataset read for hundreds of
-  steps (a LAM on LARY-Sim, whose clips share frames between pairs) then
-  decodes every frame once instead of at every step. Same arrays either way.
+  With `cache_mb` > 0 decoded frames are kept in `DECODED_FRAMES`: a small
+  dataset read for hundreds of steps (a LAM on LARY-Sim, whose clips share
+  frames between pairs) then decodes every frame once instead of at every
+  step. Same arrays either way.
   """
 
   src_key: str = "src_image"
@@ -97,24 +156,13 @@ class DecodePair(grain.transforms.Map):
   out_key: str = "images"
   image_size: int = 224
   cache_mb: float = 0.0
-  _cache: dict[bytes, np.ndarray] = dataclasses.field(
-      default_factory=dict, compare=False, repr=False)
-
-  def _frame(self, record: Record, key: str) -> np.ndarray:
-    data = record[key]
-    if self.cache_mb <= 0:
-      return _decode(data, record=record, key=key, image_size=self.image_size)
-    image = self._cache.get(data)
-    if image is None:
-      image = _decode(data, record=record, key=key,
-                      image_size=self.image_size)
-      if (len(self._cache) + 1) * image.nbytes <= self.cache_mb * 2**20:
-        self._cache[data] = image
-    return image
 
   def map(self, record: Record) -> Record:
-    pair = np.stack([self._frame(record, k)
-                     for k in (self.src_key, self.tgt_key)])  # [2, S, S, 3]
+    pair = np.stack([
+        _decode_kept(record[k], record=record, key=k,
+                     image_size=self.image_size, cache_mb=self.cache_mb)
+        for k in (self.src_key, self.tgt_key)
+    ])  # [2, S, S, 3]
     out = {k: v for k, v in record.items()
            if k not in (self.src_key, self.tgt_key)}
     out[self.out_key] = pair

@@ -58,27 +58,60 @@ def test_decode_frames_and_pair_return_the_stored_pixels():
   np.testing.assert_array_equal(out["images"][1], fr.pixels(0, 1))
 
 
-def test_decode_pair_cache_decodes_each_frame_once(monkeypatch):
-  pairs = [r | {"index": i} for i, r in enumerate(fr.regression_records(3))]
-  plain = [pl.DecodePair(image_size=S).map(p)["images"] for p in pairs]
+@pytest.fixture
+def counted_decodes(monkeypatch):
+  """The encoded frames decoded from here on, with an empty frame store."""
+  pl.DECODED_FRAMES.clear()
   decoded = []
   real = pl.images.decode_image
   monkeypatch.setattr(pl.images, "decode_image",
                       lambda data: decoded.append(data) or real(data))
+  yield decoded
+  pl.DECODED_FRAMES.clear()
+
+
+def test_decode_pair_cache_decodes_each_frame_once(counted_decodes):
+  pairs = [r | {"index": i} for i, r in enumerate(fr.regression_records(3))]
+  plain = [pl.DecodePair(image_size=S).map(p)["images"] for p in pairs]
+  counted_decodes.clear()
   frame_mb = S * S * 3 / 2**20
   cached = pl.DecodePair(image_size=S, cache_mb=100 * frame_mb)
   for _ in range(3):  # three epochs
     for p, want in zip(pairs, plain):
       np.testing.assert_array_equal(cached.map(p)["images"], want)
-  assert len(decoded) == len({p[k] for p in pairs
-                              for k in ("src_image", "tgt_image")})
+  assert len(counted_decodes) == len({p[k] for p in pairs
+                                      for k in ("src_image", "tgt_image")})
   # Over its budget it keeps what fits and decodes the rest each time.
-  decoded.clear()
+  pl.DECODED_FRAMES.clear()
+  counted_decodes.clear()
   small = pl.DecodePair(image_size=S, cache_mb=1.5 * frame_mb)
   for _ in range(2):
     for p in pairs:
       small.map(p)
-  assert len(decoded) == 2 * 2 * len(pairs) - 1
+  assert len(counted_decodes) == 2 * 2 * len(pairs) - 1
+  assert pl.DECODED_FRAMES.nbytes == S * S * 3
+
+
+def test_decoded_frames_are_shared_by_every_transform(counted_decodes):
+  """What one transform decoded (a LAM's pairs, the first model's clips), the
+  next reads without decoding: the same read-only arrays."""
+  clip = fr.classification_records([0])[0] | {"index": 0}
+  want = pl.DecodeFrames(image_size=S).map(clip)["frames"]
+  pair = {"index": 0, "src_image": clip["frames"][2],
+          "tgt_image": clip["frames"][5]}
+  counted_decodes.clear()
+  first = pl.DecodeFrames(image_size=S, cache_mb=64).map(clip)["frames"]
+  assert len(counted_decodes) == len(clip["frames"])
+  again = pl.DecodeFrames(key="frames", out_key="other", image_size=S,
+                          cache_mb=64).map(clip)["other"]
+  images = pl.DecodePair(image_size=S, cache_mb=64).map(pair)["images"]
+  assert len(counted_decodes) == len(clip["frames"])  # nothing decoded again
+  np.testing.assert_array_equal(first, want)
+  np.testing.assert_array_equal(again, want)
+  np.testing.assert_array_equal(images, want[[2, 5]])
+  # A transform without a budget neither reads nor fills the store.
+  pl.DecodeFrames(image_size=S).map(clip)
+  assert len(counted_decodes) == 2 * len(clip["frames"])
 
 
 def test_decode_rejects_bad_images_naming_the_record():
