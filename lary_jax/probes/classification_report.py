@@ -18,6 +18,7 @@ import numpy as np
 
 from lary_jax import feature_store as fs
 from lary_jax import metrics
+from lary_jax.probes import figures
 
 VALIDATION, HOLDOUT = "validation", "train_holdout"
 TRAIN_KEYS = ("train_loss", "train_top1")  # [E, H] of the training steps
@@ -180,23 +181,20 @@ def _write_confusion(stem: str, cm: np.ndarray, class_names: Sequence[str],
     w.writerow([name, *row.tolist()])
   fs.write_atomic(stem + ".csv", buf.getvalue().encode())
 
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
   k = len(class_names)
   side = min(4 + 0.18 * k, 30)
-  fig, ax = plt.subplots(figsize=(side, side))
-  rows = cm / np.maximum(cm.sum(1, keepdims=True), 1)
-  ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
-  ticks = np.arange(k)
-  labels = class_names if k <= 60 else [str(i) for i in ticks]
-  ax.set_xticks(ticks, labels, rotation=90, fontsize=6)
-  ax.set_yticks(ticks, labels, fontsize=6)
-  ax.set_xlabel("predicted class")
-  ax.set_ylabel("true class")
-  ax.set_title(title + "; rows sum to 1", fontsize=8)
-  fig.tight_layout()
-  png = io.BytesIO()
-  fig.savefig(png, format="png", dpi=120)
-  plt.close(fig)
-  fs.write_atomic(stem + ".png", png.getvalue())
+
+  def draw(fig):
+    ax = fig.subplots()
+    rows = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
+    ticks = np.arange(k)
+    labels = class_names if k <= 60 else [str(i) for i in ticks]
+    ax.set_xticks(ticks, labels, rotation=90, fontsize=6)
+    ax.set_yticks(ticks, labels, fontsize=6)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title + "; rows sum to 1", fontsize=8)
+
+  fs.write_atomic(stem + ".png",
+                  figures.png(draw, (side, side), dpi=120, tight=True))

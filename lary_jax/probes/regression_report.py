@@ -23,6 +23,7 @@ import numpy as np
 
 from lary_jax import feature_store as fs
 from lary_jax import metrics
+from lary_jax.probes import figures
 
 VALIDATION, UNSEEN, HOLDOUT = "validation", "unseen", "train_holdout"
 UPSTREAM = ("upstream_style",
@@ -174,35 +175,31 @@ def _plot_trajectories(path: str, prediction: np.ndarray, targets: Targets,
                        examples: int = 4) -> None:
   """One panel per action dimension, the first `examples` chunks in it (a
   colour each; true solid, predicted dashed)."""
-  # The Figure API, not pyplot: no global figure registry, and a panel per
-  # dimension (not per example and dimension) draws ~4x faster, which `run`
-  # pays in every regression stage.
-  from matplotlib import figure  # pylint: disable=g-import-not-at-top
-  from matplotlib.backends import backend_agg  # pylint: disable=g-import-not-at-top
+  # A panel per dimension (not per example and dimension) draws ~4x
+  # faster, which `run` pays in every regression stage.
   true = targets.normalised
   pred = prediction.reshape(true.shape)
   n = min(examples, len(true))
   dims = true.shape[-1]
-  fig = figure.Figure(figsize=(1.9 * dims, 2.4), dpi=100)
-  axes = fig.subplots(1, dims, squeeze=False)[0]
   steps = np.arange(true.shape[1])
-  for d, ax in enumerate(axes):
-    for i in range(n):
-      mean, std = targets.mean[i, d], targets.std[i, d]
-      colour = f"C{i}"
-      ax.plot(steps, true[i, :, d] * std + mean, "o-", color=colour,
-              markersize=2, linewidth=1)
-      ax.plot(steps, pred[i, :, d] * std + mean, "--", color=colour,
-              linewidth=1)
-    ax.set_title(labels[d], fontsize=8)
-    ax.tick_params(labelsize=6)
-  fig.suptitle(f"{title} ({n} chunks, a colour each, in robot units; solid: "
-               "true, dashed: predicted; x: step in the chunk)", fontsize=8)
-  fig.subplots_adjust(left=0.04, right=0.99, bottom=0.1, top=0.8,
-                      wspace=0.4)
-  png = io.BytesIO()
-  backend_agg.FigureCanvasAgg(fig).print_png(png)
-  fs.write_atomic(path, png.getvalue())
+
+  def draw(fig):
+    for d, ax in enumerate(fig.subplots(1, dims, squeeze=False)[0]):
+      for i in range(n):
+        mean, std = targets.mean[i, d], targets.std[i, d]
+        ax.plot(steps, true[i, :, d] * std + mean, "o-", color=f"C{i}",
+                markersize=2, linewidth=1)
+        ax.plot(steps, pred[i, :, d] * std + mean, "--", color=f"C{i}",
+                linewidth=1)
+      ax.set_title(labels[d], fontsize=8)
+      ax.tick_params(labelsize=6)
+    fig.suptitle(f"{title} ({n} chunks, a colour each, in robot units; "
+                 "solid: true, dashed: predicted; x: step in the chunk)",
+                 fontsize=8)
+    fig.subplots_adjust(left=0.04, right=0.99, bottom=0.1, top=0.8,
+                        wspace=0.4)
+
+  fs.write_atomic(path, figures.png(draw, (1.9 * dims, 2.4)))
 
 
 def write_summary(out_dir: str, per_seed: Mapping[int, Mapping[str, Any]],
