@@ -66,6 +66,11 @@ def timing_section(workdir: str, measured: dict | None) -> str:
       ", which also wrote the tables below):", ""]
   rows = [[stage, _minutes(s)] for stage, s in stages.items()]
   lines += report.md_table((["stage", "wall time"], rows))
+  threads = last.get("probe_threads", 1)
+  if threads > 1:
+    lines += ["", f"The probe stages ran {threads} at a time "
+              "(`config.run.probe_threads`), so their times overlap: they add "
+              "up to more than the wall time they took together."]
   return "\n".join(lines)
 
 

@@ -142,6 +142,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.run.models = "sim_oracle,flow,pixels,random_vit,run_lam"
   config.run.lam_config = "lam/lapa_sim"  # a --config name, or a .py file
   config.run.seeds = "0,1,2"
+  # Probe stages run side by side: 0 = 2 on a one-process CPU run (a small
+  # probe keeps one core busy), else 1; several processes always take 1.
+  config.run.probe_threads = 0
   # Encoder options per model (config.extract.encoder_options for the others):
   # a ViT-Ti/32 keeps the random-ViT baseline inside the laptop budget; the
   # run's small LAM is read before its quantiser (configs/lam/lapa_sim.py).

@@ -22,7 +22,8 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from concurrent import futures
 from typing import Any
 
 import ml_collections
@@ -159,12 +160,14 @@ class Stages:
     if self.finished(name, request):
       self.skipped.append(name)
       return
-    start, compiled = time.perf_counter(), compilation.stats()
+    start = time.perf_counter()
+    compiled = compilation.stats(this_thread=True)
     if self.is_main or not main_only:
       fn()
     self.barrier(name)
     self.seconds[name] = round(time.perf_counter() - start, 1)
-    self.compiled[name] = (compilation.stats() - compiled).as_dict()
+    self.compiled[name] = (compilation.stats(this_thread=True)
+                           - compiled).as_dict()
     if self.is_main:
       os.makedirs(self.dir, exist_ok=True)
       tmp = self._marker(name) + ".tmp"
@@ -173,6 +176,32 @@ class Stages:
       os.replace(tmp, self._marker(name))
     self.barrier(name + "/marked")
     self.done.append(name)
+
+  def run_all(self, jobs: Sequence[tuple[str, Mapping[str, Any],
+                                         Callable[[], Any]]],
+              threads: int, on_done: Callable[[str], None]) -> None:
+    """Runs (name, request, fn) jobs as `run` does, `threads` at a time.
+
+    Jobs side by side must not talk to other processes (one-process runs
+    only: collectives of two stages would interleave). Each job's time and
+    compilations are its own; they overlap in wall time.
+    """
+    def job(name, request, fn):
+      self.run(name, request, fn)
+      on_done(name)
+
+    if threads <= 1:
+      for name, request, fn in jobs:
+        job(name, request, fn)
+      return
+    with futures.ThreadPoolExecutor(threads) as pool:
+      running = [pool.submit(job, *j) for j in jobs]
+    for name, _, _ in jobs:  # job order, not the order they ended in
+      for table in (self.seconds, self.compiled):
+        if name in table:
+          table[name] = table.pop(name)
+    for future in running:  # the first failure, once every job ended
+      future.result()
 
 
 # A stage may keep process 0 busy for hours (rendering, preparing real
@@ -228,6 +257,7 @@ def run(flags: Any, config: ml_collections.ConfigDict,
                                   flags.num_processes, flags.process_id)
   mesh_lib.announce("run")
   import jax  # pylint: disable=g-import-not-at-top
+  start = time.perf_counter()
   is_main = jax.process_index() == 0
   workdir = flags.workdir
   stages = Stages(workdir, is_main, _barrier_fn())
@@ -244,8 +274,10 @@ def run(flags: Any, config: ml_collections.ConfigDict,
   seeds = flags.seeds or cfg.run.seeds
   base = dict(data_dir=data_dir, tfds_dir=tfds_dir, workdir=workdir)
 
+  jobs = _probe_jobs(flags, cfg, commands, models, specs, decoders, seeds,
+                     base)
   todo = ["data"] + [f"extract {m.store_name}" for m in models]
-  todo += [f"probe {m.store_name}" for m in models] + ["report"]
+  todo += [name for name, _, _ in jobs] + ["report"]
   if any(m.name == RUN_LAM for m in models):
     todo.insert(1, "train LAM")
   bar = progress_lib.bar(len(todo), desc="run", unit="stage", show=is_main,
@@ -295,25 +327,13 @@ def run(flags: Any, config: ml_collections.ConfigDict,
                lambda f=f, m=m, cfg_m=cfg_m: _extract(commands, f, cfg_m, m))
     bar.update()
 
-  # --- probes: classification datasets (and LIBERO's labelled pairs) get
-  # the attentive probe, regression datasets every decoder of
-  # config.run.decoders.
-  for m in models:
-    step(f"probe {m.store_name}")
-    for spec in specs:
-      f = StageFlags(flags, model=m.store_name, dataset=spec.name,
-                     seeds=seeds, dim=None, classes=None, **base)
-      if spec.kind == "classification" or spec.label_action:
-        stages.run(f"classify_{spec.name}_{m.store_name}",
-                   dict(seeds=seeds, classify=cfg.classify.to_dict(), **base),
-                   lambda f=f: commands["classify"](f, cfg))
-      elif not spec.label_action:
-        for kind, mode in decoders:
-          g = StageFlags(f, model_type=kind, action_mode=mode)
-          stages.run(f"regress_{spec.name}_{m.store_name}_{kind}_{mode}",
-                     dict(seeds=seeds, regress=cfg.regress.to_dict(), **base),
-                     lambda g=g: commands["regress"](g, cfg))
+  # --- probes, `probe_threads(cfg)` stages at a time.
+  step("probes")
+  def probe_done(name):
+    bar.set_postfix_str(name)
     bar.update()
+  threads = probe_threads(cfg, jax.process_count(), jax.default_backend())
+  stages.run_all(jobs, threads, probe_done)
 
   step("report")
   stages.run("report", dict(time=_results_stamp(workdir), **base),
@@ -322,10 +342,57 @@ def run(flags: Any, config: ml_collections.ConfigDict,
   bar.update()
   bar.close()
   if is_main:
-    _write_timings(workdir, stages.seconds, stages.compiled)
+    _write_timings(workdir, stages.seconds, stages.compiled,
+                   wall_s=time.perf_counter() - start, probe_threads=threads)
     print(f"run: {len(stages.done)} stage(s) run, {len(stages.skipped)} "
           f"already done; report: {os.path.join(workdir, 'report.html')}")
   return 0
+
+
+def _probe_jobs(flags: Any, cfg: ml_collections.ConfigDict,
+                commands: Mapping[str, Callable[[Any, Any], int]],
+                models: Sequence[Model], specs: Sequence[Any],
+                decoders: Sequence[tuple[str, str]], seeds: Any,
+                base: Mapping[str, str]
+                ) -> list[tuple[str, dict[str, Any], Callable[[], Any]]]:
+  """(stage name, request, fn) of every probe stage: classification
+  datasets (and LIBERO's labelled pairs) get the attentive probe,
+  regression datasets every decoder of config.run.decoders."""
+  jobs = []
+  for m in models:
+    for spec in specs:
+      f = StageFlags(flags, model=m.store_name, dataset=spec.name,
+                     seeds=seeds, dim=None, classes=None, **base)
+      if spec.kind == "classification" or spec.label_action:
+        jobs.append((f"classify_{spec.name}_{m.store_name}",
+                     dict(seeds=seeds, classify=cfg.classify.to_dict(),
+                          **base),
+                     lambda f=f: commands["classify"](f, cfg)))
+      elif not spec.label_action:
+        for kind, mode in decoders:
+          g = StageFlags(f, model_type=kind, action_mode=mode)
+          jobs.append((f"regress_{spec.name}_{m.store_name}_{kind}_{mode}",
+                       dict(seeds=seeds, regress=cfg.regress.to_dict(),
+                            **base),
+                       lambda g=g: commands["regress"](g, cfg)))
+  return jobs
+
+
+def probe_threads(cfg: ml_collections.ConfigDict, process_count: int,
+                  backend: str) -> int:
+  """How many probe stages run side by side (config.run.probe_threads; 0:
+  2 on a one-process CPU run, whose small probes keep one core busy, else
+  1). Several processes always take one: their collectives must not
+  interleave."""
+  if process_count > 1:
+    return 1
+  threads = cfg.run.probe_threads
+  if threads < 0:
+    raise LaryError(f"--config.run.probe_threads={threads}: expected 0 "
+                    "(automatic) or a number of stages")
+  if threads == 0:
+    return 2 if backend == "cpu" else 1
+  return threads
 
 
 def _extract(commands, flags, cfg, model: Model) -> None:
@@ -364,11 +431,14 @@ def _with_encoder_options(cfg: ml_collections.ConfigDict, model: Model
 
 
 def _write_timings(workdir: str, seconds: Mapping[str, float],
-                   compiled: Mapping[str, Mapping[str, float | int]]) -> None:
+                   compiled: Mapping[str, Mapping[str, float | int]],
+                   wall_s: float, probe_threads: int) -> None:
   """Adds this invocation's stage times to `<workdir>/run_timings.json`.
 
   `compiled`: each stage's compilations (count, cache hits, seconds), whose
-  `compile_s` is part of the stage's wall time.
+  `compile_s` is part of the stage's wall time. `total_s` is the wall time
+  of the invocation: with `probe_threads` > 1 the probe stages overlap, and
+  their times add up to more.
   """
   if not seconds:
     return
@@ -379,7 +449,8 @@ def _write_timings(workdir: str, seconds: Mapping[str, float],
   except (OSError, ValueError):
     runs = []
   runs.append({"finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-               "total_s": round(sum(seconds.values()), 1),
+               "total_s": round(wall_s, 1),
+               "probe_threads": probe_threads,
                "stages_s": dict(seconds),
                "compile": {k: dict(v) for k, v in compiled.items()}})
   with open(path + ".tmp", "w") as f:

@@ -11,7 +11,8 @@ compile time.
 
 `stats()` counts compilations and their seconds from JAX's monitoring
 events, so a caller can attribute them to a stage (`run` writes them to
-`run_timings.json`).
+`run_timings.json`); `stats(this_thread=True)` those of the calling thread
+alone (JAX compiles in the thread that calls), for stages run side by side.
 """
 
 from __future__ import annotations
@@ -65,11 +66,22 @@ _lock = threading.Lock()
 _counts = {"compilations": 0, "cache_hits": 0, "cache_misses": 0}
 _seconds = dict.fromkeys(_DURATION_EVENTS.values(), 0.0)
 _tracking = False
+_per_thread = threading.local()  # .counts, .seconds: the thread's own tally
+
+
+def _thread_tally() -> tuple[dict[str, int], dict[str, float]]:
+  if not hasattr(_per_thread, "counts"):
+    _per_thread.counts = dict.fromkeys(_counts, 0)
+    _per_thread.seconds = dict.fromkeys(_seconds, 0.0)
+  return _per_thread.counts, _per_thread.seconds
 
 
 def _on_duration(event: str, seconds: float, **_) -> None:
   key = _DURATION_EVENTS.get(event)
   if key is not None:
+    counts, own_seconds = _thread_tally()
+    own_seconds[key] += seconds
+    counts["compilations"] += event == _BACKEND_EVENT
     with _lock:
       _seconds[key] += seconds
       _counts["compilations"] += event == _BACKEND_EVENT
@@ -78,6 +90,7 @@ def _on_duration(event: str, seconds: float, **_) -> None:
 def _on_event(event: str, **_) -> None:
   key = _COUNT_EVENTS.get(event)
   if key is not None:
+    _thread_tally()[0][key] += 1
     with _lock:
       _counts[key] += 1
 
@@ -94,8 +107,12 @@ def track() -> None:
   monitoring.register_event_listener(_on_event)
 
 
-def stats() -> CompileStats:
-  """Compilations since `track()` was first called (zeros before)."""
+def stats(this_thread: bool = False) -> CompileStats:
+  """Compilations since `track()` was first called (zeros before): the
+  process's, or with `this_thread` the calling thread's."""
+  if this_thread:
+    counts, seconds = _thread_tally()
+    return CompileStats(**counts, **seconds)
   with _lock:
     return CompileStats(**_counts, **_seconds)
 

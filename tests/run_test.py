@@ -13,8 +13,11 @@ import socket
 import subprocess
 import sys
 
+import ml_collections
 import pytest
 
+from lary_jax import benchmark_run
+from lary_jax.errors import LaryError
 from tfds_builders import metadata
 from tfds_builders import prepare
 
@@ -137,6 +140,35 @@ def test_two_processes_give_the_numbers_of_one(one_process, tmp_path):
   assert sorted(got) == sorted(want)
   for name in want:
     _close(got[name], want[name], name)
+
+
+def test_probe_stages_side_by_side_give_the_numbers_of_one_at_a_time(
+    one_process, tmp_path):
+  # The first run trained its two probe stages in two threads (automatic
+  # on a one-process CPU run); one thread must give the same bits.
+  workdir = tmp_path / "wd"
+  result = _main(*RUN_FLAGS, f"--workdir={workdir}",
+                 f"--data_dir={one_process / 'lary_sim_tiny'}",
+                 f"--tfds_dir={one_process / 'tfds_tiny'}",
+                 "--config.run.probe_threads=1")
+  assert result.returncode == 0, result.stderr[-3000:]
+  timings = json.loads((workdir / "run_timings.json").read_text())[-1]
+  first = json.loads((one_process / "run_timings.json").read_text())[0]
+  assert (timings["probe_threads"], first["probe_threads"]) == (1, 2)
+  assert _numbers(workdir) == _numbers(one_process)
+
+
+def test_probe_threads_are_one_where_stages_must_not_overlap():
+  cfg = ml_collections.ConfigDict({"run": {"probe_threads": 0}})
+  assert benchmark_run.probe_threads(cfg, 1, "cpu") == 2
+  assert benchmark_run.probe_threads(cfg, 1, "gpu") == 1
+  assert benchmark_run.probe_threads(cfg, 2, "cpu") == 1
+  cfg.run.probe_threads = 3
+  assert benchmark_run.probe_threads(cfg, 1, "tpu") == 3
+  assert benchmark_run.probe_threads(cfg, 4, "tpu") == 1
+  cfg.run.probe_threads = -1
+  with pytest.raises(LaryError, match="probe_threads=-1: expected 0"):
+    benchmark_run.probe_threads(cfg, 1, "cpu")
 
 
 def _close(got, want, path="") -> bool:
