@@ -16,6 +16,7 @@ import json
 import math
 import os
 import signal
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -86,13 +87,21 @@ def read_history(workdir: str, epochs: int) -> dict[str, np.ndarray]:
   return {k: np.stack([p[k] for p in per_epoch]) for k in per_epoch[0]}
 
 
+# Orbax coordinates a save through process-wide signals numbered by
+# operation: two managers saving at once from two threads (`run`'s probe
+# stages side by side) wait on each other's signals until they time out.
+# Every manager's work is done one at a time (saves are small and waited for).
+_orbax_lock = threading.RLock()
+
+
 class Checkpoints:
   """The orbax checkpoint of a run, numbered by finished epochs."""
 
   def __init__(self, workdir: str):
-    self._manager = ocp.CheckpointManager(
-        os.path.abspath(os.path.join(workdir, "checkpoints")),
-        options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
+    with _orbax_lock:
+      self._manager = ocp.CheckpointManager(
+          os.path.abspath(os.path.join(workdir, "checkpoints")),
+          options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
 
   def restore(self, state: Any) -> tuple[int, Any]:
     """(finished epochs, state) from the latest checkpoint, or (0, state).
@@ -100,21 +109,24 @@ class Checkpoints:
     `state` is the freshly initialised pytree; restored arrays take its
     shapes, dtypes and shardings.
     """
-    epochs = self._manager.latest_step() or 0
-    if not epochs:
-      return 0, state
-    return epochs, self._manager.restore(
-        epochs, args=ocp.args.StandardRestore(state))
+    with _orbax_lock:
+      epochs = self._manager.latest_step() or 0
+      if not epochs:
+        return 0, state
+      return epochs, self._manager.restore(
+          epochs, args=ocp.args.StandardRestore(state))
 
   def save(self, epochs: int, state: Any) -> None:
     """Saves after `epochs` finished epochs and waits until it is on disk."""
-    self._manager.save(epochs, args=ocp.args.StandardSave(state))
-    self._manager.wait_until_finished()
+    with _orbax_lock:
+      self._manager.save(epochs, args=ocp.args.StandardSave(state))
+      self._manager.wait_until_finished()
     if os.environ.get(KILL_AFTER_EPOCHS_ENV) == str(epochs):
       os.kill(os.getpid(), signal.SIGKILL)
 
   def close(self) -> None:
-    self._manager.close()
+    with _orbax_lock:
+      self._manager.close()
 
 
 def steps_per_epoch(num_examples: int, global_batch: int, *,
