@@ -34,6 +34,7 @@ from lary_jax.encoders import convert
 from lary_jax.encoders import vit_layers
 from lary_jax.errors import LaryError
 
+
 @dataclasses.dataclass(frozen=True)
 class Config(config_dict.DictConfig):
   """Vision tower; field names follow transformers' `SiglipVisionConfig`.
@@ -59,42 +60,20 @@ class Config(config_dict.DictConfig):
   def num_tokens(self) -> int:
     return self.grid * self.grid
 
-  @classmethod
-  def b16_224(cls, **kw: Any) -> Config:
-    return cls(**kw)
 
-  @classmethod
-  def l16_256(cls, **kw: Any) -> Config:
-    return dataclasses.replace(
-        cls(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
-            num_attention_heads=16, image_size=256), **kw)
-
-  @classmethod
-  def so400m14_224(cls, **kw: Any) -> Config:
-    return dataclasses.replace(
-        cls(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27,
-            num_attention_heads=16, patch_size=14), **kw)
-
-  @classmethod
-  def so400m16_256(cls, **kw: Any) -> Config:
-    return dataclasses.replace(
-        cls(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27,
-            num_attention_heads=16, image_size=256), **kw)
-
-  @classmethod
-  def g16_256(cls, **kw: Any) -> Config:
-    return dataclasses.replace(
-        cls(hidden_size=1536, intermediate_size=6144, num_hidden_layers=40,
-            num_attention_heads=16, image_size=256), **kw)
-
-
-
+# hidden, intermediate, layers, patch, image: the published sizes (16 heads).
+_SIZES = {
+    "b16-224": (768, 3072, 12, 16, 224),
+    "l16-256": (1024, 4096, 24, 16, 256),
+    "so400m14-224": (1152, 4304, 27, 14, 224),
+    "so400m16-256": (1152, 4304, 27, 16, 256),
+    "g16-256": (1536, 6144, 40, 16, 256),
+}
 VARIANTS = {
-    "b16-224": Config.b16_224(),
-    "l16-256": Config.l16_256(),
-    "so400m14-224": Config.so400m14_224(),
-    "so400m16-256": Config.so400m16_256(),
-    "g16-256": Config.g16_256(),
+    name: Config(hidden_size=h, intermediate_size=i, num_hidden_layers=n,
+                 num_attention_heads=16 if h > 768 else 12, patch_size=p,
+                 image_size=size)
+    for name, (h, i, n, p, size) in _SIZES.items()
 }
 
 
