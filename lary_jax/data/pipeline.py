@@ -65,8 +65,8 @@ class DecodedFrames:
   Every decode transform with a `cache_mb` reads and fills this one store,
   so a frame decoded once (by a LAM reading a small dataset for hundreds of
   steps, or by the first model `run` extracts) is not decoded again by the
-  next: each model of a run reads the same prepared frames. The arrays are
-  read-only, the same as a fresh decode; the store grows only while it
+  next: each model of a run reads the same prepared frames. A kept array is
+  read-only and equal to a fresh decode; the store grows only while it
   holds fewer bytes than the caller's `cache_mb`.
   """
 
@@ -110,7 +110,10 @@ def _decode_kept(data: bytes, *, record: Record, key: str, image_size: int,
                              image_size=image_size)
   if cache_mb <= 0:
     return decode()
-  return DECODED_FRAMES.get(data, decode, cache_mb)
+  image = DECODED_FRAMES.get(data, decode, cache_mb)
+  if image.shape != (image_size, image_size, 3):
+    return decode()  # kept for another size: the error a decode gives
+  return image
 
 
 @dataclasses.dataclass(frozen=True)

@@ -112,6 +112,9 @@ def test_decoded_frames_are_shared_by_every_transform(counted_decodes):
   # A transform without a budget neither reads nor fills the store.
   pl.DecodeFrames(image_size=S).map(clip)
   assert len(counted_decodes) == 2 * len(clip["frames"])
+  # A kept frame of another size gives the error a decode gives.
+  with pytest.raises(LaryError, match="expected \\(224, 224, 3\\)"):
+    pl.DecodeFrames(image_size=224, cache_mb=64).map(clip)
 
 
 def test_decode_rejects_bad_images_naming_the_record():
