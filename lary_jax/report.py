@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from lary_jax import upstream_protocol
 from lary_jax.errors import LaryError
 
 CLASSIFICATION, REGRESSION = "classification", "regression"
@@ -345,9 +346,7 @@ def deviations(task: str, seeds: Mapping[int, Mapping[str, Any]],
 
 
 def _upstream_heads(heads: Sequence[Sequence[float]]) -> bool:
-  # multi_head pulls in jax; only classification runs pay for it.
-  from lary_jax.probes import multi_head  # pylint: disable=g-import-not-at-top
-  want = np.asarray(multi_head.HEADS, np.float64)
+  want = np.asarray(upstream_protocol.HEADS, np.float64)
   got = np.asarray(heads, np.float64)
   return got.shape == want.shape and np.allclose(got, want)
 

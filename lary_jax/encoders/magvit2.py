@@ -39,9 +39,9 @@ import numpy as np
 from flax import nnx
 
 from lary_jax.encoders import config_dict
-from lary_jax.encoders import conv_layers as cl
+from lary_jax.nn import conv_layers as cl
 from lary_jax.encoders import convert
-from lary_jax.encoders import vit_layers
+from lary_jax.nn import vit_layers
 from lary_jax.errors import LaryError
 
 LOAD_OPTIONS = ("upstream_range",)

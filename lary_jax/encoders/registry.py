@@ -30,7 +30,7 @@ from lary_jax.encoders import flux2_vae
 from lary_jax.encoders import magvit2
 from lary_jax.encoders import optical_flow
 from lary_jax.encoders import sim_oracle
-from lary_jax.encoders import vit_layers
+from lary_jax.nn import vit_layers
 from lary_jax.encoders import wan_vae
 from lary_jax.errors import LaryError
 from lary_jax.lams import lapa

@@ -56,7 +56,7 @@ from flax import nnx
 from lary_jax.data import images as image_ops
 from lary_jax.encoders import config_dict
 from lary_jax.encoders import convert
-from lary_jax.encoders import vit_layers
+from lary_jax.nn import vit_layers
 from lary_jax.errors import LaryError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

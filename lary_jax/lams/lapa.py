@@ -55,7 +55,7 @@ from flax import nnx
 from lary_jax import hub
 from lary_jax.errors import LaryError
 from lary_jax.lams import embedded
-from lary_jax.lams import laq_layers
+from lary_jax.nn import laq_layers
 from lary_jax.lams import nsvq
 
 FEATURES = ("", "dinov2", "dinov3", "siglip2", "magvit2")

@@ -43,7 +43,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from lary_jax import feature_store as fs
+from lary_jax import atomic_io as fs
 from lary_jax import mesh as mesh_lib
 from lary_jax import progress as progress_lib
 from lary_jax import tensorboard_log

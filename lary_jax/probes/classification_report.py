@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from lary_jax import feature_store as fs
+from lary_jax import atomic_io
 from lary_jax import metrics
 
 VALIDATION, HOLDOUT = "validation", "train_holdout"
@@ -120,7 +120,7 @@ def write_seed(out_dir: str, history: Mapping[str, np.ndarray],
                        class_names, f"{fields.get('model')} on "
                        f"{fields.get('dataset')} validation ({name})")
   if write:
-    fs.write_json(os.path.join(out_dir, "results.json"), results)
+    atomic_io.write_json(os.path.join(out_dir, "results.json"), results)
   return results
 
 
@@ -154,7 +154,7 @@ def write_summary(out_dir: str, per_seed: Mapping[int, Mapping[str, Any]],
                  "validation_top1": r[name][VALIDATION]["top1"]}
         for s, r in per_seed.items()}
   if write:
-    fs.write_json(os.path.join(out_dir, "results.json"), out)
+    atomic_io.write_json(os.path.join(out_dir, "results.json"), out)
   return out
 
 
@@ -168,7 +168,7 @@ def _write_per_class(path: str, cm: np.ndarray,
     w.writerow([i, name, int(scores["support"][i]),
                 f"{scores['precision'][i]:.6f}", f"{scores['recall'][i]:.6f}",
                 f"{scores['f1'][i]:.6f}"])
-  fs.write_atomic(path, buf.getvalue().encode())
+  atomic_io.write_atomic(path, buf.getvalue().encode())
 
 
 def _write_confusion(stem: str, cm: np.ndarray, class_names: Sequence[str],
@@ -178,7 +178,7 @@ def _write_confusion(stem: str, cm: np.ndarray, class_names: Sequence[str],
   w.writerow(["true \\ predicted", *class_names])
   for name, row in zip(class_names, cm):
     w.writerow([name, *row.tolist()])
-  fs.write_atomic(stem + ".csv", buf.getvalue().encode())
+  atomic_io.write_atomic(stem + ".csv", buf.getvalue().encode())
 
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
@@ -199,4 +199,4 @@ def _write_confusion(stem: str, cm: np.ndarray, class_names: Sequence[str],
   png = io.BytesIO()
   fig.savefig(png, format="png", dpi=120)
   plt.close(fig)
-  fs.write_atomic(stem + ".png", png.getvalue())
+  atomic_io.write_atomic(stem + ".png", png.getvalue())

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import orbax.checkpoint as ocp
 
-from lary_jax import feature_store as fs
+from lary_jax import atomic_io as fs
 from lary_jax.errors import LaryError
 
 # Test hook: the process SIGKILLs itself once this many epochs are saved.
