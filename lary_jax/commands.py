@@ -124,12 +124,12 @@ def run(flags, config: Config) -> int:
 def convert(flags, config: Config) -> int:
   """Converts a checkpoint (HF folder or .pt/.pth) of --model into --out."""
   from lary_jax import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
-  from lary_jax.encoders import convert as convert_lib  # pylint: disable=g-import-not-at-top
+  from lary_jax.encoders import registry  # pylint: disable=g-import-not-at-top
   _require(flags, "model", "src", "out")
   # One process: converting needs no other host.
   mesh_lib.announce("convert")
-  out = convert_lib.convert(flags.model, flags.src, flags.out,
-                            variant=config.convert.variant or None)
+  out = registry.convert(flags.model, flags.src, flags.out,
+                         variant=config.convert.variant or None)
   print(f"{flags.model}: converted {flags.src} -> {out}")
   return 0
 
