@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from lary_jax import upstream_protocol
+from lary_jax.configs import default
 from lary_jax.errors import LaryError
 
 CLASSIFICATION, REGRESSION = "classification", "regression"
@@ -321,7 +322,6 @@ def deviations(task: str, seeds: Mapping[int, Mapping[str, Any]],
     One "config.field=value (protocol: value)" per differing setting, in a
     fixed order; a note instead when no seed recorded its settings.
   """
-  from lary_jax.configs import default  # pylint: disable=g-import-not-at-top
   config = default.get_config().to_dict()
   checks = _CLASSIFY_CHECKS if task == CLASSIFICATION else (
       _REGRESS_CHECKS + _DECODER_CHECKS.get(model_type, ()))

@@ -51,6 +51,7 @@ from lary_jax.data import images as images_lib
 from lary_jax.data import pipeline as pl
 from lary_jax.encoders import convert
 from lary_jax.errors import LaryError
+from lary_jax.lams import lapa
 from lary_jax.lams import nsvq
 from lary_jax.probes import run_state
 
@@ -499,7 +500,6 @@ def _log_row(step: int, outs: list[dict[str, np.ndarray]], options: Options,
 
 def lam_module(name: str) -> ModuleType:
   """The model module of a trainable LAM name (pixel LAPA: "lapa")."""
-  from lary_jax.lams import lapa  # pylint: disable=g-import-not-at-top
   modules = {"lapa": lapa}
   if name not in modules:
     raise LaryError(f"lam.model={name!r}: trainable LAMs are "
