@@ -46,6 +46,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from lary_jax import atomic_io as fs
 from lary_jax import mesh as mesh_lib
 from lary_jax import progress as progress_lib
+from lary_jax import run_claim as run_state  # its claim(), as the probes
 from lary_jax import tensorboard_log
 from lary_jax.data import images as images_lib
 from lary_jax.data import pipeline as pl
@@ -53,7 +54,6 @@ from lary_jax.encoders import convert
 from lary_jax.errors import LaryError
 from lary_jax.lams import lapa
 from lary_jax.lams import nsvq
-from lary_jax.probes import run_state
 
 _log = logging.getLogger(__name__)
 
