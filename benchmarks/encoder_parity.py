@@ -31,9 +31,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top
 from benchmarks import report
 from lary_jax import encoders
-from lary_jax.encoders import registry
 from lary_jax.encoders import dinov2
 from lary_jax.encoders import dinov3
+from lary_jax.encoders import registry
 from lary_jax.encoders import siglip2
 from lary_jax.encoders import vjepa2
 # pylint: enable=g-import-not-at-top

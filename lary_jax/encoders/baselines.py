@@ -20,8 +20,8 @@ from flax import nnx
 from lary_jax.encoders import contract
 from lary_jax.encoders import convert
 from lary_jax.encoders import dinov2
-from lary_jax.nn import vit_layers
 from lary_jax.errors import LaryError
+from lary_jax.nn import vit_layers
 
 # big_vision's widths, depths and heads per size letter.
 _SIZES = {
