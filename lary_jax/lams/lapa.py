@@ -765,6 +765,9 @@ def read_pt(name: str, path: str, *, variant: str | None = None,
   has none, the LAQ reads pixels, or `with_backbone` is False. `variant` (a
   VARIANTS key) replaces the sizes read off the weights.
   """
+  if name not in REGISTRY:
+    raise LaryError(f"unknown LAPA model {name!r}; expected one of "
+                    f"{sorted(REGISTRY)}")
   if not (os.path.isfile(path)
           and path.endswith((".pt", ".pth", ".ckpt"))):
     raise LaryError(f"{path}: expected upstream's LAQ .pt/.pth/.ckpt or a "
