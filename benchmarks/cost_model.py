@@ -141,7 +141,7 @@ def counted_rows(metadata_dir: str) -> list[Split]:
 def _accelerator_attention():
   """Traces vit_layers' attention as it runs off the CPU (no block loops)."""
   import jax  # pylint: disable=g-import-not-at-top
-  from lary_jax.encoders import vit_layers  # pylint: disable=g-import-not-at-top
+  from lary_jax.nn import vit_layers  # pylint: disable=g-import-not-at-top
   return mock.patch.object(vit_layers, "attention",
                            jax.nn.dot_product_attention)
 

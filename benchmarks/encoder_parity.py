@@ -31,9 +31,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top
 from benchmarks import report
 from lary_jax import encoders
-from lary_jax.encoders import convert
 from lary_jax.encoders import dinov2
 from lary_jax.encoders import dinov3
+from lary_jax.encoders import registry
 from lary_jax.encoders import siglip2
 from lary_jax.encoders import vjepa2
 # pylint: enable=g-import-not-at-top
@@ -116,7 +116,7 @@ def measure(name: str, init: str, batch: int, tmp: str,
     _unit_gain(model)
   hf_dir, out_dir = os.path.join(tmp, "hf"), os.path.join(tmp, "orbax")
   model.save_pretrained(hf_dir)
-  convert.convert(name, hf_dir, out_dir)
+  registry.convert(name, hf_dir, out_dir)
   enc = encoders.load(name, out_dir)
   shape = (batch, 224, 224, 3)
   if name == "vjepa2":  # a LARY clip: 9 frames, 4 tubelets

@@ -30,9 +30,13 @@ import ml_collections
 
 from lary_jax import compilation
 from lary_jax import config_args
+from lary_jax import mesh as mesh_lib
 from lary_jax import names
 from lary_jax import progress as progress_lib
+from lary_jax.encoders import convert
+from lary_jax.encoders import registry
 from lary_jax.errors import LaryError
+from lary_jax.lams import train_lam
 
 # The model `run` trains itself (config.run.lam_config) and then treats as
 # any other model.
@@ -87,8 +91,6 @@ def parse_decoders(text: str) -> list[tuple[str, str]]:
 
 def models_in(models_dir: str) -> list[Model]:
   """Every converted checkpoint (a `convert` output) under `models_dir`."""
-  from lary_jax.encoders import convert  # pylint: disable=g-import-not-at-top
-  from lary_jax.encoders import registry  # pylint: disable=g-import-not-at-top
   if not os.path.isdir(models_dir):
     raise LaryError(f"--models_dir {models_dir}: not a directory")
   found = []
@@ -252,7 +254,6 @@ def run(flags: Any, config: ml_collections.ConfigDict,
         commands: Mapping[str, Callable[[Any, Any], int]]) -> int:
   """Runs every stage of the benchmark (see the module docstring)."""
   from tfds_builders import metadata  # pylint: disable=g-import-not-at-top
-  from lary_jax import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
   mesh_lib.initialize_distributed(flags.coordinator_address,
                                   flags.num_processes, flags.process_id)
   mesh_lib.announce("run")
@@ -301,7 +302,6 @@ def run(flags: Any, config: ml_collections.ConfigDict,
   # --- the LAM trained in the run.
   if any(m.name == RUN_LAM for m in models):
     step("train LAM")
-    from lary_jax.lams import train_lam  # pylint: disable=g-import-not-at-top
     lam_config = config_args.read(cfg.run.lam_config,
                                   "--config.run.lam_config")
     # Where `train_lam --config <lam_config>` would write: the same model.
@@ -402,7 +402,6 @@ def _extract(commands, flags, cfg, model: Model) -> None:
   if model.store_name == model.name:
     commands["extract"](flags, cfg)
     return
-  from lary_jax.encoders import registry  # pylint: disable=g-import-not-at-top
   if model.store_name in registry.available():
     commands["extract"](StageFlags(flags, model=model.store_name), cfg)
     return

@@ -14,8 +14,21 @@ from typing import Any, Callable
 
 import ml_collections
 
+from lary_jax import benchmark_run
+from lary_jax import extract as extract_lib
+from lary_jax import feature_store
 from lary_jax import hub
+from lary_jax import mesh as mesh_lib
+from lary_jax import report as report_lib
+from lary_jax import upstream_npz
+from lary_jax.encoders import registry
 from lary_jax.errors import LaryError
+from lary_jax.lams import train_lam as train_lam_lib
+from lary_jax.probes import classify as classify_lib
+from lary_jax.probes import regress as regress_lib
+from lary_jax.probes import train_classifier
+from lary_jax.probes import train_regressor
+from lary_jax.sim import render
 
 DATASET_NAMES = ("calvin", "vlabench", "vlabench_15", "vlabench_30",
                  "agibotbeta", "robocoin", "libero", "human_1st", "robot_1st",
@@ -41,7 +54,6 @@ DEVICE_COMMANDS = ("run", "convert", "extract", "classify", "regress",
 
 def _start_processes(flags, command: str):
   """Joins the multi-host run the flags describe (if any); returns jax."""
-  from lary_jax import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
   mesh_lib.initialize_distributed(flags.coordinator_address,
                                   flags.num_processes, flags.process_id)
   mesh_lib.announce(command)
@@ -65,7 +77,6 @@ def _prepare_options(config: Config, skip_bad_rows: bool):
 
 def simulate(flags, config: Config) -> int:
   """Renders LARY-Sim into --out."""
-  from lary_jax.sim import render  # pylint: disable=g-import-not-at-top
   _require(flags, "out")
   summary = render.simulate(flags.out, tiny=flags.tiny, seed=flags.seed,
                             num_workers=_workers(config.sim.num_workers))
@@ -117,19 +128,16 @@ def _print_prepared(name: str, builder: Any) -> None:
 
 def run(flags, config: Config) -> int:
   """The whole benchmark: data, the run's LAM, features, probes, report."""
-  from lary_jax import benchmark_run  # pylint: disable=g-import-not-at-top
   return benchmark_run.run(flags, config, COMMANDS)
 
 
 def convert(flags, config: Config) -> int:
   """Converts a checkpoint (HF folder or .pt/.pth) of --model into --out."""
-  from lary_jax import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
-  from lary_jax.encoders import convert as convert_lib  # pylint: disable=g-import-not-at-top
   _require(flags, "model", "src", "out")
   # One process: converting needs no other host.
   mesh_lib.announce("convert")
-  out = convert_lib.convert(flags.model, flags.src, flags.out,
-                            variant=config.convert.variant or None)
+  out = registry.convert(flags.model, flags.src, flags.out,
+                         variant=config.convert.variant or None)
   print(f"{flags.model}: converted {flags.src} -> {out}")
   return 0
 
@@ -151,7 +159,6 @@ def encoder_options(text: str) -> dict[str, Any]:
 
 
 def _extract_options(config: Config):
-  from lary_jax import extract as extract_lib  # pylint: disable=g-import-not-at-top
   c = config.extract
   return extract_lib.Options(
       global_batch=c.global_batch, micro_batch=c.micro_batch, dtype=c.dtype,
@@ -188,7 +195,6 @@ def _splits(flags, builder) -> list[str]:
 
 
 def _store_dir(flags, dataset: str, split: str) -> str:
-  from lary_jax import feature_store  # pylint: disable=g-import-not-at-top
   root = flags.out or os.path.join(flags.workdir, "features")
   return feature_store.store_path(root, dataset, split, flags.model)
 
@@ -198,9 +204,6 @@ def extract(flags, config: Config) -> int:
   _require(flags, "model", "dataset")
   jax = _start_processes(flags, "extract")
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from lary_jax import extract as extract_lib  # pylint: disable=g-import-not-at-top
-  from lary_jax import upstream_npz  # pylint: disable=g-import-not-at-top
-  from lary_jax.encoders import registry  # pylint: disable=g-import-not-at-top
   from tfds_builders import metadata  # pylint: disable=g-import-not-at-top
   c = config.extract
   options = _extract_options(config)
@@ -257,8 +260,6 @@ def extract(flags, config: Config) -> int:
 
 def import_features(flags, config: Config) -> int:
   """Turns upstream's .npz files + LA CSV (--csv, --la_dir) into a store."""
-  from lary_jax import feature_store  # pylint: disable=g-import-not-at-top
-  from lary_jax import upstream_npz  # pylint: disable=g-import-not-at-top
   from tfds_builders import metadata  # pylint: disable=g-import-not-at-top
   from tfds_builders import prepare  # pylint: disable=g-import-not-at-top
   _require(flags, "model", "dataset", "split", "csv", "la_dir")
@@ -316,7 +317,6 @@ def _seeds(flags, default: int | None = None) -> list[int]:
 
 
 def _feature_stores(flags, spec, builder) -> dict[str, str]:
-  from lary_jax import feature_store  # pylint: disable=g-import-not-at-top
   stores = {}
   for split in builder.info.splits:
     store_dir = _store_dir(flags, spec.name, split)
@@ -377,8 +377,6 @@ def classify(flags, config: Config) -> int:
   """Trains and evaluates the attentive probes on stored features."""
   _require(flags, "model", "dataset")
   jax = _start_processes(flags, "classify")
-  from lary_jax.probes import classify as classify_lib  # pylint: disable=g-import-not-at-top
-  from lary_jax.probes import train_classifier  # pylint: disable=g-import-not-at-top
   from tfds_builders import metadata  # pylint: disable=g-import-not-at-top
   c = config.classify
   options = train_classifier.Options(
@@ -409,8 +407,6 @@ def regress(flags, config: Config) -> int:
   """Trains and evaluates an action decoder on stored pair features."""
   _require(flags, "model", "dataset")
   jax = _start_processes(flags, "regress")
-  from lary_jax.probes import regress as regress_lib  # pylint: disable=g-import-not-at-top
-  from lary_jax.probes import train_regressor  # pylint: disable=g-import-not-at-top
   c = config.regress
   options = train_regressor.Options(
       epochs=c.epochs, min_updates=c.min_updates,
@@ -449,7 +445,6 @@ def train_lam(flags, config: Config) -> int:
     raise LaryError("train_lam needs a LAM config: --config=lam/lapa_sim "
                     "(or lam/lapa, or your own .py file with a `lam` section)")
   jax = _start_processes(flags, "train_lam")
-  from lary_jax.lams import train_lam as train_lam_lib  # pylint: disable=g-import-not-at-top
   c = config.lam
   pairs, inputs = train_lam_lib.prepared_pairs(
       flags.dataset or c.dataset, _tfds_dir(flags), flags.split or c.split,
@@ -464,7 +459,6 @@ def train_lam(flags, config: Config) -> int:
 
 def report(flags, config: Config) -> int:  # pylint: disable=unused-argument
   """Writes <workdir>/report.md and report.html from every result there."""
-  from lary_jax import report as report_lib  # pylint: disable=g-import-not-at-top
   md_path, html_path = report_lib.write(flags.workdir,
                                         published=flags.published)
   print(f"report: {md_path} and {html_path}")

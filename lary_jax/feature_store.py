@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import json
 import operator
 import os
 import re
@@ -35,6 +34,10 @@ from typing import Any
 import grain
 import numpy as np
 
+from lary_jax.atomic_io import read_json
+from lary_jax.atomic_io import sha256_file
+from lary_jax.atomic_io import write_atomic
+from lary_jax.atomic_io import write_json
 from lary_jax.errors import LaryError
 
 FORMAT = "lary-features/1"
@@ -67,39 +70,6 @@ def cast_rows(rows: np.ndarray, dtype: np.dtype, what: str) -> np.ndarray:
                       f"{FLOAT16_MAX:g}; store float32 "
                       "(--config.extract.dtype=float32, Writer(dtype=...))")
   return rows.astype(dtype)
-
-
-def write_json(path: str, obj: Any) -> None:
-  """Writes JSON atomically (temporary file, fsync, rename)."""
-  write_atomic(path, json.dumps(obj, indent=1).encode())
-
-
-def read_json(path: str) -> dict[str, Any] | None:
-  """The JSON object in `path`, or None if it is missing or unreadable."""
-  try:
-    with open(path, "rb") as f:
-      obj = json.loads(f.read())
-  except (OSError, ValueError):
-    return None
-  return obj if isinstance(obj, dict) else None
-
-
-def write_atomic(path: str, data: bytes) -> None:
-  """Writes `data` to `path` via a temporary file, fsync and rename."""
-  tmp = f"{path}.tmp"
-  with open(tmp, "wb") as f:
-    f.write(data)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
-
-
-def sha256_file(path: str) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 22), b""):
-      h.update(block)
-  return h.hexdigest()
 
 
 class _HashingFile:

@@ -41,6 +41,8 @@ from typing import Any
 
 import numpy as np
 
+from lary_jax import upstream_protocol
+from lary_jax.configs import default
 from lary_jax.errors import LaryError
 
 CLASSIFICATION, REGRESSION = "classification", "regression"
@@ -320,7 +322,6 @@ def deviations(task: str, seeds: Mapping[int, Mapping[str, Any]],
     One "config.field=value (protocol: value)" per differing setting, in a
     fixed order; a note instead when no seed recorded its settings.
   """
-  from lary_jax.configs import default  # pylint: disable=g-import-not-at-top
   config = default.get_config().to_dict()
   checks = _CLASSIFY_CHECKS if task == CLASSIFICATION else (
       _REGRESS_CHECKS + _DECODER_CHECKS.get(model_type, ()))
@@ -345,9 +346,7 @@ def deviations(task: str, seeds: Mapping[int, Mapping[str, Any]],
 
 
 def _upstream_heads(heads: Sequence[Sequence[float]]) -> bool:
-  # multi_head pulls in jax; only classification runs pay for it.
-  from lary_jax.probes import multi_head  # pylint: disable=g-import-not-at-top
-  want = np.asarray(multi_head.HEADS, np.float64)
+  want = np.asarray(upstream_protocol.HEADS, np.float64)
   got = np.asarray(heads, np.float64)
   return got.shape == want.shape and np.allclose(got, want)
 

@@ -27,7 +27,6 @@ from lary_jax import extract
 from lary_jax import feature_store as fs
 from lary_jax.configs import default
 from lary_jax.data import images
-from lary_jax.encoders import convert
 from lary_jax.encoders import flux2_vae
 from lary_jax.encoders import magvit2
 from lary_jax.encoders import registry
@@ -114,11 +113,11 @@ def _checkpoints(root):
   """The three small checkpoints in their released formats, converted."""
   models = root / "models"
   flux2_vae_test._vae(root / "flux2_hf", **FLUX2_SMALL)
-  convert.convert("flux2", str(root / "flux2_hf"), str(models / "flux2"))
+  registry.convert("flux2", str(root / "flux2_hf"), str(models / "flux2"))
   wan_vae_test._vae(root / "wan_hf")
-  convert.convert("wan2_2", str(root / "wan_hf"), str(models / "wan2_2"))
-  convert.convert("magvit2_encoder", _magvit2_ckpt(root / "tokenizer.ckpt"),
-                  str(models / "open_magvit2"))
+  registry.convert("wan2_2", str(root / "wan_hf"), str(models / "wan2_2"))
+  registry.convert("magvit2_encoder", _magvit2_ckpt(root / "tokenizer.ckpt"),
+                   str(models / "open_magvit2"))
   return models
 
 
@@ -225,8 +224,8 @@ def test_released_models_give_upstream_feature_shapes(name, module, dim):
 def test_a_folder_named_as_another_built_in_model_is_refused(tmp_path):
   # `magvit2` is LARY's LAQ on MAGVIT2 latents, not the tokenizer: a folder
   # of that name would be extracted as the LAQ.
-  convert.convert("magvit2_encoder", _magvit2_ckpt(tmp_path / "tok.ckpt"),
-                  str(tmp_path / "models" / "magvit2"))
+  registry.convert("magvit2_encoder", _magvit2_ckpt(tmp_path / "tok.ckpt"),
+                   str(tmp_path / "models" / "magvit2"))
   with pytest.raises(LaryError, match="folder 'magvit2' holds a "
                      "'magvit2_encoder' checkpoint, but 'magvit2' is another "
                      "built-in model; rename the folder"):

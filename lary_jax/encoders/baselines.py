@@ -17,10 +17,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from lary_jax.encoders import contract
 from lary_jax.encoders import convert
 from lary_jax.encoders import dinov2
-from lary_jax.encoders import vit_layers
 from lary_jax.errors import LaryError
+from lary_jax.nn import vit_layers
 
 # big_vision's widths, depths and heads per size letter.
 _SIZES = {
@@ -96,23 +97,21 @@ def _no_path(name: str, path: str | None) -> None:
 def pixels_encoder(path: str | None = None, *, dtype: Any = jnp.float32,
                    patch: int = 14):
   """The `pixels` baseline: [0, 1] values, patches of `patch` pixels."""
-  from lary_jax.encoders import registry  # pylint: disable=g-import-not-at-top
   _no_path("pixels", path)
   if patch not in (14, 16):
     raise LaryError(f"pixels: patch={patch}, expected 14 or 16")
   del dtype  # pixels are returned as float32 whatever the compute dtype
-  return registry.make_encoder("pixels", Pixels(patch))
+  return contract.make_encoder("pixels", Pixels(patch))
 
 
 def random_vit_encoder(path: str | None = None, *,
                        dtype: Any = jnp.float32, variant: str = "S/16",
                        seed: int = 0):
   """The `random_vit` baseline: a ViT of `variant` initialised from `seed`."""
-  from lary_jax.encoders import registry  # pylint: disable=g-import-not-at-top
   _no_path("random_vit", path)
   cfg = decode_variant(variant)
   params = random_params(convert.param_shapes(dinov2.Model, cfg), seed)
   model = convert.build(dinov2.Model, cfg, params, dtype=dtype)
-  return registry.make_encoder("random_vit", model,
+  return contract.make_encoder("random_vit", model,
                                preprocess=dinov2.preprocess,
                                select_tokens=dinov2.select_tokens)

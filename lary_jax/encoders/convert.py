@@ -1,4 +1,4 @@
-"""Checkpoint conversion: torch weights -> NNX parameters -> orbax.
+"""The weights library: torch weights -> NNX parameters -> orbax.
 
 How a model file plugs in. Its `params_from_torch(weights, cfg)` writes an
 explicit table `{nnx_path: Rule}` and hands it to `apply_table`:
@@ -16,13 +16,15 @@ wrong shape, and when an NNX parameter has no rule. NNX paths are dotted
 only `nnx.Param` state (float32); constants such as RoPE tables are computed
 in `__call__` from static shapes (numpy), not stored.
 
-Files. `convert(model, src, out)` reads a Hugging Face folder (config.json +
-*.safetensors, via `safetensors.numpy`, no torch) or an original `.pt/.pth`
-(read without torch by `torch_checkpoint`; `target_encoder` picked,
-`module.`/`backbone.` stripped, then the module's `params_from_pt(weights,
-cfg)` hook, with cfg from `variant` or the module's optional
-`config_from_pt(weights)`), and writes `out/params` (orbax) and
-`out/config.json` (`{"model", "config"}`).
+Files. `params_from_source(module, src)` reads a Hugging Face folder
+(config.json + *.safetensors, via `safetensors.numpy`, no torch) or an
+original `.pt/.pth` (read without torch by `torch_checkpoint`;
+`target_encoder` picked, `module.`/`backbone.` stripped, then the module's
+`params_from_pt(weights, cfg)` hook, with cfg from `variant` or the module's
+optional `config_from_pt(weights)`); `save` writes `out/params` (orbax) and
+`out/config.json` (`{"model", "config"}`). This file knows no model by name:
+`encoders.registry.convert(name, src, out)` looks the module up and calls
+these.
 """
 
 from __future__ import annotations
@@ -372,27 +374,3 @@ def params_from_source(module: Any, src: str, *, variant: str | None = None
     return cfg, module.params_from_pt(weights, cfg)
   raise LaryError(f"{src}: expected a Hugging Face folder (config.json + "
                   "*.safetensors) or a .pt/.pth/.ckpt/.safetensors file")
-
-
-def convert(model: str, src: str, out: str, *, variant: str | None = None
-            ) -> str:
-  """Converts a checkpoint of encoder `model` into an orbax directory.
-
-  Args:
-    model: registry name, e.g. "dinov2".
-    src: a Hugging Face folder or an original .pt/.pth file, or a hub id
-      of one (`facebook/dinov2-large`; see `hub.resolve`).
-    out: output directory (created; `out/params` is overwritten).
-    variant: Config preset for .pt files that carry no config.
-
-  Returns:
-    The absolute output directory, loadable with `registry.load(model, out)`.
-  """
-  from lary_jax.encoders import registry  # pylint: disable=g-import-not-at-top
-  module = registry.model_module(model)
-  src = hub.resolve(src)
-  if hasattr(module, "convert_checkpoint"):  # writes more than one model
-    # (a feature LAQ and the backbone its checkpoint embeds: lams/lapa.py)
-    return module.convert_checkpoint(src, out, variant=variant)
-  cfg, params = params_from_source(module, src, variant=variant)
-  return save(out, model, cfg, params)

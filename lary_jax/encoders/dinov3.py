@@ -21,8 +21,8 @@ from flax import nnx
 
 from lary_jax.encoders import config_dict
 from lary_jax.encoders import convert
-from lary_jax.encoders import vit_layers
 from lary_jax.errors import LaryError
+from lary_jax.nn import vit_layers
 
 
 @dataclasses.dataclass(frozen=True)

@@ -37,10 +37,10 @@ import numpy as np
 from flax import nnx
 
 from lary_jax.encoders import config_dict
-from lary_jax.encoders import conv_layers as cl
 from lary_jax.encoders import convert
-from lary_jax.encoders import vit_layers
 from lary_jax.errors import LaryError
+from lary_jax.nn import conv_layers as cl
+from lary_jax.nn import vit_layers
 
 # Config fields `encoders.load(..., **options)` may set at load time.
 LOAD_OPTIONS = ("upstream_layout", "upstream_uint8")

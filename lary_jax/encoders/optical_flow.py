@@ -52,6 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from lary_jax.encoders import contract
 from lary_jax.errors import LaryError
 
 # scikit-image's rgb2gray (ITU-R BT.709 luma) weights.
@@ -388,11 +389,10 @@ def make_config(**options: Any) -> FlowConfig:
 def flow_encoder(path: str | None = None, *, dtype: Any = jnp.float32,
                  **options: Any):
   """The `flow` encoder (mode "pairs"); options as `make_config`."""
-  from lary_jax.encoders import registry  # pylint: disable=g-import-not-at-top
   if path is not None:
     raise LaryError(f"encoder 'flow' takes no checkpoint (got {path!r})")
   del dtype  # the flow is computed in float32 whatever the compute dtype
-  return registry.make_encoder("flow", OpticalFlow(make_config(**options)),
+  return contract.make_encoder("flow", OpticalFlow(make_config(**options)),
                                preprocess=_as_given, mode="pairs")
 
 

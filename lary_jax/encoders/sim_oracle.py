@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from lary_jax.encoders import contract
 from lary_jax.errors import LaryError
 
 # LARY-Sim's state layout (lary_jax/sim/layout.py STATE_DIMS).
@@ -62,11 +63,10 @@ class Oracle(nnx.Module):
 
 def sim_oracle_encoder(path: str | None = None, *, dtype: Any = jnp.float32):
   """The `sim_oracle` control (reads `states`, not frames; no checkpoint)."""
-  from lary_jax.encoders import registry  # pylint: disable=g-import-not-at-top
   del dtype  # exact ground truth: always float32
   if path is not None:
     raise LaryError(f"encoder 'sim_oracle' takes no checkpoint (got {path!r})")
-  return registry.make_encoder(
+  return contract.make_encoder(
       "sim_oracle", Oracle(), preprocess=_as_float, inputs="states",
       example=jax.ShapeDtypeStruct((STATE_DIM,), jnp.float32))
 

@@ -56,8 +56,8 @@ from flax import nnx
 from lary_jax.data import images as image_ops
 from lary_jax.encoders import config_dict
 from lary_jax.encoders import convert
-from lary_jax.encoders import vit_layers
 from lary_jax.errors import LaryError
+from lary_jax.nn import vit_layers
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -46,11 +46,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from lary_jax.encoders import conv_layers as cl
 from lary_jax.encoders import config_dict
 from lary_jax.encoders import convert
-from lary_jax.encoders import vit_layers
 from lary_jax.errors import LaryError
+from lary_jax.nn import conv_layers as cl
+from lary_jax.nn import vit_layers
 
 LOAD_OPTIONS = ("pairs_as_images",)
 

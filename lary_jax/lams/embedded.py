@@ -39,6 +39,9 @@ from typing import Any
 
 import numpy as np
 
+from lary_jax.encoders import convert
+from lary_jax.encoders import dinov2
+from lary_jax.encoders import families
 from lary_jax.errors import LaryError
 
 SUBDIR = "backbone"
@@ -129,7 +132,6 @@ def _dinov2(w: dict[str, np.ndarray]) -> dict[str, Any]:
     return hf
   # SwiGLU's width is 2/3 of d * mlp_ratio rounded up to 8: the published
   # ratio 4 if it fits, else the first ratio that gives the saved width.
-  from lary_jax.encoders import dinov2  # pylint: disable=g-import-not-at-top
   width = w["encoder.layer.0.mlp.weights_in.weight"].shape[0] // 2
   for ratio in [4] + [n / d for n in range(width, 2 * width + 8)]:
     if dinov2.Config(hidden_size=d, mlp_ratio=ratio,
@@ -211,7 +213,8 @@ def backbone_from_weights(weights: dict[str, np.ndarray], prefix: str,
     weights: a whole LAQ state dict (numpy).
     prefix: where upstream's module keeps the backbone, e.g.
       "dino_tokenizer.".
-    encoder: the lary_jax.encoders registry name, e.g. "dinov2".
+    encoder: the encoder family's name (`encoders.families`), e.g.
+      "dinov2".
 
   Returns:
     None when no key starts with `prefix` (a checkpoint saved without its
@@ -219,11 +222,10 @@ def backbone_from_weights(weights: dict[str, np.ndarray], prefix: str,
     unused or mis-shaped key is a LaryError naming the prefix and the key
     under it.
   """
-  from lary_jax.encoders import registry  # pylint: disable=g-import-not-at-top
   sub = strip(weights, prefix)
   if not sub:
     return None
-  module = registry.model_module(encoder)
+  module = families.model_module(encoder)
   try:
     sub = _NORMALIZE.get(encoder, dict)(sub)
     if hasattr(module, "config_from_pt"):
@@ -241,7 +243,6 @@ def backbone_from_weights(weights: dict[str, np.ndarray], prefix: str,
 def save(out: str, encoder: str, cfg: Any, params: dict[str, np.ndarray]
          ) -> str:
   """Writes the backbone as a `convert` output into `out/backbone/`."""
-  from lary_jax.encoders import convert  # pylint: disable=g-import-not-at-top
   return convert.save(os.path.join(out, SUBDIR), encoder, cfg, params)
 
 
@@ -254,6 +255,5 @@ def remove(out: str) -> None:
 
 def converted_path(path: str) -> str | None:
   """`path/backbone` when `path` is a converted dir that holds one."""
-  from lary_jax.encoders import convert  # pylint: disable=g-import-not-at-top
   sub = os.path.join(path, SUBDIR)
   return sub if os.path.isdir(path) and convert.is_converted(sub) else None

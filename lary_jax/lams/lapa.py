@@ -53,10 +53,13 @@ import numpy as np
 from flax import nnx
 
 from lary_jax import hub
+from lary_jax.encoders import contract
+from lary_jax.encoders import convert
+from lary_jax.encoders import families
 from lary_jax.errors import LaryError
 from lary_jax.lams import embedded
-from lary_jax.lams import laq_layers
 from lary_jax.lams import nsvq
+from lary_jax.nn import laq_layers
 
 FEATURES = ("", "dinov2", "dinov3", "siglip2", "magvit2")
 LATENTS = ("nsvq", "quantized", "continuous")
@@ -68,9 +71,7 @@ class Config:
 
   `features` "" is the pixel LAQ; otherwise the backbone whose patch tokens
   the LAM reads (`image_size // patch_size` tokens a side, `dim` wide).
-  (`to_dict`/`from_dict` as encoders.config_dict.DictConfig; this file
-  imports nothing from lary_jax.encoders at import time, because the
-  encoder registry imports it.)
+  (`to_dict`/`from_dict` as encoders.config_dict.DictConfig.)
   """
 
   dim: int = 1024
@@ -416,7 +417,6 @@ _UNUSED_MAGVIT2 = (r"to_pixels_first_frame\.0\.(weight|bias)",)
 
 def _transformer_table(nnx_name: str, depth: int, cross: bool
                        ) -> dict[str, Any]:
-  from lary_jax.encoders import convert  # pylint: disable=g-import-not-at-top
   c = convert
   table = {f"{nnx_name}.norm_out.scale": c.same(f"{nnx_name}.norm_out.gamma")}
   for i in range(depth):
@@ -453,7 +453,6 @@ def params_from_torch(weights: dict[str, np.ndarray], cfg: Config
   A missing, unused or mis-shaped key is a LaryError naming it; a feature
   variant's embedded backbone weights are skipped (see `_UNUSED`).
   """
-  from lary_jax.encoders import convert  # pylint: disable=g-import-not-at-top
   c = convert
   for k, v in weights.items():
     if k.endswith(".beta") and not k.startswith(BACKBONE_PREFIXES) and np.any(
@@ -659,9 +658,8 @@ def _read(name: str, path: str | None, *, variant: str | None = None,
 
   `path`: upstream's .pt/.pth/.ckpt or a `convert`ed directory (whose
   backbone, if any, is the sub-directory `embedded.converted_path(path)`;
-  the third item is then None). See `Adapter.read_pt`.
+  the third item is then None). See `read_pt`.
   """
-  from lary_jax.encoders import convert  # pylint: disable=g-import-not-at-top
   if path is None:
     raise LaryError(f"encoder {name!r} needs --checkpoint: upstream's LAQ "
                     ".pt/.pth/.ckpt or a directory written by `convert`")
@@ -670,22 +668,18 @@ def _read(name: str, path: str | None, *, variant: str | None = None,
     if saved != name:
       raise LaryError(f"{path}: holds a {saved!r} checkpoint, not {name!r}")
     return Config.from_dict(cfg_dict), params, None
-  return adapter(name).read_pt(path, variant=variant,
-                               with_backbone=with_backbone)
+  return read_pt(name, path, variant=variant, with_backbone=with_backbone)
 
 
 def load_lam(name: str, path: str, *, dtype=jnp.float32) -> Model:
   """The LAM `name` (a REGISTRY key) from an upstream .pt or a converted dir."""
-  from lary_jax.encoders import convert  # pylint: disable=g-import-not-at-top
   cfg, params, _ = _read(name, path, with_backbone=False)
   return convert.build(Model, cfg, params, dtype=dtype)
 
 
 def _backbone(name: str, path: str | None, dtype) -> tuple[nnx.Module, Any]:
   """The frozen backbone `name` (dinov2, ...) as (NNX model, its module)."""
-  from lary_jax.encoders import convert  # pylint: disable=g-import-not-at-top
-  from lary_jax.encoders import registry  # pylint: disable=g-import-not-at-top
-  module = registry.model_module(name)
+  module = families.model_module(name)
   if convert.is_converted(path):
     saved, cfg_dict, params = convert.load_converted(path)
     if saved != name:
@@ -699,7 +693,6 @@ def _backbone(name: str, path: str | None, dtype) -> tuple[nnx.Module, Any]:
 
 
 def _no_backbone(name: str, features: str, path: str) -> LaryError:
-  from lary_jax.encoders import convert  # pylint: disable=g-import-not-at-top
   if convert.is_converted(path):
     where = f"no {embedded.SUBDIR}/ sub-directory written by `convert`"
   elif features in EMBEDDED_PREFIX:
@@ -731,8 +724,6 @@ def encoder_factory(name: str):
 
   def factory(path, *, dtype=jnp.float32, backbone: str | None = None,
               latent: str = "nsvq", seed: int = 0):
-    from lary_jax.encoders import convert  # pylint: disable=g-import-not-at-top
-    from lary_jax.encoders import registry  # pylint: disable=g-import-not-at-top
     _, features = REGISTRY[name]
     if backbone is not None and not features:
       raise LaryError(f"encoder {name!r} reads pixels; backbone= is for the "
@@ -748,7 +739,7 @@ def encoder_factory(name: str):
       if backbone is not None:
         bb, module = _backbone(features, hub.resolve(backbone), dtype)
       elif found is not None:
-        module = registry.model_module(features)
+        module = families.model_module(features)
         bb = convert.build(module.Model, _backbone_options(
             features, module, found[0]), found[1], dtype=dtype)
       elif (sub := embedded.converted_path(path)) is not None:
@@ -757,95 +748,60 @@ def encoder_factory(name: str):
         raise _no_backbone(name, features, path)
     model = PairEncoder(lam, bb, backbone_module=module, latent=latent,
                         seed=int(seed))
-    return registry.make_encoder(name, model, mode="pairs")
+    return contract.make_encoder(name, model, mode="pairs")
 
   return factory
 
 
-@dataclasses.dataclass(frozen=True)
-class Adapter:
-  """What `convert` needs of a model module, for one LAPA registry name.
+def read_pt(name: str, path: str, *, variant: str | None = None,
+            with_backbone: bool = True
+            ) -> tuple[Config, dict[str, np.ndarray], Any]:
+  """(Config, LAQ params, embedded backbone) of an upstream .pt/.pth/.ckpt.
 
-  The LAPA names share this file; each name fixes the preset (and so
-  the backbone and token grid), which a state dict alone does not show.
+  `name` is a REGISTRY key: it fixes the preset (and so the backbone and
+  token grid), which a state dict alone does not show. The file is read
+  once. The embedded backbone is `(backbone Config, params)` from the keys
+  under EMBEDDED_PREFIX (see lams/embedded.py), or None when the checkpoint
+  has none, the LAQ reads pixels, or `with_backbone` is False. `variant` (a
+  VARIANTS key) replaces the sizes read off the weights.
   """
-
-  name: str
-
-  Config = Config
-  Model = Model
-  VARIANTS = VARIANTS
-
-  @property
-  def __name__(self) -> str:
-    return f"lary_jax.lams.lapa[{self.name}]"
-
-  def config_from_pt(self, weights: dict[str, np.ndarray]) -> Config:
-    return config_from_pt(weights, REGISTRY[self.name][0])
-
-  def params_from_pt(self, weights: dict[str, np.ndarray], cfg: Config
-                     ) -> dict[str, np.ndarray]:
-    return params_from_torch(weights, cfg)
-
-  def read_pt(self, path: str, *, variant: str | None = None,
-              with_backbone: bool = True
-              ) -> tuple[Config, dict[str, np.ndarray], Any]:
-    """(Config, LAQ params, embedded backbone) of an upstream .pt/.pth/.ckpt.
-
-    The file is read once. The embedded backbone is `(backbone Config,
-    params)` from the keys under EMBEDDED_PREFIX (see lams/embedded.py), or
-    None when the checkpoint has none, the LAQ reads pixels, or
-    `with_backbone` is False. `variant` (a VARIANTS key) replaces the sizes
-    read off the weights.
-    """
-    from lary_jax.encoders import convert  # pylint: disable=g-import-not-at-top
-    if not (os.path.isfile(path)
-            and path.endswith((".pt", ".pth", ".ckpt"))):
-      raise LaryError(f"{path}: expected upstream's LAQ .pt/.pth/.ckpt or a "
-                      "directory written by `convert`")
-    weights = convert.read_pt(path)
-    if variant is None:
-      cfg = self.config_from_pt(weights)
-    elif variant in VARIANTS:
-      cfg = VARIANTS[variant]
-    else:
-      raise LaryError(f"variant {variant!r}: expected one of "
-                      f"{sorted(VARIANTS)}")
-    params = params_from_torch(weights, cfg)
-    features = REGISTRY[self.name][1]
-    found = None
-    if with_backbone and features in EMBEDDED_PREFIX:
-      found = embedded.backbone_from_weights(
-          weights, EMBEDDED_PREFIX[features], features)
-    return cfg, params, found
-
-  def params_from_file(self, path: str
-                       ) -> tuple[Config, dict[str, np.ndarray]]:
-    """(Config, params) of the LAQ alone from an upstream .pt/.pth/.ckpt."""
-    cfg, params, _ = self.read_pt(path, with_backbone=False)
-    return cfg, params
-
-  def convert_checkpoint(self, src: str, out: str, *,
-                         variant: str | None = None) -> str:
-    """`convert`: the LAQ into `out`, its embedded backbone into `out/backbone`.
-
-    Both are plain `convert` outputs (the backbone one names its encoder,
-    e.g. "dinov2"), so `out` extracts with no backbone= option and
-    `out/backbone` loads alone as an encoder. A checkpoint without an
-    embedded backbone leaves no `backbone/` (a stale one is removed).
-    """
-    from lary_jax.encoders import convert  # pylint: disable=g-import-not-at-top
-    cfg, params, found = self.read_pt(src, variant=variant)
-    out = convert.save(out, self.name, cfg, params)
-    if found is None:
-      embedded.remove(out)
-    else:
-      embedded.save(out, REGISTRY[self.name][1], *found)
-    return out
-
-
-def adapter(name: str) -> Adapter:
   if name not in REGISTRY:
     raise LaryError(f"unknown LAPA model {name!r}; expected one of "
                     f"{sorted(REGISTRY)}")
-  return Adapter(name)
+  if not (os.path.isfile(path)
+          and path.endswith((".pt", ".pth", ".ckpt"))):
+    raise LaryError(f"{path}: expected upstream's LAQ .pt/.pth/.ckpt or a "
+                    "directory written by `convert`")
+  weights = convert.read_pt(path)
+  if variant is None:
+    cfg = config_from_pt(weights, REGISTRY[name][0])
+  elif variant in VARIANTS:
+    cfg = VARIANTS[variant]
+  else:
+    raise LaryError(f"variant {variant!r}: expected one of "
+                    f"{sorted(VARIANTS)}")
+  params = params_from_torch(weights, cfg)
+  features = REGISTRY[name][1]
+  found = None
+  if with_backbone and features in EMBEDDED_PREFIX:
+    found = embedded.backbone_from_weights(
+        weights, EMBEDDED_PREFIX[features], features)
+  return cfg, params, found
+
+
+def convert_checkpoint(name: str, src: str, out: str, *,
+                       variant: str | None = None) -> str:
+  """`convert`: the LAQ into `out`, its embedded backbone into `out/backbone`.
+
+  Both are plain `convert` outputs (the backbone one names its encoder,
+  e.g. "dinov2"), so `out` extracts with no backbone= option and
+  `out/backbone` loads alone as an encoder. A checkpoint without an
+  embedded backbone leaves no `backbone/` (a stale one is removed).
+  """
+  cfg, params, found = read_pt(name, src, variant=variant)
+  out = convert.save(out, name, cfg, params)
+  if found is None:
+    embedded.remove(out)
+  else:
+    embedded.save(out, REGISTRY[name][1], *found)
+  return out

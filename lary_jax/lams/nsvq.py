@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lary_jax.errors import LaryError
-from lary_jax.lams import laq_layers
+from lary_jax.nn import laq_layers
 
 EPS = 1e-12
 DISCARD_THRESHOLD = 0.1

@@ -43,16 +43,17 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from lary_jax import feature_store as fs
+from lary_jax import atomic_io as fs
 from lary_jax import mesh as mesh_lib
 from lary_jax import progress as progress_lib
+from lary_jax import run_claim as run_state  # its claim(), as the probes
 from lary_jax import tensorboard_log
 from lary_jax.data import images as images_lib
 from lary_jax.data import pipeline as pl
 from lary_jax.encoders import convert
 from lary_jax.errors import LaryError
+from lary_jax.lams import lapa
 from lary_jax.lams import nsvq
-from lary_jax.probes import run_state
 
 _log = logging.getLogger(__name__)
 
@@ -499,7 +500,6 @@ def _log_row(step: int, outs: list[dict[str, np.ndarray]], options: Options,
 
 def lam_module(name: str) -> ModuleType:
   """The model module of a trainable LAM name (pixel LAPA: "lapa")."""
-  from lary_jax.lams import lapa  # pylint: disable=g-import-not-at-top
   modules = {"lapa": lapa}
   if name not in modules:
     raise LaryError(f"lam.model={name!r}: trainable LAMs are "

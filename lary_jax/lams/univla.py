@@ -50,9 +50,9 @@ from lary_jax import torch_checkpoint
 from lary_jax.encoders import config_dict
 from lary_jax.encoders import convert
 from lary_jax.encoders import dinov2
-from lary_jax.encoders import vit_layers
 from lary_jax.errors import LaryError
 from lary_jax.lams import vector_quantizer
+from lary_jax.nn import vit_layers
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -28,8 +28,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from lary_jax.encoders import vit_layers
 from lary_jax.errors import LaryError
+from lary_jax.nn import vit_layers
 from lary_jax.probes import probe_attention
 
 EPS = 1e-5  # torch.nn.LayerNorm's default, which upstream uses

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from lary_jax import feature_store as fs
+from lary_jax import atomic_io
 from lary_jax import metrics
 from lary_jax.probes import figures
 
@@ -121,7 +121,7 @@ def write_seed(out_dir: str, history: Mapping[str, np.ndarray],
                        class_names, f"{fields.get('model')} on "
                        f"{fields.get('dataset')} validation ({name})")
   if write:
-    fs.write_json(os.path.join(out_dir, "results.json"), results)
+    atomic_io.write_json(os.path.join(out_dir, "results.json"), results)
   return results
 
 
@@ -155,7 +155,7 @@ def write_summary(out_dir: str, per_seed: Mapping[int, Mapping[str, Any]],
                  "validation_top1": r[name][VALIDATION]["top1"]}
         for s, r in per_seed.items()}
   if write:
-    fs.write_json(os.path.join(out_dir, "results.json"), out)
+    atomic_io.write_json(os.path.join(out_dir, "results.json"), out)
   return out
 
 
@@ -169,7 +169,7 @@ def _write_per_class(path: str, cm: np.ndarray,
     w.writerow([i, name, int(scores["support"][i]),
                 f"{scores['precision'][i]:.6f}", f"{scores['recall'][i]:.6f}",
                 f"{scores['f1'][i]:.6f}"])
-  fs.write_atomic(path, buf.getvalue().encode())
+  atomic_io.write_atomic(path, buf.getvalue().encode())
 
 
 def _write_confusion(stem: str, cm: np.ndarray, class_names: Sequence[str],
@@ -179,7 +179,7 @@ def _write_confusion(stem: str, cm: np.ndarray, class_names: Sequence[str],
   w.writerow(["true \\ predicted", *class_names])
   for name, row in zip(class_names, cm):
     w.writerow([name, *row.tolist()])
-  fs.write_atomic(stem + ".csv", buf.getvalue().encode())
+  atomic_io.write_atomic(stem + ".csv", buf.getvalue().encode())
 
   k = len(class_names)
   side = min(4 + 0.18 * k, 30)
@@ -196,5 +196,5 @@ def _write_confusion(stem: str, cm: np.ndarray, class_names: Sequence[str],
     ax.set_ylabel("true class")
     ax.set_title(title + "; rows sum to 1", fontsize=8)
 
-  fs.write_atomic(stem + ".png",
+  atomic_io.write_atomic(stem + ".png",
                   figures.png(draw, (side, side), dpi=120, tight=True))

@@ -33,8 +33,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from lary_jax.encoders import vit_layers
 from lary_jax.errors import LaryError
+from lary_jax.nn import vit_layers
 from lary_jax.probes import ddpm
 
 EPS = 1e-6

@@ -27,9 +27,8 @@ from flax import nnx
 
 from lary_jax.errors import LaryError
 from lary_jax.probes import attentive_probe
+from lary_jax.upstream_protocol import HEADS  # upstream's five probes
 
-# Upstream's five (learning rate, weight decay) probes.
-HEADS = ((5e-3, 0.01), (3e-3, 0.1), (1e-3, 0.4), (3e-4, 0.8), (1e-4, 0.01))
 TOP_K = 5
 Params = Any  # a stacked nnx.State: every leaf [num_heads, ...]
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from lary_jax.encoders import vit_layers
+from lary_jax.nn import vit_layers
 
 # cuDNN's fused attention takes 16-bit inputs and head dims that are a
 # multiple of 8, up to 128.

@@ -22,6 +22,7 @@ from lary_jax import metrics
 from lary_jax.data import normalize
 from lary_jax.errors import LaryError
 from lary_jax.probes import action_dims
+from lary_jax.probes import dit_decoder
 from lary_jax.probes import mlp_decoder
 from lary_jax.probes import regression_report as report
 from lary_jax.probes import run_state
@@ -45,7 +46,6 @@ def dit(hidden: int = 512, depth: int = 6, num_heads: int = 8,
         clip_sample: bool = True):
   """Upstream's DiT decoder (DDPM, 500 sampling steps): factory(steps,
   action_dim) -> Decoder."""
-  from lary_jax.probes import dit_decoder  # pylint: disable=g-import-not-at-top
 
   def factory(steps: int, action_dim: int) -> tr.Decoder:
     def make(input_dim, seed, dtype):

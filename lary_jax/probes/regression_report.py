@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from lary_jax import feature_store as fs
+from lary_jax import atomic_io
 from lary_jax import metrics
 from lary_jax.probes import figures
 
@@ -138,7 +138,7 @@ def write_seed(out_dir: str, history: Mapping[str, np.ndarray],
                                  labels, groups)
   if not write:
     return results
-  fs.write_json(os.path.join(out_dir, "results.json"), results)
+  atomic_io.write_json(os.path.join(out_dir, "results.json"), results)
   _write_best_result(os.path.join(out_dir, "best_result.csv"),
                      results[UPSTREAM[0]])
   chosen = results.get(HONEST[0], results[UPSTREAM[0]])["epoch"] - 1
@@ -167,7 +167,7 @@ def _write_best_result(path: str, best: Mapping[str, Any]) -> None:
   w = csv.writer(buf)
   w.writerow(list(row))
   w.writerow([f"{v:.8g}" if isinstance(v, float) else v for v in row.values()])
-  fs.write_atomic(path, buf.getvalue().encode())
+  atomic_io.write_atomic(path, buf.getvalue().encode())
 
 
 def _plot_trajectories(path: str, prediction: np.ndarray, targets: Targets,
@@ -199,7 +199,7 @@ def _plot_trajectories(path: str, prediction: np.ndarray, targets: Targets,
     fig.subplots_adjust(left=0.04, right=0.99, bottom=0.1, top=0.8,
                         wspace=0.4)
 
-  fs.write_atomic(path, figures.png(draw, (1.9 * dims, 2.4)))
+  atomic_io.write_atomic(path, figures.png(draw, (1.9 * dims, 2.4)))
 
 
 def write_summary(out_dir: str, per_seed: Mapping[int, Mapping[str, Any]],
@@ -229,5 +229,5 @@ def write_summary(out_dir: str, per_seed: Mapping[int, Mapping[str, Any]],
                  "validation_mse": r[name][VALIDATION]["mse"]}
         for s, r in per_seed.items() if name in r}
   if write:
-    fs.write_json(os.path.join(out_dir, "results.json"), out)
+    atomic_io.write_json(os.path.join(out_dir, "results.json"), out)
   return out

@@ -10,9 +10,7 @@ numbers of an uninterrupted run.
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 import math
 import os
 import signal
@@ -23,41 +21,14 @@ from typing import Any
 import numpy as np
 import orbax.checkpoint as ocp
 
-from lary_jax import feature_store as fs
+from lary_jax import atomic_io as fs
 from lary_jax.errors import LaryError
+from lary_jax.run_claim import SETTINGS  # re-exported
+from lary_jax.run_claim import claim  # re-exported
+from lary_jax.run_claim import digest_file  # re-exported
 
 # Test hook: the process SIGKILLs itself once this many epochs are saved.
 KILL_AFTER_EPOCHS_ENV = "LARY_PROBE_KILL_AFTER_EPOCHS"
-
-
-SETTINGS = "run.json"
-
-
-def digest_file(path: str) -> str:
-  """SHA-256 of a small file (e.g. a feature store's manifest)."""
-  with open(path, "rb") as f:
-    return hashlib.sha256(f.read()).hexdigest()
-
-
-def claim(workdir: str, settings: Mapping[str, Any]) -> None:
-  """Records what this run is; refuses a folder holding another run.
-
-  A checkpoint is only resumed by the run that wrote it: same options, same
-  probe, same features (their manifests' digests), same seed.
-  """
-  settings = json.loads(json.dumps(settings, default=str))
-  path = os.path.join(workdir, SETTINGS)
-  found = fs.read_json(path)
-  if found is None:
-    os.makedirs(workdir, exist_ok=True)
-    fs.write_json(path, settings)
-    return
-  if found != settings:
-    keys = sorted(k for k in set(found) | set(settings)
-                  if found.get(k) != settings.get(k))
-    raise LaryError(
-        f"{workdir} holds a run with other settings (differing: {keys}); "
-        "use another --workdir, or delete that folder to start over")
 
 
 def epoch_file(workdir: str, epoch: int) -> str:

@@ -11,6 +11,7 @@ from safetensors.numpy import save_file
 
 from lary_jax.encoders import convert
 from lary_jax.encoders import dinov3
+from lary_jax.encoders import registry
 from lary_jax.errors import LaryError
 
 pytestmark = pytest.mark.filterwarnings(
@@ -93,7 +94,7 @@ def test_table_must_cover_every_parameter():
 
 
 def test_convert_writes_orbax_and_config(dinov3_folder, tmp_path):
-  out = convert.convert("dinov3", dinov3_folder, str(tmp_path / "out"))
+  out = registry.convert("dinov3", dinov3_folder, str(tmp_path / "out"))
   assert os.path.isdir(os.path.join(out, "params"))
   with open(os.path.join(out, "config.json")) as f:
     meta = json.load(f)
@@ -117,15 +118,15 @@ def test_convert_rejects_unknown_architecture(dinov3_folder, tmp_path):
     json.dump(hf | {"model_type": "dinov3_convnext"}, f)
   save_file({"x": np.zeros(1, np.float32)}, str(bad / "model.safetensors"))
   with pytest.raises(LaryError, match="model_type='dinov3_convnext'"):
-    convert.convert("dinov3", str(bad), str(tmp_path / "out"))
+    registry.convert("dinov3", str(bad), str(tmp_path / "out"))
   with pytest.raises(LaryError, match="model_type='dinov3_convnext', "
                      "expected 'dinov2'"):
-    convert.convert("dinov2", str(bad), str(tmp_path / "out"))
+    registry.convert("dinov2", str(bad), str(tmp_path / "out"))
   with pytest.raises(LaryError, match="unknown model 'vit'"):
-    convert.convert("vit", str(bad), str(tmp_path / "out"))
+    registry.convert("vit", str(bad), str(tmp_path / "out"))
   os.remove(bad / "model.safetensors")
   with pytest.raises(LaryError, match=r"no \*\.safetensors"):
-    convert.convert("dinov3", str(bad), str(tmp_path / "out"))
+    registry.convert("dinov3", str(bad), str(tmp_path / "out"))
   with pytest.raises(LaryError, match="not a lary-jax encoder checkpoint"):
     os.mkdir(bad / "params")
     convert.load_converted(str(bad))
@@ -140,4 +141,4 @@ def test_read_pt_unwraps_and_strips_prefixes(tmp_path):
   assert sorted(weights) == ["blocks.0.w", "pos"]
   assert weights["blocks.0.w"].dtype == np.float32
   with pytest.raises(LaryError, match="converts only Hugging Face folders"):
-    convert.convert("dinov2", path, str(tmp_path / "out"))
+    registry.convert("dinov2", path, str(tmp_path / "out"))

@@ -11,8 +11,8 @@ from flax import nnx
 from lary_jax import encoders
 from lary_jax.encoders import convert
 from lary_jax.encoders import dinov2
-from lary_jax.encoders import vit_layers
 from lary_jax.errors import LaryError
+from lary_jax.nn import vit_layers
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore::DeprecationWarning", "ignore::FutureWarning")

@@ -12,6 +12,7 @@ from lary_jax import encoders
 from lary_jax import extract
 from lary_jax.encoders import convert
 from lary_jax.encoders import flux2_vae
+from lary_jax.encoders import registry
 from lary_jax.errors import LaryError
 
 pytestmark = pytest.mark.filterwarnings(
@@ -68,7 +69,7 @@ def _images(shape, seed=0):
 
 def test_converted_encoder_matches_diffusers(tmp_path):
   model = _vae(tmp_path / "hf")
-  out = convert.convert("flux2", str(tmp_path / "hf"), str(tmp_path / "o"))
+  out = registry.convert("flux2", str(tmp_path / "hf"), str(tmp_path / "o"))
   enc = encoders.load("flux2", out)
   assert (enc.mode, enc.dim, enc.num_tokens) == ("image", 32, 56 * 56)
   # Every frame on its own, as upstream: [T, N, D] per row.
@@ -127,7 +128,7 @@ def test_original_safetensors_converts(tmp_path):
   _, weights = convert.read_hf(str(tmp_path / "hf"))
   ae = str(tmp_path / "ae.safetensors")
   save_file(_original_keys(weights), ae)
-  out = convert.convert("flux2", ae, str(tmp_path / "o"))
+  out = registry.convert("flux2", ae, str(tmp_path / "o"))
   frames = _images((2, 32, 32, 3), seed=2)
   got = np.asarray(encoders.load("flux2", out)(frames))
   x = (frames.transpose(0, 3, 1, 2) / 127.5 - 1).astype(np.float32)

@@ -15,6 +15,7 @@ from flax import nnx
 from lary_jax import encoders
 from lary_jax.encoders import convert
 from lary_jax.encoders import magvit2
+from lary_jax.encoders import registry
 from lary_jax.errors import LaryError
 
 pytestmark = pytest.mark.filterwarnings(
@@ -46,7 +47,7 @@ def test_ckpt_converts_and_matches_upstream(fixture, tmp_path):
                            "model_ema.decay": np.ones((), np.float32)})
   ckpt = str(tmp_path / "tok.ckpt")
   _save_ckpt(ckpt, state)
-  out = convert.convert("magvit2_encoder", ckpt, str(tmp_path / "o"))
+  out = registry.convert("magvit2_encoder", ckpt, str(tmp_path / "o"))
   cfg = magvit2.config_from_hf(dd)
   assert magvit2.Config.from_dict(
       json.load(open(os.path.join(out, "config.json")))["config"]) == cfg

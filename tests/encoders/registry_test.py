@@ -9,7 +9,6 @@ import transformers
 from flax import nnx
 
 from lary_jax import encoders
-from lary_jax.encoders import convert
 from lary_jax.encoders import registry
 from lary_jax.errors import LaryError
 
@@ -43,7 +42,7 @@ def test_available_lists_every_encoder():
 
 def test_convert_then_load_equals_load_from_hf_folder(dinov2_folder,
                                                       tmp_path):
-  out = convert.convert("dinov2", dinov2_folder, str(tmp_path / "ckpt"))
+  out = registry.convert("dinov2", dinov2_folder, str(tmp_path / "ckpt"))
   from_orbax = encoders.load("dinov2", out)
   from_hf = encoders.load("dinov2", dinov2_folder)
   images = _images((2, 224, 224, 3))

@@ -11,6 +11,7 @@ import transformers
 
 from lary_jax import encoders
 from lary_jax.encoders import convert
+from lary_jax.encoders import registry
 from lary_jax.encoders import siglip2
 from lary_jax.errors import LaryError
 
@@ -73,7 +74,7 @@ def _images(shape, seed=0):
 
 def test_converted_encoder_matches_transformers(tmp_path):
   vision, src = _siglip_model(tmp_path / "hf")
-  out = convert.convert("siglip2", src, str(tmp_path / "orbax"))
+  out = registry.convert("siglip2", src, str(tmp_path / "orbax"))
   enc = encoders.load("siglip2", out)
   assert (enc.dim, enc.num_tokens, enc.mode) == (32, 196, "image")
   images = _images((2, 224, 224, 3))

@@ -14,6 +14,7 @@ from transformers.models.vjepa2 import modeling_vjepa2
 
 from lary_jax import encoders
 from lary_jax.encoders import convert
+from lary_jax.encoders import registry
 from lary_jax.encoders import vjepa2
 from lary_jax.errors import LaryError
 
@@ -90,7 +91,7 @@ def _original_state_dict(hf_weights, num_layers):
 
 def test_converted_encoder_matches_transformers(tmp_path):
   model = _hf_model(tmp_path / "hf")
-  out = convert.convert("vjepa2", str(tmp_path / "hf"), str(tmp_path / "o"))
+  out = registry.convert("vjepa2", str(tmp_path / "hf"), str(tmp_path / "o"))
   enc = encoders.load("vjepa2", out)
   assert (enc.dim, enc.mode, enc.num_tokens) == (48, "video", 784)
   assert enc.frames_view == "vjepa2"  # extraction reads the stored crop
@@ -135,7 +136,7 @@ def test_original_pt_checkpoint_converts(tmp_path, monkeypatch):
   pt = str(tmp_path / "vitl.pt")
   torch.save({"target_encoder": state, "epoch": 3}, pt)
   monkeypatch.setitem(vjepa2.VARIANTS, "tiny", cfg)
-  out = convert.convert("vjepa2", pt, str(tmp_path / "o"), variant="tiny")
+  out = registry.convert("vjepa2", pt, str(tmp_path / "o"), variant="tiny")
   clips = _clips((1, 9, 224, 224, 3), seed=3)
   got = np.asarray(encoders.load("vjepa2", out)(clips))
   assert np.abs(got - _hf_tokens(model, clips)).max() < 1e-4

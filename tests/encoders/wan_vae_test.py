@@ -10,6 +10,7 @@ import torch
 from lary_jax import encoders
 from lary_jax import extract
 from lary_jax.encoders import convert
+from lary_jax.encoders import registry
 from lary_jax.encoders import wan_vae
 from lary_jax.errors import LaryError
 
@@ -61,7 +62,7 @@ def _clips(shape, seed=0):
 
 def test_converted_encoder_matches_diffusers(tmp_path):
   model = _vae(tmp_path / "hf")
-  out = convert.convert("wan2_2", str(tmp_path / "hf"), str(tmp_path / "o"))
+  out = registry.convert("wan2_2", str(tmp_path / "hf"), str(tmp_path / "o"))
   enc = encoders.load("wan2_2", out)
   # A LARY clip: 9 frames -> latent frames from 0, 1-4, 5-8, each 14 x 14.
   assert (enc.mode, enc.dim, enc.num_tokens) == ("video", _Z, 14 * 14)
@@ -128,9 +129,9 @@ def test_original_pth_converts(tmp_path, monkeypatch):
   pth = str(tmp_path / "Wan2.2_VAE.pth")
   torch.save(_original_keys(weights, cfg.num_res_blocks), pth)
   with pytest.raises(LaryError, match="encoder.conv1.weight"):
-    convert.convert("wan2_2", pth, str(tmp_path / "o"))  # not Wan2.2's size
+    registry.convert("wan2_2", pth, str(tmp_path / "o"))  # not Wan2.2's size
   monkeypatch.setitem(wan_vae.VARIANTS, "tiny", cfg)
-  out = convert.convert("wan2_2", pth, str(tmp_path / "o"), variant="tiny")
+  out = registry.convert("wan2_2", pth, str(tmp_path / "o"), variant="tiny")
   clips = _clips((1, 5, 32, 32, 3), seed=3)
   got = np.asarray(encoders.load("wan2_2", out)(clips))
   assert np.abs(got - _tokens(model, clips)).max() < 1e-4

@@ -56,7 +56,7 @@ def test_embedded_backbone_reproduces_upstream_from_pixels(name, tmp_path,
                                                            pairs_of):
   weights, images, data = _fixture(name)
   pt = _save_pt(tmp_path / "laq.pt", weights)
-  cfg, params, found = lapa.adapter(name).read_pt(pt)
+  cfg, params, found = lapa.read_pt(name, pt)
   assert found is not None
   module = registry.model_module(BACKBONE[name])
   backbone = convert.build(module.Model, *found)
@@ -118,7 +118,7 @@ def test_convert_keeps_the_backbone_beside_the_lam(tmp_path, pairs_of):
   pairs_of(images)
   prefix = lapa.EMBEDDED_PREFIX["siglip2"]
   pt = _save_pt(tmp_path / "siglip2.pt", weights)
-  out = convert.convert("lapa_siglip2", pt, str(tmp_path / "conv"))
+  out = registry.convert("lapa_siglip2", pt, str(tmp_path / "conv"))
   sub = os.path.join(out, embedded.SUBDIR)
   assert convert.load_converted(out)[0] == "lapa_siglip2"
   assert convert.load_converted(sub)[0] == "siglip2"
@@ -132,7 +132,7 @@ def test_convert_keeps_the_backbone_beside_the_lam(tmp_path, pairs_of):
                              atol=1e-4, rtol=0)
   # Re-converting a checkpoint without a backbone drops the stale one.
   bare = _save_pt(tmp_path / "bare.pt", weights, drop_prefix=prefix)
-  convert.convert("lapa_siglip2", bare, out)
+  registry.convert("lapa_siglip2", bare, out)
   assert not os.path.exists(sub)
   with pytest.raises(LaryError, match=r"no backbone/ sub-directory.*"
                      r"backbone=PATH.*SIGLIP2_PATH"):
@@ -150,10 +150,10 @@ def test_errors_name_the_prefix_and_upstream_backbone(tmp_path):
   del broken[prefix + "norm.weight"]
   with pytest.raises(LaryError, match=r"dinov3 backbone embedded under "
                      r"'dino_tokenizer\.'.*'norm\.weight'"):
-    lapa.adapter("lapa_dinov3").read_pt(_save_pt(tmp_path / "b.pt", broken))
+    lapa.read_pt("lapa_dinov3", _save_pt(tmp_path / "b.pt", broken))
   extra = dict(weights, **{prefix + "extra.weight": np.ones(3, np.float32)})
   with pytest.raises(LaryError, match=r"'extra\.weight'.*not used"):
-    convert.convert("lapa_dinov3", _save_pt(tmp_path / "e.pt", extra),
+    registry.convert("lapa_dinov3", _save_pt(tmp_path / "e.pt", extra),
                     str(tmp_path / "conv"))
   not_vit = {prefix + "foo": np.ones(3, np.float32)}
   with pytest.raises(LaryError, match=r"'dino_tokenizer\.'.*no key "

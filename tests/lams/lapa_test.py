@@ -15,6 +15,7 @@ import pytest
 from flax import nnx
 
 from lary_jax.encoders import convert
+from lary_jax.encoders import registry
 from lary_jax.errors import LaryError
 from lary_jax.lams import lapa
 from lary_jax.lams import nsvq
@@ -232,7 +233,7 @@ def test_registry_pixel_lapa_from_pt_and_converted(tmp_path, monkeypatch):
   assert (enc.mode, enc.dim, enc.num_tokens) == ("pairs", 32, 4)
   np.testing.assert_allclose(enc(x), data["quantized_tokens"], atol=1e-4,
                              rtol=0)
-  out = convert.convert("lapa", pt, str(tmp_path / "conv"))
+  out = registry.convert("lapa", pt, str(tmp_path / "conv"))
   enc2 = registry.load("lapa", out)  # nsvq noise from each example's pixels
   a = np.asarray(enc2(x))
   # Each example's noise is its own: a smaller batch changes only the last

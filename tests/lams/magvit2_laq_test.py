@@ -19,6 +19,7 @@ from lary_jax import encoders
 from lary_jax import extract
 from lary_jax.encoders import convert
 from lary_jax.encoders import magvit2
+from lary_jax.encoders import registry
 from lary_jax.errors import LaryError
 from lary_jax.lams import embedded
 from lary_jax.lams import lapa
@@ -99,7 +100,7 @@ def test_extract_reads_the_embedded_tokenizer_pt_and_converted(fixture,
   assert extract.token_shape(enc, "image") == (16, 18)
   assert extract.token_shape(enc, "video") == (8, 16, 18)
   # `convert` keeps the tokenizer beside the LAQ; the directory loads alone.
-  out = convert.convert("magvit2", pt, str(tmp_path / "conv"))
+  out = registry.convert("magvit2", pt, str(tmp_path / "conv"))
   assert embedded.converted_path(out) is not None
   assert encoders.load("magvit2_encoder",
                        embedded.converted_path(out)).dim == 18

@@ -18,6 +18,7 @@ from flax import nnx
 import torch
 
 from lary_jax.encoders import convert
+from lary_jax.encoders import registry
 from lary_jax.errors import LaryError
 from lary_jax.lams import univla
 
@@ -127,7 +128,7 @@ def test_registry_loads_ckpt_and_converted_dir(tmp_path):
   assert (enc.mode, enc.dim, enc.num_tokens) == ("pairs", 16, 4)
   assert np.abs(np.asarray(enc(io["frames_42"])) - io["tokens_42"]).max() < 1e-4
   # `convert` stores the config; head counts are load options.
-  out = convert.convert("univla", ckpt, str(tmp_path / "converted"))
+  out = registry.convert("univla", ckpt, str(tmp_path / "converted"))
   enc = encoders.load("univla", out, **_heads())
   # A clip is encoded pair by pair: frames (0, 1) then (1, 0).
   pair = io["frames_42"][:1]

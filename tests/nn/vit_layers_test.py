@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lary_jax.encoders import vit_layers
+from lary_jax.nn import vit_layers
 
 
 def _plain(q, k, v):
