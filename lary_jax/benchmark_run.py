@@ -219,6 +219,109 @@ def plan_models(flags: Any, config: ml_collections.ConfigDict,
   return models
 
 
+@dataclasses.dataclass
+class _Run:
+  """What every stage of one `run` invocation shares."""
+
+  flags: Any
+  cfg: ml_collections.ConfigDict
+  commands: Mapping[str, Callable[[Any, Any], int]]
+  stages: Stages
+  bar: Any  # the stage progress bar
+  base: dict[str, str]  # data_dir, tfds_dir and workdir of every stage
+  datasets: str
+
+  def start(self, label: str) -> None:
+    self.bar.set_postfix_str(label)
+
+
+def _data_stage(r: _Run) -> None:
+  """Renders LARY-Sim when no --data_dir was given, then prepares."""
+  r.start("data")
+  flags, cfg = r.flags, r.cfg
+
+  def data():
+    if not flags.data_dir:
+      r.commands["simulate"](StageFlags(flags, out=r.base["data_dir"]), cfg)
+    r.commands["prepare"](StageFlags(flags, dataset=r.datasets, **r.base), cfg)
+  r.stages.run("data", dict(datasets=r.datasets, tiny=flags.tiny,
+                            seed=flags.seed, **r.base,
+                            prepare=cfg.prepare.to_dict()), data,
+               main_only=True)
+  r.bar.update()
+
+
+def _lam_stage(r: _Run, models: list[Model]) -> list[Model]:
+  """Trains the run's LAM; returns the models with it in RUN_LAM's place."""
+  r.start("train LAM")
+  from lary_jax.lams import train_lam  # pylint: disable=g-import-not-at-top
+  lam_config = config_args.read(r.cfg.run.lam_config,
+                                "--config.run.lam_config")
+  # Where `train_lam --config <lam_config>` would write: the same model.
+  lam_dir = train_lam.workdir_of(r.base["workdir"], lam_config.lam)
+  r.stages.run("train_lam", dict(config=lam_config.to_dict(), **r.base),
+               lambda: train_lam.train_for_run(
+                   lam_config, workdir=lam_dir,
+                   tfds_dir=r.base["tfds_dir"]))
+  models = [dataclasses.replace(m, name=lam_config.lam.model,
+                                checkpoint=train_lam.checkpoint_dir(lam_dir),
+                                label=m.store_name)
+            if m.name == RUN_LAM else m for m in models]
+  r.bar.update()
+  return models
+
+
+def _extract_stages(r: _Run, models: list[Model]) -> None:
+  """Extracts every model's features of every dataset."""
+  for m in models:
+    r.start(f"extract {m.store_name}")
+    f = StageFlags(r.flags, model=m.name, checkpoint=m.checkpoint,
+                   dataset=r.datasets, split=None, out=None, mode=None,
+                   export_npz=False, csv=None, **r.base)
+    cfg_m = _with_encoder_options(r.cfg, m)
+    r.stages.run(f"extract_{m.store_name}",
+                 dict(model=m, extract=cfg_m.extract.to_dict(), **r.base),
+                 lambda f=f, m=m, cfg_m=cfg_m: _extract(r.commands, f, cfg_m,
+                                                        m))
+    r.bar.update()
+
+
+def _probe_stages(r: _Run, models: list[Model], specs: list[Any],
+                  decoders: list[tuple[str, str]], seeds: str) -> None:
+  """Classification datasets (and LIBERO's labelled pairs) get the attentive
+  probe, regression datasets every decoder of config.run.decoders."""
+  cfg = r.cfg
+  for m in models:
+    r.start(f"probe {m.store_name}")
+    for spec in specs:
+      f = StageFlags(r.flags, model=m.store_name, dataset=spec.name,
+                     seeds=seeds, dim=None, classes=None, **r.base)
+      if spec.kind == "classification" or spec.label_action:
+        r.stages.run(f"classify_{spec.name}_{m.store_name}",
+                     dict(seeds=seeds, classify=cfg.classify.to_dict(),
+                          **r.base),
+                     lambda f=f: r.commands["classify"](f, cfg))
+      elif not spec.label_action:
+        for kind, mode in decoders:
+          g = StageFlags(f, model_type=kind, action_mode=mode)
+          r.stages.run(f"regress_{spec.name}_{m.store_name}_{kind}_{mode}",
+                       dict(seeds=seeds, regress=cfg.regress.to_dict(),
+                            **r.base),
+                       lambda g=g: r.commands["regress"](g, cfg))
+    r.bar.update()
+
+
+def _report_stage(r: _Run) -> None:
+  """Writes the report of every result in the workdir."""
+  r.start("report")
+  r.stages.run("report",
+               dict(time=_results_stamp(r.base["workdir"]), **r.base),
+               lambda: r.commands["report"](StageFlags(r.flags, **r.base),
+                                            r.cfg),
+               main_only=True)
+  r.bar.update()
+
+
 def run(flags: Any, config: ml_collections.ConfigDict,
         commands: Mapping[str, Callable[[Any, Any], int]]) -> int:
   """Runs every stage of the benchmark (see the module docstring)."""
@@ -250,76 +353,13 @@ def run(flags: Any, config: ml_collections.ConfigDict,
     todo.insert(1, "train LAM")
   bar = progress_lib.bar(len(todo), desc="run", unit="stage", show=is_main,
                          position=0)
-
-  def step(label: str):
-    bar.set_postfix_str(label)
-
-  # --- data: render LARY-Sim when no --data_dir was given, then prepare.
-  step("data")
-  def data():
-    if not flags.data_dir:
-      commands["simulate"](StageFlags(flags, out=data_dir), cfg)
-    commands["prepare"](StageFlags(flags, dataset=datasets, **base), cfg)
-  stages.run("data", dict(datasets=datasets, tiny=flags.tiny,
-                          seed=flags.seed, **base,
-                          prepare=cfg.prepare.to_dict()), data,
-             main_only=True)
-  bar.update()
-
-  # --- the LAM trained in the run.
+  r = _Run(flags, cfg, commands, stages, bar, base, datasets)
+  _data_stage(r)
   if any(m.name == RUN_LAM for m in models):
-    step("train LAM")
-    from lary_jax.lams import train_lam  # pylint: disable=g-import-not-at-top
-    lam_config = config_args.read(cfg.run.lam_config,
-                                  "--config.run.lam_config")
-    # Where `train_lam --config <lam_config>` would write: the same model.
-    lam_dir = train_lam.workdir_of(workdir, lam_config.lam)
-    stages.run("train_lam", dict(config=lam_config.to_dict(), **base),
-               lambda: train_lam.train_for_run(
-                   lam_config, workdir=lam_dir, tfds_dir=tfds_dir))
-    models = [dataclasses.replace(m, name=lam_config.lam.model,
-                                  checkpoint=train_lam.checkpoint_dir(lam_dir),
-                                  label=m.store_name)
-              if m.name == RUN_LAM else m for m in models]
-    bar.update()
-
-  # --- features.
-  for m in models:
-    step(f"extract {m.store_name}")
-    f = StageFlags(flags, model=m.name, checkpoint=m.checkpoint,
-                   dataset=datasets, split=None, out=None, mode=None,
-                   export_npz=False, csv=None, **base)
-    cfg_m = _with_encoder_options(cfg, m)
-    stages.run(f"extract_{m.store_name}",
-               dict(model=m, extract=cfg_m.extract.to_dict(), **base),
-               lambda f=f, m=m, cfg_m=cfg_m: _extract(commands, f, cfg_m, m))
-    bar.update()
-
-  # --- probes: classification datasets (and LIBERO's labelled pairs) get
-  # the attentive probe, regression datasets every decoder of
-  # config.run.decoders.
-  for m in models:
-    step(f"probe {m.store_name}")
-    for spec in specs:
-      f = StageFlags(flags, model=m.store_name, dataset=spec.name,
-                     seeds=seeds, dim=None, classes=None, **base)
-      if spec.kind == "classification" or spec.label_action:
-        stages.run(f"classify_{spec.name}_{m.store_name}",
-                   dict(seeds=seeds, classify=cfg.classify.to_dict(), **base),
-                   lambda f=f: commands["classify"](f, cfg))
-      elif not spec.label_action:
-        for kind, mode in decoders:
-          g = StageFlags(f, model_type=kind, action_mode=mode)
-          stages.run(f"regress_{spec.name}_{m.store_name}_{kind}_{mode}",
-                     dict(seeds=seeds, regress=cfg.regress.to_dict(), **base),
-                     lambda g=g: commands["regress"](g, cfg))
-    bar.update()
-
-  step("report")
-  stages.run("report", dict(time=_results_stamp(workdir), **base),
-             lambda: commands["report"](StageFlags(flags, **base), cfg),
-             main_only=True)
-  bar.update()
+    models = _lam_stage(r, models)
+  _extract_stages(r, models)
+  _probe_stages(r, models, specs, decoders, seeds)
+  _report_stage(r)
   bar.close()
   if is_main:
     _write_timings(workdir, stages.seconds, stages.compiled)
