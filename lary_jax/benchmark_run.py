@@ -3,7 +3,8 @@
   render LARY-Sim (unless --data_dir) -> prepare -> train the run's LAM
   -> extract every model -> classify + regress every model -> report
 
-Each stage is one of the other commands (commands.py) called with its own
+Each stage is one of the other commands (commands.py) called as a function
+with the typed arguments (command_args.py) those commands build from their
 flags, so `run` computes exactly what the commands would. A stage that
 finished leaves `<workdir>/run/<stage>.json` holding what it was asked to do;
 a rerun with the same request skips it, and an interrupted stage resumes
@@ -27,6 +28,7 @@ from typing import Any
 
 import ml_collections
 
+from lary_jax import command_args as args_lib
 from lary_jax import compilation
 from lary_jax import config_args
 from lary_jax import names
@@ -38,25 +40,6 @@ from lary_jax.errors import LaryError
 RUN_LAM = "run_lam"
 DECODERS = ("mlp", "dit")
 ACTION_MODES = ("absolute", "relative")
-
-
-class StageFlags:
-  """The command-line flags with some replaced: what one stage is given."""
-
-  def __init__(self, flags: Any, **replaced: Any):
-    self._flags = flags
-    self._replaced = replaced
-
-  def __getattr__(self, name: str) -> Any:
-    if name in self._replaced:
-      return self._replaced[name]
-    return getattr(self._flags, name)
-
-  def __getitem__(self, name: str) -> Any:
-    # `flags[name].present`: a replaced flag counts as given.
-    if name in self._replaced:
-      return dataclasses.make_dataclass("Given", [("present", bool)])(True)
-    return self._flags[name]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -225,7 +208,7 @@ class _Run:
 
   flags: Any
   cfg: ml_collections.ConfigDict
-  commands: Mapping[str, Callable[[Any, Any], int]]
+  commands: Mapping[str, Callable[[Any, Any], int]]  # commands.STAGES
   stages: Stages
   bar: Any  # the stage progress bar
   base: dict[str, str]  # data_dir, tfds_dir and workdir of every stage
@@ -234,16 +217,26 @@ class _Run:
   def start(self, label: str) -> None:
     self.bar.set_postfix_str(label)
 
+  def processes(self) -> dict[str, Any]:
+    """The multi-host flags every device stage joins with."""
+    return {f.name: getattr(self.flags, f.name)
+            for f in dataclasses.fields(args_lib.ProcessArgs)}
+
 
 def _data_stage(r: _Run) -> None:
   """Renders LARY-Sim when no --data_dir was given, then prepares."""
   r.start("data")
   flags, cfg = r.flags, r.cfg
+  render = args_lib.SimulateArgs(out=r.base["data_dir"], tiny=flags.tiny,
+                                 seed=flags.seed)
+  prepare = args_lib.PrepareArgs(
+      dataset=r.datasets, **r.base, stride=flags.stride,
+      metadata_dir=flags.metadata_dir, skip_bad_rows=flags.skip_bad_rows)
 
   def data():
     if not flags.data_dir:
-      r.commands["simulate"](StageFlags(flags, out=r.base["data_dir"]), cfg)
-    r.commands["prepare"](StageFlags(flags, dataset=r.datasets, **r.base), cfg)
+      r.commands["simulate"](render, cfg)
+    r.commands["prepare"](prepare, cfg)
   r.stages.run("data", dict(datasets=r.datasets, tiny=flags.tiny,
                             seed=flags.seed, **r.base,
                             prepare=cfg.prepare.to_dict()), data,
@@ -275,14 +268,16 @@ def _extract_stages(r: _Run, models: list[Model]) -> None:
   """Extracts every model's features of every dataset."""
   for m in models:
     r.start(f"extract {m.store_name}")
-    f = StageFlags(r.flags, model=m.name, checkpoint=m.checkpoint,
-                   dataset=r.datasets, split=None, out=None, mode=None,
-                   export_npz=False, csv=None, **r.base)
+    a = args_lib.ExtractArgs(
+        **r.processes(), model=_loaded_name(m), checkpoint=m.checkpoint,
+        dataset=r.datasets, split=None, mode=None, out=None, **r.base,
+        metadata_dir=r.flags.metadata_dir, stride=r.flags.stride,
+        export_npz=False, la_dir=r.flags.la_dir, csv=None,
+        label=m.store_name)
     cfg_m = _with_encoder_options(r.cfg, m)
     r.stages.run(f"extract_{m.store_name}",
                  dict(model=m, extract=cfg_m.extract.to_dict(), **r.base),
-                 lambda f=f, m=m, cfg_m=cfg_m: _extract(r.commands, f, cfg_m,
-                                                        m))
+                 lambda a=a, cfg_m=cfg_m: r.commands["extract"](a, cfg_m))
     r.bar.update()
 
 
@@ -290,35 +285,41 @@ def _probe_stages(r: _Run, models: list[Model], specs: list[Any],
                   decoders: list[tuple[str, str]], seeds: str) -> None:
   """Classification datasets (and LIBERO's labelled pairs) get the attentive
   probe, regression datasets every decoder of config.run.decoders."""
-  cfg = r.cfg
+  cfg, flags = r.cfg, r.flags
   for m in models:
     r.start(f"probe {m.store_name}")
     for spec in specs:
-      f = StageFlags(r.flags, model=m.store_name, dataset=spec.name,
-                     seeds=seeds, dim=None, classes=None, **r.base)
+      # Where the features are: as `classify --out` of the run's flags.
+      probe = dict(**r.processes(), model=m.store_name, dataset=spec.name,
+                   seeds=seeds, seed=flags.seed,
+                   seed_given=flags["seed"].present, out=flags.out,
+                   workdir=r.base["workdir"], tfds_dir=r.base["tfds_dir"],
+                   stride=flags.stride)
       if spec.kind == "classification" or spec.label_action:
+        a = args_lib.ClassifyArgs(**probe, dim=None, classes=None)
         r.stages.run(f"classify_{spec.name}_{m.store_name}",
                      dict(seeds=seeds, classify=cfg.classify.to_dict(),
                           **r.base),
-                     lambda f=f: r.commands["classify"](f, cfg))
+                     lambda a=a: r.commands["classify"](a, cfg))
       elif not spec.label_action:
         for kind, mode in decoders:
-          g = StageFlags(f, model_type=kind, action_mode=mode)
+          a = args_lib.RegressArgs(**probe, model_type=kind,
+                                   action_mode=mode)
           r.stages.run(f"regress_{spec.name}_{m.store_name}_{kind}_{mode}",
                        dict(seeds=seeds, regress=cfg.regress.to_dict(),
                             **r.base),
-                       lambda g=g: r.commands["regress"](g, cfg))
+                       lambda a=a: r.commands["regress"](a, cfg))
     r.bar.update()
 
 
 def _report_stage(r: _Run) -> None:
   """Writes the report of every result in the workdir."""
   r.start("report")
+  a = args_lib.ReportArgs(workdir=r.base["workdir"],
+                          published=r.flags.published)
   r.stages.run("report",
                dict(time=_results_stamp(r.base["workdir"]), **r.base),
-               lambda: r.commands["report"](StageFlags(r.flags, **r.base),
-                                            r.cfg),
-               main_only=True)
+               lambda: r.commands["report"](a, r.cfg), main_only=True)
   r.bar.update()
 
 
@@ -368,25 +369,16 @@ def run(flags: Any, config: ml_collections.ConfigDict,
   return 0
 
 
-def _extract(commands, flags, cfg, model: Model) -> None:
-  # Features go to features/<dataset>/<split>/<store name>; a model loaded
-  # under another name (a --models_dir folder, the run's LAM) is linked there
-  # by extracting under its store name.
-  if model.store_name == model.name:
-    commands["extract"](flags, cfg)
-    return
+def _loaded_name(model: Model) -> str:
+  """The registry name `extract` loads for a model of the run.
+
+  Its features are filed under its store name; a store name that is itself
+  a registered model is that model.
+  """
   from lary_jax.encoders import registry  # pylint: disable=g-import-not-at-top
   if model.store_name in registry.available():
-    commands["extract"](StageFlags(flags, model=model.store_name), cfg)
-    return
-  # An alias for this stage only: the process's registry stays as it was.
-  registry.register(model.store_name,
-                    lambda path, name=model.name, **kw: registry.load(
-                        name, path, **kw))
-  try:
-    commands["extract"](StageFlags(flags, model=model.store_name), cfg)
-  finally:
-    registry.unregister(model.store_name)
+    return model.store_name
+  return model.name
 
 
 def _with_encoder_options(cfg: ml_collections.ConfigDict, model: Model
