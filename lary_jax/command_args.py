@@ -122,7 +122,8 @@ def from_flags(cls: type[Args], flags: Any) -> Args:
 
   Args:
     cls: one of the dataclasses above.
-    flags: absl's parsed flags (`flags.FLAGS`).
+    flags: absl's parsed flags (`flags.FLAGS`), or any object with the
+      flags as attributes.
 
   Returns:
     The arguments; a field `<flag>_given` is whether --<flag> was given, a
@@ -132,6 +133,6 @@ def from_flags(cls: type[Args], flags: Any) -> Args:
   for field in dataclasses.fields(cls):
     if field.name.endswith(_GIVEN):
       values[field.name] = flags[field.name[:-len(_GIVEN)]].present
-    elif field.name in flags or field.default is dataclasses.MISSING:
+    elif hasattr(flags, field.name) or field.default is dataclasses.MISSING:
       values[field.name] = getattr(flags, field.name)
   return cls(**values)
