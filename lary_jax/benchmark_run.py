@@ -3,7 +3,8 @@
   render LARY-Sim (unless --data_dir) -> prepare -> train the run's LAM
   -> extract every model -> classify + regress every model -> report
 
-Each stage is one of the other commands (commands.py) called with its own
+Each stage is one of the other commands (commands.py) called as a function
+with the typed arguments (command_args.py) those commands build from their
 flags, so `run` computes exactly what the commands would. A stage that
 finished leaves `<workdir>/run/<stage>.json` holding what it was asked to do;
 a rerun with the same request skips it, and an interrupted stage resumes
@@ -28,6 +29,7 @@ from typing import Any
 
 import ml_collections
 
+from lary_jax import command_args as args_lib
 from lary_jax import compilation
 from lary_jax import config_args
 from lary_jax import mesh as mesh_lib
@@ -43,25 +45,6 @@ from lary_jax.lams import train_lam
 RUN_LAM = "run_lam"
 DECODERS = ("mlp", "dit")
 ACTION_MODES = ("absolute", "relative")
-
-
-class StageFlags:
-  """The command-line flags with some replaced: what one stage is given."""
-
-  def __init__(self, flags: Any, **replaced: Any):
-    self._flags = flags
-    self._replaced = replaced
-
-  def __getattr__(self, name: str) -> Any:
-    if name in self._replaced:
-      return self._replaced[name]
-    return getattr(self._flags, name)
-
-  def __getitem__(self, name: str) -> Any:
-    # `flags[name].present`: a replaced flag counts as given.
-    if name in self._replaced:
-      return dataclasses.make_dataclass("Given", [("present", bool)])(True)
-    return self._flags[name]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -250,6 +233,158 @@ def plan_models(flags: Any, config: ml_collections.ConfigDict,
   return models
 
 
+@dataclasses.dataclass
+class _Run:
+  """What every stage of one `run` invocation shares."""
+
+  flags: Any
+  cfg: ml_collections.ConfigDict
+  commands: Mapping[str, Callable[[Any, Any], int]]  # commands.STAGES
+  stages: Stages
+  bar: Any  # the stage progress bar
+  base: dict[str, str]  # data_dir, tfds_dir and workdir of every stage
+  datasets: str
+
+  def start(self, label: str) -> None:
+    self.bar.set_postfix_str(label)
+
+  def processes(self) -> dict[str, Any]:
+    """The multi-host flags every device stage joins with."""
+    return {f.name: getattr(self.flags, f.name)
+            for f in dataclasses.fields(args_lib.ProcessArgs)}
+
+
+def _data_stage(r: _Run) -> None:
+  """Renders LARY-Sim when no --data_dir was given, then prepares."""
+  r.start("data")
+  flags, cfg = r.flags, r.cfg
+  render = args_lib.SimulateArgs(out=r.base["data_dir"], tiny=flags.tiny,
+                                 seed=flags.seed)
+  prepare = args_lib.PrepareArgs(
+      dataset=r.datasets, **r.base, stride=flags.stride,
+      metadata_dir=flags.metadata_dir, skip_bad_rows=flags.skip_bad_rows)
+
+  def data():
+    if not flags.data_dir:
+      r.commands["simulate"](render, cfg)
+    r.commands["prepare"](prepare, cfg)
+  r.stages.run("data", dict(datasets=r.datasets, tiny=flags.tiny,
+                            seed=flags.seed, **r.base,
+                            prepare=cfg.prepare.to_dict()), data,
+               main_only=True)
+  r.bar.update()
+
+
+def _lam_stage(r: _Run, models: list[Model]) -> list[Model]:
+  """Trains the run's LAM; returns the models with it in RUN_LAM's place."""
+  r.start("train LAM")
+  lam_config = config_args.read(r.cfg.run.lam_config,
+                                "--config.run.lam_config")
+  # Where `train_lam --config <lam_config>` would write: the same model.
+  lam_dir = train_lam.workdir_of(r.base["workdir"], lam_config.lam)
+  r.stages.run("train_lam", dict(config=lam_config.to_dict(), **r.base),
+               lambda: train_lam.train_for_run(
+                   lam_config, workdir=lam_dir,
+                   tfds_dir=r.base["tfds_dir"]))
+  models = [dataclasses.replace(m, name=lam_config.lam.model,
+                                checkpoint=train_lam.checkpoint_dir(lam_dir),
+                                label=m.store_name)
+            if m.name == RUN_LAM else m for m in models]
+  r.bar.update()
+  return models
+
+
+def _extract_stages(r: _Run, models: list[Model]) -> None:
+  """Extracts every model's features of every dataset."""
+  for m in models:
+    r.start(f"extract {m.store_name}")
+    a = args_lib.ExtractArgs(
+        **r.processes(), model=_loaded_name(m), checkpoint=m.checkpoint,
+        dataset=r.datasets, split=None, mode=None, out=None, **r.base,
+        metadata_dir=r.flags.metadata_dir, stride=r.flags.stride,
+        export_npz=False, la_dir=r.flags.la_dir, csv=None,
+        label=m.store_name)
+    cfg_m = _with_encoder_options(r.cfg, m)
+    r.stages.run(f"extract_{m.store_name}",
+                 dict(model=m, extract=cfg_m.extract.to_dict(), **r.base),
+                 lambda a=a, cfg_m=cfg_m: r.commands["extract"](a, cfg_m))
+    r.bar.update()
+
+
+def _probe_jobs(r: _Run, models: list[Model], specs: list[Any],
+                decoders: list[tuple[str, str]], seeds: str
+                ) -> list[tuple[str, dict[str, Any], Callable[[], Any]]]:
+  """(stage name, request, fn) of every probe stage: classification
+  datasets (and LIBERO's labelled pairs) get the attentive probe,
+  regression datasets every decoder of config.run.decoders."""
+  cfg, flags = r.cfg, r.flags
+  jobs = []
+  for m in models:
+    for spec in specs:
+      # Where the features are: as `classify --out` of the run's flags.
+      probe = dict(**r.processes(), model=m.store_name, dataset=spec.name,
+                   seeds=seeds, seed=flags.seed,
+                   seed_given=flags["seed"].present, out=flags.out,
+                   workdir=r.base["workdir"], tfds_dir=r.base["tfds_dir"],
+                   stride=flags.stride)
+      if spec.kind == "classification" or spec.label_action:
+        a = args_lib.ClassifyArgs(**probe, dim=None, classes=None)
+        jobs.append((f"classify_{spec.name}_{m.store_name}",
+                     dict(seeds=seeds, classify=cfg.classify.to_dict(),
+                          **r.base),
+                     lambda a=a: r.commands["classify"](a, cfg)))
+      elif not spec.label_action:
+        for kind, mode in decoders:
+          a = args_lib.RegressArgs(**probe, model_type=kind,
+                                   action_mode=mode)
+          jobs.append((f"regress_{spec.name}_{m.store_name}_{kind}_{mode}",
+                       dict(seeds=seeds, regress=cfg.regress.to_dict(),
+                            **r.base),
+                       lambda a=a: r.commands["regress"](a, cfg)))
+  return jobs
+
+
+def _probe_stages(r: _Run, jobs: Sequence[tuple[str, Mapping[str, Any],
+                                                Callable[[], Any]]],
+                  threads: int) -> None:
+  """Every probe stage, `threads` at a time."""
+  r.start("probes")
+
+  def done(name):
+    r.bar.set_postfix_str(name)
+    r.bar.update()
+
+  r.stages.run_all(jobs, threads, done)
+
+
+def probe_threads(cfg: ml_collections.ConfigDict, process_count: int,
+                  backend: str) -> int:
+  """How many probe stages run side by side (config.run.probe_threads; 0:
+  2 on a one-process CPU run, whose small probes keep one core busy, else
+  1). Several processes always take one: their collectives must not
+  interleave."""
+  if process_count > 1:
+    return 1
+  threads = cfg.run.probe_threads
+  if threads < 0:
+    raise LaryError(f"--config.run.probe_threads={threads}: expected 0 "
+                    "(automatic) or a number of stages")
+  if threads == 0:
+    return 2 if backend == "cpu" else 1
+  return threads
+
+
+def _report_stage(r: _Run) -> None:
+  """Writes the report of every result in the workdir."""
+  r.start("report")
+  a = args_lib.ReportArgs(workdir=r.base["workdir"],
+                          published=r.flags.published)
+  r.stages.run("report",
+               dict(time=_results_stamp(r.base["workdir"]), **r.base),
+               lambda: r.commands["report"](a, r.cfg), main_only=True)
+  r.bar.update()
+
+
 def run(flags: Any, config: ml_collections.ConfigDict,
         commands: Mapping[str, Callable[[Any, Any], int]]) -> int:
   """Runs every stage of the benchmark (see the module docstring)."""
@@ -275,72 +410,22 @@ def run(flags: Any, config: ml_collections.ConfigDict,
   seeds = flags.seeds or cfg.run.seeds
   base = dict(data_dir=data_dir, tfds_dir=tfds_dir, workdir=workdir)
 
-  jobs = _probe_jobs(flags, cfg, commands, models, specs, decoders, seeds,
-                     base)
+  r = _Run(flags, cfg, commands, stages, None, base, datasets)
+  jobs = _probe_jobs(r, models, specs, decoders, seeds)
   todo = ["data"] + [f"extract {m.store_name}" for m in models]
   todo += [name for name, _, _ in jobs] + ["report"]
   if any(m.name == RUN_LAM for m in models):
     todo.insert(1, "train LAM")
-  bar = progress_lib.bar(len(todo), desc="run", unit="stage", show=is_main,
-                         position=0)
-
-  def step(label: str):
-    bar.set_postfix_str(label)
-
-  # --- data: render LARY-Sim when no --data_dir was given, then prepare.
-  step("data")
-  def data():
-    if not flags.data_dir:
-      commands["simulate"](StageFlags(flags, out=data_dir), cfg)
-    commands["prepare"](StageFlags(flags, dataset=datasets, **base), cfg)
-  stages.run("data", dict(datasets=datasets, tiny=flags.tiny,
-                          seed=flags.seed, **base,
-                          prepare=cfg.prepare.to_dict()), data,
-             main_only=True)
-  bar.update()
-
-  # --- the LAM trained in the run.
+  r.bar = progress_lib.bar(len(todo), desc="run", unit="stage", show=is_main,
+                           position=0)
+  _data_stage(r)
   if any(m.name == RUN_LAM for m in models):
-    step("train LAM")
-    lam_config = config_args.read(cfg.run.lam_config,
-                                  "--config.run.lam_config")
-    # Where `train_lam --config <lam_config>` would write: the same model.
-    lam_dir = train_lam.workdir_of(workdir, lam_config.lam)
-    stages.run("train_lam", dict(config=lam_config.to_dict(), **base),
-               lambda: train_lam.train_for_run(
-                   lam_config, workdir=lam_dir, tfds_dir=tfds_dir))
-    models = [dataclasses.replace(m, name=lam_config.lam.model,
-                                  checkpoint=train_lam.checkpoint_dir(lam_dir),
-                                  label=m.store_name)
-              if m.name == RUN_LAM else m for m in models]
-    bar.update()
-
-  # --- features.
-  for m in models:
-    step(f"extract {m.store_name}")
-    f = StageFlags(flags, model=m.name, checkpoint=m.checkpoint,
-                   dataset=datasets, split=None, out=None, mode=None,
-                   export_npz=False, csv=None, **base)
-    cfg_m = _with_encoder_options(cfg, m)
-    stages.run(f"extract_{m.store_name}",
-               dict(model=m, extract=cfg_m.extract.to_dict(), **base),
-               lambda f=f, m=m, cfg_m=cfg_m: _extract(commands, f, cfg_m, m))
-    bar.update()
-
-  # --- probes, `probe_threads(cfg)` stages at a time.
-  step("probes")
-  def probe_done(name):
-    bar.set_postfix_str(name)
-    bar.update()
+    models = _lam_stage(r, models)
+  _extract_stages(r, models)
   threads = probe_threads(cfg, jax.process_count(), jax.default_backend())
-  stages.run_all(jobs, threads, probe_done)
-
-  step("report")
-  stages.run("report", dict(time=_results_stamp(workdir), **base),
-             lambda: commands["report"](StageFlags(flags, **base), cfg),
-             main_only=True)
-  bar.update()
-  bar.close()
+  _probe_stages(r, jobs, threads)
+  _report_stage(r)
+  r.bar.close()
   if is_main:
     _write_timings(workdir, stages.seconds, stages.compiled,
                    wall_s=time.perf_counter() - start, probe_threads=threads)
@@ -349,70 +434,15 @@ def run(flags: Any, config: ml_collections.ConfigDict,
   return 0
 
 
-def _probe_jobs(flags: Any, cfg: ml_collections.ConfigDict,
-                commands: Mapping[str, Callable[[Any, Any], int]],
-                models: Sequence[Model], specs: Sequence[Any],
-                decoders: Sequence[tuple[str, str]], seeds: Any,
-                base: Mapping[str, str]
-                ) -> list[tuple[str, dict[str, Any], Callable[[], Any]]]:
-  """(stage name, request, fn) of every probe stage: classification
-  datasets (and LIBERO's labelled pairs) get the attentive probe,
-  regression datasets every decoder of config.run.decoders."""
-  jobs = []
-  for m in models:
-    for spec in specs:
-      f = StageFlags(flags, model=m.store_name, dataset=spec.name,
-                     seeds=seeds, dim=None, classes=None, **base)
-      if spec.kind == "classification" or spec.label_action:
-        jobs.append((f"classify_{spec.name}_{m.store_name}",
-                     dict(seeds=seeds, classify=cfg.classify.to_dict(),
-                          **base),
-                     lambda f=f: commands["classify"](f, cfg)))
-      elif not spec.label_action:
-        for kind, mode in decoders:
-          g = StageFlags(f, model_type=kind, action_mode=mode)
-          jobs.append((f"regress_{spec.name}_{m.store_name}_{kind}_{mode}",
-                       dict(seeds=seeds, regress=cfg.regress.to_dict(),
-                            **base),
-                       lambda g=g: commands["regress"](g, cfg)))
-  return jobs
+def _loaded_name(model: Model) -> str:
+  """The registry name `extract` loads for a model of the run.
 
-
-def probe_threads(cfg: ml_collections.ConfigDict, process_count: int,
-                  backend: str) -> int:
-  """How many probe stages run side by side (config.run.probe_threads; 0:
-  2 on a one-process CPU run, whose small probes keep one core busy, else
-  1). Several processes always take one: their collectives must not
-  interleave."""
-  if process_count > 1:
-    return 1
-  threads = cfg.run.probe_threads
-  if threads < 0:
-    raise LaryError(f"--config.run.probe_threads={threads}: expected 0 "
-                    "(automatic) or a number of stages")
-  if threads == 0:
-    return 2 if backend == "cpu" else 1
-  return threads
-
-
-def _extract(commands, flags, cfg, model: Model) -> None:
-  # Features go to features/<dataset>/<split>/<store name>; a model loaded
-  # under another name (a --models_dir folder, the run's LAM) is linked there
-  # by extracting under its store name.
-  if model.store_name == model.name:
-    commands["extract"](flags, cfg)
-    return
+  Its features are filed under its store name; a store name that is itself
+  a registered model is that model.
+  """
   if model.store_name in registry.available():
-    commands["extract"](StageFlags(flags, model=model.store_name), cfg)
-    return
-  # An alias for this stage only: the process's registry stays as it was.
-  registry.register(model.store_name,
-                    lambda path, name=model.name, **kw: registry.load(
-                        name, path, **kw))
-  try:
-    commands["extract"](StageFlags(flags, model=model.store_name), cfg)
-  finally:
-    registry.unregister(model.store_name)
+    return model.store_name
+  return model.name
 
 
 def _with_encoder_options(cfg: ml_collections.ConfigDict, model: Model

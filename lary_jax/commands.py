@@ -15,12 +15,19 @@ from typing import Any, Callable
 import ml_collections
 
 from lary_jax import benchmark_run
+from lary_jax import command_args
 from lary_jax import extract as extract_lib
 from lary_jax import feature_store
 from lary_jax import hub
 from lary_jax import mesh as mesh_lib
 from lary_jax import report as report_lib
 from lary_jax import upstream_npz
+from lary_jax.command_args import ClassifyArgs
+from lary_jax.command_args import ExtractArgs
+from lary_jax.command_args import PrepareArgs
+from lary_jax.command_args import RegressArgs
+from lary_jax.command_args import ReportArgs
+from lary_jax.command_args import SimulateArgs
 from lary_jax.encoders import registry
 from lary_jax.errors import LaryError
 from lary_jax.lams import train_lam as train_lam_lib
@@ -77,8 +84,13 @@ def _prepare_options(config: Config, skip_bad_rows: bool):
 
 def simulate(flags, config: Config) -> int:
   """Renders LARY-Sim into --out."""
-  _require(flags, "out")
-  summary = render.simulate(flags.out, tiny=flags.tiny, seed=flags.seed,
+  return simulate_data(command_args.from_flags(SimulateArgs, flags), config)
+
+
+def simulate_data(args: SimulateArgs, config: Config) -> int:
+  """`simulate` with typed arguments."""
+  _require(args, "out")
+  summary = render.simulate(args.out, tiny=args.tiny, seed=args.seed,
                             num_workers=_workers(config.sim.num_workers))
   print(json.dumps(summary, indent=1, default=str))
   return 0
@@ -108,13 +120,18 @@ def check(flags, config: Config) -> int:
 
 def prepare_datasets(flags, config: Config) -> int:
   """Prepares every --dataset into --tfds_dir."""
+  return prepare_data(command_args.from_flags(PrepareArgs, flags), config)
+
+
+def prepare_data(args: PrepareArgs, config: Config) -> int:
+  """`prepare` with typed arguments."""
   from tfds_builders import metadata  # pylint: disable=g-import-not-at-top
   from tfds_builders import prepare  # pylint: disable=g-import-not-at-top
-  _require(flags, "dataset", "data_dir")
-  options = _prepare_options(config, flags.skip_bad_rows)
-  for spec in metadata.resolve_datasets(flags.dataset, flags.stride):
-    b = prepare.prepare(spec, flags.data_dir, _tfds_dir(flags),
-                        flags.metadata_dir, options)
+  _require(args, "dataset", "data_dir")
+  options = _prepare_options(config, args.skip_bad_rows)
+  for spec in metadata.resolve_datasets(args.dataset, args.stride):
+    b = prepare.prepare(spec, args.data_dir, _tfds_dir(args),
+                        args.metadata_dir, options)
     _print_prepared(spec.name, b)
   return 0
 
@@ -128,7 +145,7 @@ def _print_prepared(name: str, builder: Any) -> None:
 
 def run(flags, config: Config) -> int:
   """The whole benchmark: data, the run's LAM, features, probes, report."""
-  return benchmark_run.run(flags, config, COMMANDS)
+  return benchmark_run.run(flags, config, STAGES)
 
 
 def convert(flags, config: Config) -> int:
@@ -194,26 +211,33 @@ def _splits(flags, builder) -> list[str]:
   return [flags.split]
 
 
-def _store_dir(flags, dataset: str, split: str) -> str:
+def _store_dir(flags, dataset: str, split: str,
+               model: str | None = None) -> str:
   root = flags.out or os.path.join(flags.workdir, "features")
-  return feature_store.store_path(root, dataset, split, flags.model)
+  return feature_store.store_path(root, dataset, split, model or flags.model)
 
 
 def extract(flags, config: Config) -> int:
   """Extracts --model's features of --dataset (every split, or --split)."""
-  _require(flags, "model", "dataset")
-  jax = _start_processes(flags, "extract")
+  return extract_features(command_args.from_flags(ExtractArgs, flags),
+                          config)
+
+
+def extract_features(args: ExtractArgs, config: Config) -> int:
+  """`extract` with typed arguments (features filed under `store_name`)."""
+  _require(args, "model", "dataset")
+  jax = _start_processes(args, "extract")
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from tfds_builders import metadata  # pylint: disable=g-import-not-at-top
   c = config.extract
   options = _extract_options(config)
-  specs = metadata.resolve_datasets(flags.dataset, flags.stride)
+  specs = metadata.resolve_datasets(args.dataset, args.stride)
   jobs = []
   for spec in specs:  # check every dataset before the slow part
-    builder = _prepared(spec, flags)
-    jobs += [(spec, builder, _mode(flags, spec), split)
-             for split in _splits(flags, builder)]
-  if flags.csv and len(jobs) > 1:
+    builder = _prepared(spec, args)
+    jobs += [(spec, builder, _mode(args, spec), split)
+             for split in _splits(args, builder)]
+  if args.csv and len(jobs) > 1:
     raise LaryError("--csv names one split's CSV; give one --dataset and "
                     "--split with it")
   if c.compute_dtype not in ("float32", "bfloat16"):
@@ -221,8 +245,8 @@ def extract(flags, config: Config) -> int:
                     "expected float32 or bfloat16")
   # A hub id is fetched (or found in the HF cache) once, here; the store
   # records the id as given and the digest of the files it named.
-  checkpoint = hub.resolve(flags.checkpoint) if flags.checkpoint else None
-  encoder = registry.load(flags.model, checkpoint,
+  checkpoint = hub.resolve(args.checkpoint) if args.checkpoint else None
+  encoder = registry.load(args.model, checkpoint,
                           dtype=getattr(jnp, c.compute_dtype),
                           **encoder_options(c.encoder_options))
   for spec, builder, mode, _ in jobs:  # before the first store is started
@@ -231,9 +255,9 @@ def extract(flags, config: Config) -> int:
         builder.info.features.keys(), spec.name)
   digest = extract_lib.checkpoint_digest(checkpoint)
   for spec, builder, mode, split in jobs:
-    store_dir = _store_dir(flags, spec.name, split)
+    store_dir = _store_dir(args, spec.name, split, args.store_name)
     fields = dict(
-        model=flags.model, checkpoint=flags.checkpoint,
+        model=args.store_name, checkpoint=args.checkpoint,
         checkpoint_digest=digest, encoder_options=c.encoder_options,
         compute_dtype=c.compute_dtype, dataset=spec.name,
         tfds_name=metadata.tfds_name(spec), split=split,
@@ -244,15 +268,15 @@ def extract(flags, config: Config) -> int:
         store_dir=store_dir, fields=fields, options=options)
     if jax.process_index() == 0:
       print(f"{spec.name} {split}: {summary}")
-    if flags.export_npz:
+    if args.export_npz:
       csv_out = upstream_npz.export_split(
           store_dir,
-          flags.la_dir or os.path.join(flags.workdir, "latent_actions"),
-          spec, split, model=flags.model,
+          args.la_dir or os.path.join(args.workdir, "latent_actions"),
+          spec, split, model=args.store_name,
           split_sizes={s: i.num_examples
                        for s, i in builder.info.splits.items()},
-          csv_path=flags.csv, metadata_dir=flags.metadata_dir,
-          data_dir=flags.data_dir, dtype=c.export_dtype)
+          csv_path=args.csv, metadata_dir=args.metadata_dir,
+          data_dir=args.data_dir, dtype=c.export_dtype)
       if jax.process_index() == 0:
         print(f"{spec.name} {split}: exported .npz files, CSV {csv_out}")
   return 0
@@ -300,12 +324,13 @@ def import_features(flags, config: Config) -> int:
 # -------------------------------------------------------------- the probes
 
 
-def _seeds(flags, default: int | None = None) -> list[int]:
+def _seeds(args: command_args.ProbeArgs, default: int | None = None
+           ) -> list[int]:
   """--seeds, else --seed, else `default` (when given) or --seed's 0."""
-  seed = flags.seed
-  if default is not None and not flags["seed"].present:
+  seed = args.seed
+  if default is not None and not args.seed_given:
     seed = default
-  text = flags.seeds if flags.seeds else str(seed)
+  text = args.seeds if args.seeds else str(seed)
   try:
     seeds = [int(t) for t in text.split(",") if t.strip()]
   except ValueError:
@@ -375,8 +400,14 @@ def _regresses(spec) -> bool:
 
 def classify(flags, config: Config) -> int:
   """Trains and evaluates the attentive probes on stored features."""
-  _require(flags, "model", "dataset")
-  jax = _start_processes(flags, "classify")
+  return classify_features(command_args.from_flags(ClassifyArgs, flags),
+                           config)
+
+
+def classify_features(args: ClassifyArgs, config: Config) -> int:
+  """`classify` with typed arguments."""
+  _require(args, "model", "dataset")
+  jax = _start_processes(args, "classify")
   from tfds_builders import metadata  # pylint: disable=g-import-not-at-top
   c = config.classify
   options = train_classifier.Options(
@@ -388,15 +419,15 @@ def classify(flags, config: Config) -> int:
       balanced=c.balanced, read_threads=c.read_threads,
       in_memory_mb=c.in_memory_mb)
   shape = classify_lib.ProbeShape(**c.probe.to_dict())
-  seeds = _seeds(flags)
-  for spec in probe_specs(flags.dataset, flags.stride, "classify"):
-    builder = _prepared(spec, flags)
-    stores = _feature_stores(flags, spec, builder)
-    out_dir = os.path.join(flags.workdir, "classify", spec.name, flags.model)
+  seeds = _seeds(args)
+  for spec in probe_specs(args.dataset, args.stride, "classify"):
+    builder = _prepared(spec, args)
+    stores = _feature_stores(args, spec, builder)
+    out_dir = os.path.join(args.workdir, "classify", spec.name, args.model)
     summary = classify_lib.classify(
         builder, stores, out_dir, seeds=seeds, holdout=c.holdout, shape=shape,
-        options=options, dim=flags.dim, classes=flags.classes,
-        fields={"model": flags.model, "dataset": spec.name},
+        options=options, dim=args.dim, classes=args.classes,
+        fields={"model": args.model, "dataset": spec.name},
         source_video=functools.partial(metadata.source_video, spec))
     if jax.process_index() == 0:
       print(classify_lib.describe(summary, out_dir))
@@ -405,8 +436,14 @@ def classify(flags, config: Config) -> int:
 
 def regress(flags, config: Config) -> int:
   """Trains and evaluates an action decoder on stored pair features."""
-  _require(flags, "model", "dataset")
-  jax = _start_processes(flags, "regress")
+  return regress_features(command_args.from_flags(RegressArgs, flags),
+                          config)
+
+
+def regress_features(args: RegressArgs, config: Config) -> int:
+  """`regress` with typed arguments."""
+  _require(args, "model", "dataset")
+  jax = _start_processes(args, "regress")
   c = config.regress
   options = train_regressor.Options(
       epochs=c.epochs, min_updates=c.min_updates,
@@ -415,24 +452,24 @@ def regress(flags, config: Config) -> int:
       compute_dtype=c.compute_dtype, pool_grid=c.pool_grid,
       shard_min_mb=c.shard_min_mb, read_threads=c.read_threads,
       in_memory_mb=c.in_memory_mb)
-  if flags.model_type == "mlp":
+  if args.model_type == "mlp":
     shape = dict(hidden=c.mlp_hidden, blocks=c.mlp_blocks)
     factory = regress_lib.mlp(**shape)
   else:
     shape = dict(hidden=c.dit_hidden, depth=c.dit_depth,
                  num_heads=c.dit_heads, clip_sample=c.dit_clip_sample)
     factory = regress_lib.dit(**shape)
-  seeds = _seeds(flags, default=42)  # upstream's regression seed
-  for spec in probe_specs(flags.dataset, flags.stride, "regress"):
-    builder = _prepared(spec, flags)
-    stores = _feature_stores(flags, spec, builder)
-    out_dir = os.path.join(flags.workdir, "regress", spec.name, flags.model,
-                           f"{flags.model_type}_{flags.action_mode}")
+  seeds = _seeds(args, default=42)  # upstream's regression seed
+  for spec in probe_specs(args.dataset, args.stride, "regress"):
+    builder = _prepared(spec, args)
+    stores = _feature_stores(args, spec, builder)
+    out_dir = os.path.join(args.workdir, "regress", spec.name, args.model,
+                           f"{args.model_type}_{args.action_mode}")
     summary = regress_lib.regress(
         builder, spec, stores, out_dir, decoder_factory=factory,
-        model_type=flags.model_type, action_mode=flags.action_mode,
+        model_type=args.model_type, action_mode=args.action_mode,
         seeds=seeds, holdout=c.holdout, options=options,
-        fields={"model": flags.model, "dataset": spec.name},
+        fields={"model": args.model, "dataset": spec.name},
         decoder_shape=shape)
     if jax.process_index() == 0:
       print(regress_lib.describe(summary, out_dir))
@@ -457,10 +494,15 @@ def train_lam(flags, config: Config) -> int:
   return 0
 
 
-def report(flags, config: Config) -> int:  # pylint: disable=unused-argument
+def report(flags, config: Config) -> int:
   """Writes <workdir>/report.md and report.html from every result there."""
-  md_path, html_path = report_lib.write(flags.workdir,
-                                        published=flags.published)
+  return write_report(command_args.from_flags(ReportArgs, flags), config)
+
+
+def write_report(args: ReportArgs, config: Config) -> int:  # pylint: disable=unused-argument
+  """`report` with typed arguments (the config is not read)."""
+  md_path, html_path = report_lib.write(args.workdir,
+                                        published=args.published)
   print(f"report: {md_path} and {html_path}")
   return 0
 
@@ -477,4 +519,14 @@ COMMANDS: dict[str, Callable[[Any, Config], int]] = {
     "regress": regress,
     "report": report,
     "train_lam": train_lam,
+}
+
+# What `run` (benchmark_run.py) calls, with the arguments it builds.
+STAGES: dict[str, Callable[[Any, Config], int]] = {
+    "simulate": simulate_data,
+    "prepare": prepare_data,
+    "extract": extract_features,
+    "classify": classify_features,
+    "regress": regress_features,
+    "report": write_report,
 }

@@ -30,7 +30,7 @@ import os
 import signal
 import time
 import weakref
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import grain
@@ -585,14 +585,11 @@ def _compiled_steps(encoder: Any) -> dict[tuple, Any]:
   return _LAST_COMPILED[1]
 
 
-def _run(encoder, source, example: Mode, keys: Sequence[str], store_dir: str,
-         plan: Plan, pending: np.ndarray, options: Options, dtype: np.dtype,
-         mesh: Mesh, summary: Summary, progress: bool | None,
-         mode: str) -> None:
-  """Computes the pending shards; writes those this process lacks."""
-  me = jax.process_index()
-  data = NamedSharding(mesh, P("data"))
-  params = replicate(encoder.params, mesh)
+def _step_compiler(encoder: Any, params: Any, data: NamedSharding,
+                   example: Mode, options: Options, dtype: np.dtype,
+                   mesh: Mesh, summary: Summary, mode: str
+                   ) -> Callable[[int], Any]:
+  """rows -> the encoder step compiled for that many rows (cached)."""
   compiled = _compiled_steps(encoder)
   step_fn = None
 
@@ -610,28 +607,13 @@ def _run(encoder, source, example: Mode, keys: Sequence[str], store_dir: str,
       summary.compile_s += time.perf_counter() - start
     return compiled[key]
 
-  shards = [int(s) for s in np.flatnonzero(pending)]
-  steps = [step for s in shards for step in plan.steps(s)]
-  # Before the clock starts, the shapes these steps take: a split smaller
-  # than the global batch never runs a whole one.
-  for rows in sorted({step_rows(plan, s, mesh.size, options.micro_batch)
-                      for s in steps}):
-    compiled_for(rows)
-  ds = pl.eval_dataset(source, example.transforms(keys,
-                                                 options.decode_cache_mb),
-                       ("frames", "identity"), global_batch=plan.global_batch)
-  iterator = pl.make_iterator(_Steps(ds, steps),
-                              worker_count=options.worker_count,
-                              read_threads=options.read_threads,
-                              prefetch=options.prefetch)
-  mine = {s: not os.path.exists(os.path.join(
-      store_dir, fs.shard_stem(s, me) + ".json")) for s in shards}
-  writer = _ShardWriter(store_dir, me)
-  if me != 0:
-    progress = False
-  bar = progress_lib.bar(sum(plan.real_rows(s) for s in steps),
-                         unit=example.unit, desc=f"extract -> {store_dir}",
-                         show=progress)
+  return compiled_for
+
+
+def _shard_collector(plan: Plan, dtype: np.dtype, mine: dict[int, bool],
+                     writer: _ShardWriter, bar: Any, summary: Summary
+                     ) -> Callable[[int, Any, Any], None]:
+  """(step, device output, batch meta) -> checked rows; a shard when whole."""
   parts: list[tuple[np.ndarray, ...]] = []
 
   def collect(step: int, out, meta) -> None:
@@ -658,7 +640,14 @@ def _run(encoder, source, example: Mode, keys: Sequence[str], store_dir: str,
             shard, feats, idx, [identity_text(r) for r in ident])
       parts.clear()
 
-  run_start = time.perf_counter()
+  return collect
+
+
+def _encode_steps(steps: Sequence[int], iterator: Any, params: Any,
+                  data: NamedSharding, compiled_for: Callable[[int], Any],
+                  collect: Callable[[int, Any, Any], None], plan: Plan,
+                  mesh: Mesh, options: Options, summary: Summary) -> None:
+  """Feeds every step to the devices, collecting each one a step later."""
   previous = None
   # Host <-> device copies happen only where this loop means them to.
   with jax.transfer_guard("disallow"):
@@ -680,6 +669,44 @@ def _run(encoder, source, example: Mode, keys: Sequence[str], store_dir: str,
                               batch["identity"]))
     if previous is not None:
       collect(*previous)
+
+
+def _run(encoder, source, example: Mode, keys: Sequence[str], store_dir: str,
+         plan: Plan, pending: np.ndarray, options: Options, dtype: np.dtype,
+         mesh: Mesh, summary: Summary, progress: bool | None,
+         mode: str) -> None:
+  """Computes the pending shards; writes those this process lacks."""
+  me = jax.process_index()
+  data = NamedSharding(mesh, P("data"))
+  params = replicate(encoder.params, mesh)
+  compiled_for = _step_compiler(encoder, params, data, example, options,
+                                dtype, mesh, summary, mode)
+  shards = [int(s) for s in np.flatnonzero(pending)]
+  steps = [step for s in shards for step in plan.steps(s)]
+  # Before the clock starts, the shapes these steps take: a split smaller
+  # than the global batch never runs a whole one.
+  for rows in sorted({step_rows(plan, s, mesh.size, options.micro_batch)
+                      for s in steps}):
+    compiled_for(rows)
+  ds = pl.eval_dataset(source,
+                       example.transforms(keys, options.decode_cache_mb),
+                       ("frames", "identity"), global_batch=plan.global_batch)
+  iterator = pl.make_iterator(_Steps(ds, steps),
+                              worker_count=options.worker_count,
+                              read_threads=options.read_threads,
+                              prefetch=options.prefetch)
+  mine = {s: not os.path.exists(os.path.join(
+      store_dir, fs.shard_stem(s, me) + ".json")) for s in shards}
+  writer = _ShardWriter(store_dir, me)
+  if me != 0:
+    progress = False
+  bar = progress_lib.bar(sum(plan.real_rows(s) for s in steps),
+                         unit=example.unit, desc=f"extract -> {store_dir}",
+                         show=progress)
+  collect = _shard_collector(plan, dtype, mine, writer, bar, summary)
+  run_start = time.perf_counter()
+  _encode_steps(steps, iterator, params, data, compiled_for, collect, plan,
+                mesh, options, summary)
   if hasattr(iterator, "close"):  # stops grain's worker processes
     iterator.close()
   summary.write_s += writer.close()

@@ -102,7 +102,7 @@ flags.DEFINE_string("compilation_cache_dir", None, "Where the compilation "
                     "share it.")
 flags.DEFINE_string("published", None, "report: CSV of published numbers "
                     "(task,dataset,model,metric,value[,split][,decoder]; "
-                    "lary_jax/report.py) shown beside ours.")
+                    "lary_jax/report/__init__.py) shown beside ours.")
 flags.DEFINE_bool("upstream_names", False, "Read --model dinov2/dinov3/"
                   "siglip2 as upstream does (the LAPA LAMs lapa_dinov2, ...), "
                   "not as the raw backbones they name here.")

@@ -289,6 +289,64 @@ def _load_tokens(path: str, where: str) -> np.ndarray:
   return tokens
 
 
+def _chosen_rows(csv_path: str, header: Sequence[str],
+                 rows: Sequence[Sequence[str]], identity_column: str,
+                 identities: Sequence[str] | None
+                 ) -> tuple[list[int], Sequence[str]]:
+  """The CSV rows that become records, in record order, and their identities."""
+  for column in (identity_column, LA_PATH):
+    if column not in header:
+      raise LaryError(f"{csv_path} has no column {column!r}")
+  ident_at, path_at = header.index(identity_column), header.index(LA_PATH)
+  if identities is None:
+    chosen = [n for n, r in enumerate(rows) if r[path_at].strip()]
+    identities = [rows[n][ident_at].strip() for n in chosen]
+  else:
+    chosen = match_rows([r[ident_at].strip() for r in rows], identities,
+                        csv_path)
+  if not chosen:
+    raise LaryError(f"{csv_path}: no row has a la_path")
+  return chosen, identities
+
+
+def _write_token_shards(csv_path: str, la_root: str, store_dir: str,
+                        rows: Sequence[Sequence[str]], path_at: int,
+                        chosen: Sequence[int], identities: Sequence[str], *,
+                        dataset: str, split: str, model: str,
+                        out_dtype: np.dtype, shard_mb: float
+                        ) -> tuple[int, ...]:
+  """Reads each chosen row's tokens into shards; returns the token shape."""
+  shape, rows_per_shard = None, 1
+  buffer: list[np.ndarray] = []
+  shard, start = 0, 0
+  for i, n in enumerate(chosen):
+    where = f"{csv_path}:{n + 2}"
+    value = rows[n][path_at].strip()
+    if not value:
+      raise LaryError(f"{where}: empty la_path for record {i} "
+                      f"({identities[i]!r})")
+    try:
+      path = resolve_la_path(la_root, value, dataset=dataset, split=split,
+                             model=model)
+    except LaryError as e:
+      raise LaryError(f"{where}: {e}") from None
+    tokens = _load_tokens(path, where)
+    if shape is None:
+      shape = tokens.shape
+      row_bytes = max(1, int(np.prod(shape)) * out_dtype.itemsize)
+      rows_per_shard = max(1, int(shard_mb * 2**20) // row_bytes)
+    elif tokens.shape != shape:
+      raise LaryError(f"{where}: {path} holds tokens of shape "
+                      f"{tokens.shape}, earlier rows {shape}")
+    buffer.append(fs.cast_rows(tokens, out_dtype, f"{where}: {path}"))
+    if len(buffer) == rows_per_shard or i == len(chosen) - 1:
+      end = start + len(buffer)
+      fs.write_shard(store_dir, shard, 0, np.stack(buffer),
+                  np.arange(start, end), identities[start:end])
+      shard, start, buffer = shard + 1, end, []
+  return shape
+
+
 def import_npz(csv_path: str, la_root: str, store_dir: str, *,
                dataset: str, split: str, model: str, identity_column: str,
                fields: Mapping[str, Any], identities: Sequence[str] | None,
@@ -318,53 +376,18 @@ def import_npz(csv_path: str, la_root: str, store_dir: str, *,
     raise LaryError(f"{store_dir} already holds a complete store; remove it "
                     "or import into another --out")
   header, rows = read_csv(csv_path)
-  for column in (identity_column, LA_PATH):
-    if column not in header:
-      raise LaryError(f"{csv_path} has no column {column!r}")
-  ident_at, path_at = header.index(identity_column), header.index(LA_PATH)
-  if identities is None:
-    chosen = [n for n, r in enumerate(rows) if r[path_at].strip()]
-    identities = [rows[n][ident_at].strip() for n in chosen]
-  else:
-    chosen = match_rows([r[ident_at].strip() for r in rows], identities,
-                        csv_path)
-  if not chosen:
-    raise LaryError(f"{csv_path}: no row has a la_path")
+  chosen, identities = _chosen_rows(csv_path, header, rows, identity_column,
+                                    identities)
   out_dtype = fs.storage_dtype(dtype)
   os.makedirs(store_dir, exist_ok=True)
   # Leftovers of an interrupted import.
   for stem in fs.sidecar_stems(store_dir):
     fs.remove_shard(store_dir, stem)
   fs.remove_temporaries(store_dir)
-
-  shape, rows_per_shard = None, 1
-  buffer: list[np.ndarray] = []
-  shard, start = 0, 0
-  for i, n in enumerate(chosen):
-    where = f"{csv_path}:{n + 2}"
-    value = rows[n][path_at].strip()
-    if not value:
-      raise LaryError(f"{where}: empty la_path for record {i} "
-                      f"({identities[i]!r})")
-    try:
-      path = resolve_la_path(la_root, value, dataset=dataset, split=split,
-                             model=model)
-    except LaryError as e:
-      raise LaryError(f"{where}: {e}") from None
-    tokens = _load_tokens(path, where)
-    if shape is None:
-      shape = tokens.shape
-      row_bytes = max(1, int(np.prod(shape)) * out_dtype.itemsize)
-      rows_per_shard = max(1, int(shard_mb * 2**20) // row_bytes)
-    elif tokens.shape != shape:
-      raise LaryError(f"{where}: {path} holds tokens of shape "
-                      f"{tokens.shape}, earlier rows {shape}")
-    buffer.append(fs.cast_rows(tokens, out_dtype, f"{where}: {path}"))
-    if len(buffer) == rows_per_shard or i == len(chosen) - 1:
-      end = start + len(buffer)
-      fs.write_shard(store_dir, shard, 0, np.stack(buffer),
-                  np.arange(start, end), identities[start:end])
-      shard, start, buffer = shard + 1, end, []
+  shape = _write_token_shards(
+      csv_path, la_root, store_dir, rows, header.index(LA_PATH), chosen,
+      identities, dataset=dataset, split=split, model=model,
+      out_dtype=out_dtype, shard_mb=shard_mb)
   fields = {**fields, "token_shape": list(shape), "dtype": out_dtype.name,
             "source": {"csv": os.path.abspath(csv_path),
                        "csv_sha256": fs.sha256_file(csv_path),

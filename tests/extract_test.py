@@ -350,7 +350,7 @@ def test_wrong_mode_for_the_dataset_is_refused(prepared):
       model="pixels", dataset="calvin", mode="video", split=None, stride=None,
       tfds_dir=prepared.tfds_dir, workdir="unused", out=None, checkpoint=None,
       csv=None, coordinator_address=None, num_processes=None, process_id=None,
-      export_npz=False)
+      export_npz=False, data_dir=None, metadata_dir=None, la_dir=None)
   config = default.get_config()
   with pytest.raises(LaryError, match="calvin is a regression dataset, which "
                      "is extracted in image mode"):

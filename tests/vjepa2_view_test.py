@@ -222,7 +222,7 @@ def test_cli_extract_checks_every_dataset_first(data, encoder, monkeypatch,
       split=None, stride=None, tfds_dir=str(tfds_dir), workdir=str(tmp_path),
       out=str(tmp_path / "features"), checkpoint=None, csv=None,
       coordinator_address=None, num_processes=None, process_id=None,
-      export_npz=False)
+      export_npz=False, data_dir=None, metadata_dir=None, la_dir=None)
   config = default.get_config()
   with pytest.raises(LaryError, match="sim_regression has no src_image_vjepa2"
                      ", tgt_image_vjepa2"):

@@ -29,7 +29,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import ModuleType
 from typing import Any
 
@@ -368,6 +368,62 @@ def make_train_step(module: ModuleType, cfg: Any, graphdef: nnx.GraphDef,
       out_shardings=(state_sharding, replicated), donate_argnums=(0,))
 
 
+def _check_batch(options: Options, mesh: Mesh, num_pairs: int) -> None:
+  """The global batch splits over the devices and fits the pairs."""
+  if options.global_batch % mesh.devices.size:
+    raise LaryError(f"lam.global_batch={options.global_batch} must be "
+                    f"a multiple of the {mesh.devices.size} devices")
+  if num_pairs < options.global_batch:
+    raise LaryError(f"{num_pairs} training pairs, fewer than one global "
+                    f"batch of {options.global_batch}")
+
+
+def _run_steps(train_step: Callable, state: Any, iterator: Any,
+               checkpoints: _Checkpoints, history: list[dict[str, Any]],
+               start: int, workdir: str, *, name: str, options: Options,
+               mesh: Mesh, codes: int, progress: bool | None) -> Any:
+  """Steps `start..options.steps`: logs, checkpoints; returns the state."""
+  show = progress if jax.process_index() == 0 else False
+  bar = progress_lib.bar(options.steps, initial=start, unit="step",
+                         desc=f"train_lam {name}", show=show)
+  pending: list[dict[str, jax.Array]] = []
+  events = tensorboard_log.ScalarLog(workdir)
+  for step in range(start, options.steps):
+    local = next(iterator)
+    images = pl.to_device({"images": local["images"]}, mesh)["images"]
+    state, out = train_step(state, images, jnp.int32(step))
+    pending.append(out)
+    last = step + 1 == options.steps
+    if (step + 1) % options.log_every == 0 or last:
+      row = _log_row(step + 1, jax.device_get(pending), options, codes)
+      history.append(row)
+      events.write(row["step"], {f"train/{k}": v for k, v in row.items()
+                                 if k not in ("step", "codes")})
+      pending = []
+      bar.set_postfix(loss=f"{row['loss']:.4f}", ppl=f"{row['perplexity']:.2f}",
+                      dead=row["dead_codes"])
+    bar.update(1)
+    if (step + 1) % options.ckpt_every == 0 or last:
+      if jax.process_index() == 0:
+        _write_metrics(workdir, history)
+      multihost_utils.sync_global_devices("lary_train_lam_metrics")
+      checkpoints.save(step + 1, state, iterator)
+  bar.close()
+  events.close()
+  return state
+
+
+def _save_model(graphdef: nnx.GraphDef, state: Any, cfg: Any, workdir: str,
+                name: str) -> str:
+  """Writes the trained model under `workdir/model`; returns that folder."""
+  model = nnx.merge(graphdef, _host(state["params"]), _host(state["rest"]))
+  model_dir = os.path.join(workdir, MODEL_DIR)
+  # Every process calls orbax's save (it synchronises them); the
+  # parameters are replicated, so what is written is the same.
+  convert.save(model_dir, name, cfg, convert.flat_params(model))
+  return model_dir
+
+
 def train(module: ModuleType, cfg: Any, pairs: Sequence[Mapping[str, bytes]],
           workdir: str, *, name: str, options: Options = Options(),
           mesh: Mesh | None = None, progress: bool | None = None,
@@ -395,12 +451,7 @@ def train(module: ModuleType, cfg: Any, pairs: Sequence[Mapping[str, bytes]],
     The summary also written to `<workdir>/summary.json`.
   """
   mesh = mesh or mesh_lib.make_mesh()
-  if options.global_batch % mesh.devices.size:
-    raise LaryError(f"lam.global_batch={options.global_batch} must be "
-                    f"a multiple of the {mesh.devices.size} devices")
-  if len(pairs) < options.global_batch:
-    raise LaryError(f"{len(pairs)} training pairs, fewer than one global "
-                    f"batch of {options.global_batch}")
+  _check_batch(options, mesh, len(pairs))
   platform = mesh.devices.flat[0].platform
   dtype = compute_dtype(options.compute_dtype, platform)
   codes = int(cfg.codebook_size)
@@ -423,44 +474,16 @@ def train(module: ModuleType, cfg: Any, pairs: Sequence[Mapping[str, bytes]],
   history = _read_metrics(workdir, start)
   train_step = make_train_step(module, cfg, graphdef, state, options, mesh)
 
-  show = progress if jax.process_index() == 0 else False
-  bar = progress_lib.bar(options.steps, initial=start, unit="step",
-                         desc=f"train_lam {name}", show=show)
-  pending: list[dict[str, jax.Array]] = []
   t0, done_at_start = time.perf_counter(), start
-  events = tensorboard_log.ScalarLog(workdir)
-  for step in range(start, options.steps):
-    local = next(iterator)
-    images = pl.to_device({"images": local["images"]}, mesh)["images"]
-    state, out = train_step(state, images, jnp.int32(step))
-    pending.append(out)
-    last = step + 1 == options.steps
-    if (step + 1) % options.log_every == 0 or last:
-      row = _log_row(step + 1, jax.device_get(pending), options, codes)
-      history.append(row)
-      events.write(row["step"], {f"train/{k}": v for k, v in row.items()
-                                 if k not in ("step", "codes")})
-      pending = []
-      bar.set_postfix(loss=f"{row['loss']:.4f}", ppl=f"{row['perplexity']:.2f}",
-                      dead=row["dead_codes"])
-    bar.update(1)
-    if (step + 1) % options.ckpt_every == 0 or last:
-      if jax.process_index() == 0:
-        _write_metrics(workdir, history)
-      multihost_utils.sync_global_devices("lary_train_lam_metrics")
-      checkpoints.save(step + 1, state, iterator)
-  bar.close()
-  events.close()
+  state = _run_steps(train_step, state, iterator, checkpoints, history, start,
+                     workdir, name=name, options=options, mesh=mesh,
+                     codes=codes, progress=progress)
   checkpoints.close()
   if hasattr(iterator, "close"):
     iterator.close()
   seconds = time.perf_counter() - t0
 
-  model = nnx.merge(graphdef, _host(state["params"]), _host(state["rest"]))
-  model_dir = os.path.join(workdir, MODEL_DIR)
-  # Every process calls orbax's save (it synchronises them); the
-  # parameters are replicated, so what is written is the same.
-  convert.save(model_dir, name, cfg, convert.flat_params(model))
+  model_dir = _save_model(graphdef, state, cfg, workdir, name)
   summary = {
       "model": name, "model_dir": os.path.abspath(model_dir),
       "steps": options.steps, "pairs": len(pairs),

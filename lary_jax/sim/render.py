@@ -161,17 +161,8 @@ def _run_jobs(jobs: list, num_workers: int, progress: bool) -> None:
         raise
 
 
-def _simulate(
-    out_dir: str,
-    sizes: layout.Sizes,
-    *,
-    tiny: bool,
-    seed: int,
-    num_workers: int | None,
-    progress: bool,
-) -> dict:
-  """`simulate` with explicit sizes (tests render smaller than --tiny)."""
-  start = time.perf_counter()
+def _check_request(sizes: layout.Sizes, seed: Any) -> None:
+  """One clear error for a seed, class list or clip length we cannot use."""
   if not isinstance(seed, (int, np.integer)) or seed < 0:
     raise LaryError(f"--seed must be an integer >= 0, got {seed!r}")
   unknown = set(sizes.classes) - set(motions.CLASSES)
@@ -181,13 +172,10 @@ def _simulate(
   if sizes.frames_per_clip < 24:
     raise LaryError("LARY-Sim clips need >= 24 frames, got "
                     f"{sizes.frames_per_clip}")
-  config = {"version": layout.VERSION, "seed": int(seed),
-            "sizes": sizes.as_json()}
-  os.makedirs(out_dir, exist_ok=True)
-  _check_same_dataset(out_dir, config)
 
-  clips = layout.plan_clips(sizes, int(seed))
-  episodes = layout.plan_episodes(sizes, int(seed))
+
+def _missing_jobs(out_dir: str, clips: list, episodes: list) -> list:
+  """The episodes, then the clips, that some file of is not yet on disk."""
   cls_root = os.path.join(out_dir, layout.CLASSIFICATION_DIR)
   reg_root = os.path.join(out_dir, layout.REGRESSION_DIR)
   jobs = []
@@ -197,13 +185,11 @@ def _simulate(
   for p in clips:
     if not all(os.path.exists(os.path.join(cls_root, f)) for f in p.files()):
       jobs.append(("clip", p, out_dir))
-  if jobs:
-    import_pybullet()  # fail here, in one line, rather than in every worker
-    _write_if_changed(os.path.join(out_dir, layout.PARTIAL_FILE),
-                      _json_bytes(config))
-    workers = num_workers or os.cpu_count() or 1
-    _run_jobs(jobs, min(workers, len(jobs)), progress)
+  return jobs
 
+
+def _write_split_csvs(out_dir: str, clips: list, episodes: list) -> dict:
+  """Writes each split's metadata CSVs; returns the row counts."""
   counts = {"classification": {}, "regression": {}}
   meta = os.path.join(out_dir, layout.METADATA_DIR)
   for split in layout.SPLITS:
@@ -219,6 +205,37 @@ def _simulate(
     _write_if_changed(
         os.path.join(meta, layout.csv_name("regression", split)),
         _csv_bytes(layout.REGRESSION_COLUMNS, rows))
+  return counts
+
+
+def _simulate(
+    out_dir: str,
+    sizes: layout.Sizes,
+    *,
+    tiny: bool,
+    seed: int,
+    num_workers: int | None,
+    progress: bool,
+) -> dict:
+  """`simulate` with explicit sizes (tests render smaller than --tiny)."""
+  start = time.perf_counter()
+  _check_request(sizes, seed)
+  config = {"version": layout.VERSION, "seed": int(seed),
+            "sizes": sizes.as_json()}
+  os.makedirs(out_dir, exist_ok=True)
+  _check_same_dataset(out_dir, config)
+
+  clips = layout.plan_clips(sizes, int(seed))
+  episodes = layout.plan_episodes(sizes, int(seed))
+  jobs = _missing_jobs(out_dir, clips, episodes)
+  if jobs:
+    import_pybullet()  # fail here, in one line, rather than in every worker
+    _write_if_changed(os.path.join(out_dir, layout.PARTIAL_FILE),
+                      _json_bytes(config))
+    workers = num_workers or os.cpu_count() or 1
+    _run_jobs(jobs, min(workers, len(jobs)), progress)
+
+  counts = _write_split_csvs(out_dir, clips, episodes)
 
   summary = {
       "name": layout.NAME,
