@@ -20,6 +20,7 @@ from lary_jax import metrics
 from lary_jax.errors import LaryError
 from lary_jax.probes import attentive_probe
 from lary_jax.probes import classification_report as report
+from lary_jax.probes import in_memory
 from lary_jax.probes import multi_head as mh
 from lary_jax.probes import run_state
 from lary_jax.probes import train_classifier as tc
@@ -145,20 +146,23 @@ def classify(builder: Any, stores: Mapping[str, str], out_dir: str, *,
     groups = [source_video(identity)
               for identity in sources[TRAIN].features.identities]
   per_seed = {}
+  store = tc.held_store(probe, options)  # read once for every seed
   for seed in seeds:
     train_ids, held_ids = metrics.stratified_holdout(labels[TRAIN], holdout,
                                                      seed, groups)
-    train = tc.Split(tc.Rows(sources[TRAIN], train_ids),
+    train = tc.Split(in_memory.Rows(sources[TRAIN], train_ids),
                      labels[TRAIN][train_ids])
     evals = {s: tc.Split(src, labels[s]) for s, src in sources.items()
              if s != TRAIN}
     if len(held_ids):
-      evals[report.HOLDOUT] = tc.Split(tc.Rows(sources[TRAIN], held_ids),
+      evals[report.HOLDOUT] = tc.Split(in_memory.Rows(sources[TRAIN],
+                                                      held_ids),
                                        labels[TRAIN][held_ids])
     seed_dir = os.path.join(out_dir, f"seed_{seed}")
     history = tc.train(probe, train, evals, seed_dir, seed=seed,
                        options=options, mesh=mesh, progress=progress,
-                       inputs={**_digests(stores), "holdout": holdout})
+                       inputs={**_digests(stores), "holdout": holdout},
+                       store=store)
     run_fields = {**fields, "seed": seed, "holdout_fraction": holdout,
                   "probe": dataclasses.asdict(probe),
                   "training": _options_dict(options),

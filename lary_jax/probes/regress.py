@@ -22,6 +22,7 @@ from lary_jax import metrics
 from lary_jax.data import normalize
 from lary_jax.errors import LaryError
 from lary_jax.probes import action_dims
+from lary_jax.probes import in_memory
 from lary_jax.probes import mlp_decoder
 from lary_jax.probes import regression_report as report
 from lary_jax.probes import run_state
@@ -61,18 +62,15 @@ def dit(hidden: int = 512, depth: int = 6, num_heads: int = 8,
 class _Rows:
   """Store rows with their targets: {"features", "target"}."""
 
-  def __init__(self, features: fs.FeatureSource, targets: np.ndarray,
-               ids: np.ndarray | None = None):
+  def __init__(self, features: fs.FeatureSource, targets: np.ndarray):
     self.features, self.targets = features, targets
-    self.ids = np.arange(len(targets)) if ids is None else np.asarray(ids)
 
   def __len__(self) -> int:
-    return len(self.ids)
+    return len(self.targets)
 
   def __getitem__(self, i: int) -> dict[str, np.ndarray]:
-    j = int(self.ids[i])
-    return {"features": self.features.features(j),
-            "target": self.targets[j]}
+    return {"features": self.features.features(int(i)),
+            "target": self.targets[int(i)]}
 
 
 def read_targets(builder: Any, split: str, stats: normalize.ActionStats,
@@ -154,23 +152,24 @@ def regress(builder: Any, spec: Any, stores: Mapping[str, str],
   decoder = decoder_factory(steps, stats.dim)
   flat = {s: t.normalised.reshape(len(t.normalised), -1)
           for s, t in targets.items()}
+  rows = {s: _Rows(features[s], flat[s]) for s in stores}
   per_seed = {}
+  store = tr.held_store(options)  # read once for every seed
   for seed in seeds:
     # Whole episodes are held out: pairs of one episode overlap in time.
     train_ids, held_ids = metrics.group_holdout(
         [episode(p) for p in features[TRAIN].identities], holdout, seed)
-    evals = {s: tr.Split(_Rows(features[s], flat[s]), flat[s])
-             for s in stores if s != TRAIN}
+    evals = {s: tr.Split(rows[s], flat[s]) for s in stores if s != TRAIN}
     seed_targets = {s: targets[s] for s in evals}
     if len(held_ids):
-      evals[report.HOLDOUT] = tr.Split(_Rows(features[TRAIN], flat[TRAIN],
-                                             held_ids), flat[TRAIN][held_ids])
+      evals[report.HOLDOUT] = tr.Split(in_memory.Rows(rows[TRAIN], held_ids),
+                                       flat[TRAIN][held_ids])
       seed_targets[report.HOLDOUT] = targets[TRAIN].subset(held_ids)
     seed_dir = os.path.join(out_dir, f"seed_{seed}")
     history = tr.train(decoder, token_shape,
-                       tr.Split(_Rows(features[TRAIN], flat[TRAIN],
-                                      train_ids)),
+                       tr.Split(in_memory.Rows(rows[TRAIN], train_ids)),
                        evals, seed_dir, seed=seed, options=options,
+                       store=store,
                        mesh=mesh, progress=progress,
                        inputs={**{s: run_state.digest_file(os.path.join(
                            d, fs.MANIFEST)) for s, d in stores.items()},

@@ -74,24 +74,20 @@ class Split:
   labels: np.ndarray
 
 
-class Rows:
-  """The records `ids` of a source, renumbered 0..len(ids)-1."""
-
-  def __init__(self, source: Any, ids: np.ndarray):
-    self.source, self.ids = source, np.asarray(ids, np.int64)
-
-  def __len__(self) -> int:
-    return len(self.ids)
-
-  def __getitem__(self, i: int) -> Any:
-    return self.source[int(self.ids[i])]
+def held_store(probe: attentive_probe.Config,
+               options: Options) -> in_memory.Store:
+  """Where a command's runs hold their splits' pooled features (and labels)
+  on the devices, read once for all of its seeds (`in_memory.Store`)."""
+  return in_memory.Store(options.in_memory_mb, prepare=lambda x: (
+      attentive_probe.pool_features(x, probe.pool_grid)))
 
 
 def train(probe: attentive_probe.Config, train_split: Split,
           evals: Mapping[str, Split], workdir: str, *, seed: int,
           options: Options = Options(), mesh: Mesh | None = None,
           progress: bool | None = None,
-          inputs: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
+          inputs: Mapping[str, Any] | None = None,
+          store: in_memory.Store | None = None) -> dict[str, np.ndarray]:
   """Trains the heads (resuming what `workdir` holds) and evaluates them.
 
   Args:
@@ -105,6 +101,8 @@ def train(probe: attentive_probe.Config, train_split: Split,
     progress: show a tqdm bar (default: on a terminal, in process 0).
     inputs: what identifies the data (e.g. the stores' manifest digests);
       with the rest, a folder holding another run is refused.
+    store: the command's held splits (`held_store`), shared by its seeds;
+      default: this run's own.
 
   Returns:
     split -> top-k predictions [epochs, heads, N, k] (int32, best first),
@@ -151,9 +149,11 @@ def train(probe: attentive_probe.Config, train_split: Split,
   run_name = f"classify {os.path.basename(workdir)}"
   bar = progress_lib.bar(total, initial=start_epoch * per_epoch, unit="step",
                          desc=run_name, show=show)
-  held = _hold(probe, train_split, evals, options, mesh)
+  store = store or held_store(probe, options)
+  held = store.hold({name: (split.source, KEYS) for name, split in
+                     {"train": train_split, **evals}.items()}, mesh)
   run_epoch = None if held is None else _fitted_epoch(
-      graphdef, step_options, mesh, params, opt_state, held["train"],
+      graphdef, step_options, mesh, params, opt_state, held["train"].arrays,
       per_epoch, options)
   if run_epoch is not None:
     order = pl.train_order(len(train_split.source), seed=seed, labels=(
@@ -162,7 +162,7 @@ def train(probe: attentive_probe.Config, train_split: Split,
     # Timed by epochs: a scan is one call.
     projection = run_projection.Projection(
         run_name, total - start_epoch * per_epoch, 1 / per_epoch)
-    features = held["train"]["features"]
+    features = held["train"].arrays["features"]
     eval_step = fitted_steps.EvalStep(
         eval_graphdef, probe.num_classes, options.head_batch, mesh, params,
         options.eval_batch,
@@ -170,6 +170,7 @@ def train(probe: attentive_probe.Config, train_split: Split,
         micro_batch=options.micro_batch)
   else:
     held = None  # streamed instead: the held copies are freed
+    store.drop()
     example = _example(train_split.source)
     row = {"features": example, "label": jax.ShapeDtypeStruct((), np.int32)}
     local = options.global_batch // jax.process_count()
@@ -214,11 +215,11 @@ def train(probe: attentive_probe.Config, train_split: Split,
   for epoch in range(start_epoch, options.epochs):
     first = epoch * per_epoch
     if held is not None:
-      ids = in_memory.epoch_indices(order, first, per_epoch,
-                                    options.global_batch)
+      ids = held["train"].rows(in_memory.epoch_indices(
+          order, first, per_epoch, options.global_batch))
       projection.start()
       params, opt_state, (losses, hits, _) = run_epoch(
-          params, opt_state, jnp.int32(first), held["train"], ids)
+          params, opt_state, jnp.int32(first), held["train"].arrays, ids)
       projection.finished(losses, show, bar)
       bar.update(per_epoch)
     else:
@@ -240,8 +241,7 @@ def train(probe: attentive_probe.Config, train_split: Split,
     predictions = {
         name: (predict(eval_step, params, split.source, options.eval_batch,
                        eval_prefetch) if held is None else in_memory.predict(
-                           lambda k, x: eval_step(params, x),
-                           held[name]["features"],
+                           lambda k, x: eval_step(params, x), held[name],
                            eval_step.micro * mesh.devices.size, mesh, axis=1))
         for name, split in evals.items()}
     # What the heads saw while training (bf16 where training is): [H] each.
@@ -269,25 +269,6 @@ def train(probe: attentive_probe.Config, train_split: Split,
   if held is None and hasattr(iterator, "close"):
     iterator.close()
   return run_state.read_history(workdir, options.epochs)
-
-
-def _hold(probe: attentive_probe.Config, train_split: Split,
-          evals: Mapping[str, Split], options: Options, mesh: Mesh
-          ) -> dict[str, dict[str, jax.Array]] | None:
-  """Every split's pooled features (and labels) on the devices, if they fit
-  `options.in_memory_mb` together; else None (the streaming pipeline)."""
-  budget = options.in_memory_mb
-  splits = {"train": train_split, **evals}
-  held = {}
-  for name, split in splits.items():
-    arrays = in_memory.load(
-        split.source, KEYS, budget_mb=budget,
-        prepare=lambda x: attentive_probe.pool_features(x, probe.pool_grid))
-    if arrays is None:
-      return None
-    budget -= sum(a.nbytes for a in arrays.values()) / 2**20
-    held[name] = in_memory.to_devices(arrays, mesh)
-  return held
 
 
 def _fitted_epoch(graphdef: Any, step_options: mh.StepOptions, mesh: Mesh,

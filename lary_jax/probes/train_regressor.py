@@ -173,7 +173,8 @@ def train(decoder: Decoder, token_shape: tuple[int, ...], train_split: Split,
           evals: Mapping[str, Split], workdir: str, *, seed: int,
           options: Options = Options(), mesh: Mesh | None = None,
           progress: bool | None = None,
-          inputs: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
+          inputs: Mapping[str, Any] | None = None,
+          store: in_memory.Store | None = None) -> dict[str, np.ndarray]:
   """Trains a decoder (resuming what `workdir` holds) and evaluates it.
 
   Args:
@@ -188,6 +189,8 @@ def train(decoder: Decoder, token_shape: tuple[int, ...], train_split: Split,
     progress: tqdm bar (default: on a terminal, process 0).
     inputs: what identifies the data and the decoder's shape; with the
       rest, a folder holding another run is refused.
+    store: the command's held splits (`held_store`), shared by its seeds;
+      default: this run's own.
 
   Returns:
     split -> predictions [epochs, N, S * A] (normalised), and `train_loss`
@@ -228,14 +231,18 @@ def train(decoder: Decoder, token_shape: tuple[int, ...], train_split: Split,
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss
 
-  held = _hold(train_split, evals, options, mesh)
+  store = store or held_store(options)
+  held = store.hold({"train": (train_split.source, KEYS), **{
+      name: (split.source, ("features",)) for name, split in evals.items()}},
+                    mesh)
   platform_options = compiler_options(mesh.devices.flat[0].platform)
   run_epoch = None if held is None else _fitted_epoch(
       in_memory.make_epoch(step_fn, KEYS, mesh, platform_options,
                            state_shardings=(p_sharding, o_sharding)),
-      abstract, tx, held["train"], per_epoch, options, mesh)
+      abstract, tx, held["train"].arrays, per_epoch, options, mesh)
   if run_epoch is None:
     held = None  # streamed instead: the held copies are freed
+    store.drop()
     row = _row_spec(train_split.source)
     prefetch, train_ahead = memory_fit.read_ahead(
         row, options.global_batch // jax.process_count(), options.prefetch)
@@ -291,11 +298,11 @@ def train(decoder: Decoder, token_shape: tuple[int, ...], train_split: Split,
   for epoch in range(start_epoch, options.epochs):
     first = epoch * per_epoch
     if held is not None:
-      ids = in_memory.epoch_indices(order, first, per_epoch,
-                                    options.global_batch)
+      ids = held["train"].rows(in_memory.epoch_indices(
+          order, first, per_epoch, options.global_batch))
       projection.start()
       params, opt_state, (losses,) = run_epoch(
-          params, opt_state, jnp.int32(first), held["train"], ids)
+          params, opt_state, jnp.int32(first), held["train"].arrays, ids)
       projection.finished(losses, show, bar)
       bar.update(per_epoch)
     else:
@@ -312,7 +319,7 @@ def train(decoder: Decoder, token_shape: tuple[int, ...], train_split: Split,
                           mesh, eval_prefetch) if held is None else
                   in_memory.predict(
                       lambda k, x: eval_step(params, jnp.int32(k), x),
-                      held[name]["features"], options.eval_batch, mesh))
+                      held[name], options.eval_batch, mesh))
            for name, split in evals.items()}
     out["train_loss"] = np.asarray(float(np.mean(jax.device_get(losses))))
     if jax.process_index() == 0:
@@ -336,22 +343,11 @@ def train(decoder: Decoder, token_shape: tuple[int, ...], train_split: Split,
   return run_state.read_history(workdir, options.epochs)
 
 
-def _hold(train_split: Split, evals: Mapping[str, Split], options: Options,
-          mesh: Mesh) -> dict[str, dict[str, jax.Array]] | None:
-  """Every split's pooled features (and targets) on the devices, if they
-  fit `options.in_memory_mb` together; else None (the streaming pipeline)."""
-  budget = options.in_memory_mb
-  held = {}
-  for name, split in {"train": train_split, **evals}.items():
-    keys = KEYS if name == "train" else ("features",)
-    arrays = in_memory.load(split.source, keys, budget_mb=budget,
-                            prepare=lambda x: pool_features(
-                                x, options.pool_grid))
-    if arrays is None:
-      return None
-    budget -= sum(a.nbytes for a in arrays.values()) / 2**20
-    held[name] = in_memory.to_devices(arrays, mesh)
-  return held
+def held_store(options: Options) -> in_memory.Store:
+  """Where a command's runs hold their splits' pooled features (and
+  targets) on the devices, read once for all of its seeds."""
+  return in_memory.Store(options.in_memory_mb, prepare=lambda x: (
+      pool_features(x, options.pool_grid)))
 
 
 def _fitted_epoch(epoch: Any, params: Any, tx: Any,
