@@ -20,6 +20,7 @@ from lary_jax import metrics
 from lary_jax.errors import LaryError
 from lary_jax.probes import attentive_probe
 from lary_jax.probes import classification_report as report
+from lary_jax.probes import in_memory
 from lary_jax.probes import multi_head as mh
 from lary_jax.probes import run_state
 from lary_jax.probes import train_classifier as tc
@@ -113,20 +114,7 @@ def classify(builder: Any, stores: Mapping[str, str], out_dir: str, *,
   if classes is not None and classes != len(names):
     raise LaryError(f"--classes {classes}, but {builder.data_dir} has "
                     f"{len(names)} classes")
-  sources, labels = {}, {}
-  for split, store_dir in stores.items():
-    feats = fs.FeatureSource(store_dir)
-    records = builder.as_data_source()[split]
-    labels[split] = _labels(builder, split)
-    sources[split] = _Labelled(feats, records, labels[split])
-    if len(labels[split]) != len(feats):
-      raise LaryError(f"{store_dir}: {len(feats)} feature rows, but the "
-                      f"{split} split has {len(labels[split])} labels; "
-                      "extract again")
-    token_shape = feats.token_shape
-    if dim is not None and token_shape[-1] != dim:
-      raise LaryError(f"--dim {dim}, but {store_dir} holds features of "
-                      f"width {token_shape[-1]} (shape {token_shape})")
+  sources, labels, token_shape = _read_splits(builder, stores, dim)
   _check_classes(labels, names)
   probe = attentive_probe.Config(
       dim=token_shape[-1], num_classes=len(names),
@@ -145,24 +133,18 @@ def classify(builder: Any, stores: Mapping[str, str], out_dir: str, *,
     groups = [source_video(identity)
               for identity in sources[TRAIN].features.identities]
   per_seed = {}
+  store = tc.held_store(probe, options)  # read once for every seed
   for seed in seeds:
-    train_ids, held_ids = metrics.stratified_holdout(labels[TRAIN], holdout,
-                                                     seed, groups)
-    train = tc.Split(tc.Rows(sources[TRAIN], train_ids),
-                     labels[TRAIN][train_ids])
-    evals = {s: tc.Split(src, labels[s]) for s, src in sources.items()
-             if s != TRAIN}
-    if len(held_ids):
-      evals[report.HOLDOUT] = tc.Split(tc.Rows(sources[TRAIN], held_ids),
-                                       labels[TRAIN][held_ids])
+    train, evals = _seed_splits(sources, labels, holdout, seed, groups)
     seed_dir = os.path.join(out_dir, f"seed_{seed}")
     history = tc.train(probe, train, evals, seed_dir, seed=seed,
                        options=options, mesh=mesh, progress=progress,
-                       inputs={**_digests(stores), "holdout": holdout})
+                       inputs={**_digests(stores), "holdout": holdout},
+                       store=store)
     run_fields = {**fields, "seed": seed, "holdout_fraction": holdout,
                   "probe": dataclasses.asdict(probe),
                   "training": _options_dict(options),
-                  "schedule": run_state.schedule(len(train_ids), options)}
+                  "schedule": run_state.schedule(len(train.labels), options)}
     per_seed[seed] = report.write_seed(
         seed_dir, history, {s: e.labels for s, e in evals.items()},
         mh.head_table(mh.StepOptions(heads=tuple(options.heads))), names,
@@ -170,6 +152,48 @@ def classify(builder: Any, stores: Mapping[str, str], out_dir: str, *,
   return report.write_summary(out_dir, per_seed, {
       **fields, "holdout_fraction": holdout, "num_classes": len(names),
       "trained_on": run_state.trained_on(holdout)}, write=jax.process_index() == 0)
+
+
+def _read_splits(builder: Any, stores: Mapping[str, str], dim: int | None
+                 ) -> tuple[dict[str, _Labelled], dict[str, np.ndarray],
+                            tuple[int, ...]]:
+  """Each split's labelled feature rows and labels, checked against its
+  store, and the stored token shape."""
+  sources, labels = {}, {}
+  for split, store_dir in stores.items():
+    feats = fs.FeatureSource(store_dir)
+    records = builder.as_data_source()[split]
+    labels[split] = _labels(builder, split)
+    sources[split] = _Labelled(feats, records, labels[split])
+    if len(labels[split]) != len(feats):
+      raise LaryError(f"{store_dir}: {len(feats)} feature rows, but the "
+                      f"{split} split has {len(labels[split])} labels; "
+                      "extract again")
+    token_shape = feats.token_shape
+    if dim is not None and token_shape[-1] != dim:
+      raise LaryError(f"--dim {dim}, but {store_dir} holds features of "
+                      f"width {token_shape[-1]} (shape {token_shape})")
+  return sources, labels, token_shape
+
+
+def _seed_splits(sources: Mapping[str, _Labelled],
+                 labels: Mapping[str, np.ndarray], holdout: float, seed: int,
+                 groups: Sequence[str] | None
+                 ) -> tuple[tc.Split, dict[str, tc.Split]]:
+  """A seed's training rows and evaluated splits: train minus its held-out
+  slice (rows of the one train store: `in_memory.Rows`), the other stores,
+  and the held-out slice."""
+  train_ids, held_ids = metrics.stratified_holdout(labels[TRAIN], holdout,
+                                                   seed, groups)
+  train = tc.Split(in_memory.Rows(sources[TRAIN], train_ids),
+                   labels[TRAIN][train_ids])
+  evals = {s: tc.Split(src, labels[s]) for s, src in sources.items()
+           if s != TRAIN}
+  if len(held_ids):
+    evals[report.HOLDOUT] = tc.Split(in_memory.Rows(sources[TRAIN],
+                                                    held_ids),
+                                     labels[TRAIN][held_ids])
+  return train, evals
 
 
 def _digests(stores: Mapping[str, str]) -> dict[str, str]:

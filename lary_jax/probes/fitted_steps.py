@@ -24,7 +24,6 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from lary_jax.data import pipeline as pl
-from lary_jax.errors import LaryError
 from lary_jax.probes import memory_fit
 from lary_jax.probes import multi_head as mh
 
@@ -36,24 +35,9 @@ ADVICE = ("set a smaller probe (e.g. --config.classify.probe.pool_grid=4, "
           "not the protocol), or use more or larger devices")
 
 
-def check_batches(mesh: Mesh, global_batch: int, eval_batch: int,
-                  micro_batch: int) -> None:
-  """Refuses batch sizes that do not split over the devices."""
-  for name, batch in (("global_batch", global_batch),
-                      ("eval_batch", eval_batch)):
-    n = mesh.devices.size
-    if batch % n or batch % jax.process_count():
-      raise LaryError(f"classify.{name}={batch} must be a multiple of the "
-                      f"{n} devices")
-    if micro_batch > 0 and (batch // n) % micro_batch:
-      raise LaryError(f"classify.micro_batch={micro_batch} must divide the "
-                      f"{batch // n} examples of classify.{name}={batch} "
-                      "that each device gets")
-
-
 def _share(mesh: Mesh, batch: int, micro_batch: int) -> int:
   """Rows of `batch` that each device gets, once they are known to split."""
-  check_batches(mesh, batch, batch, micro_batch)
+  memory_fit.check_batches(mesh, "classify", batch, batch, micro_batch)
   return batch // mesh.devices.size
 
 

@@ -13,12 +13,18 @@ runs over the held arrays in batches of the same size as the pipeline's.
   source rows -> prepare (once) -> device arrays
   order[step * B : (step + 1) * B] -> gather -> step_fn -> ... (one scan)
 
+A command trains one run per seed on the same stores: `Store` reads and
+prepares each store once for all of them, and a seed's splits (its training
+rows, its held-out slice) are row ids into those arrays (`Rows`), gathered
+on the device, so the held arrays exist once.
+
 Single process only: with several processes each reads its own part of a
 batch, which the streaming pipeline does.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -68,6 +74,82 @@ def load(source: Any, keys: Sequence[str], *, budget_mb: float,
     for k, v in chunk.items():
       out[k][start:start + len(v)] = v
   return out
+
+
+class Rows:
+  """The records `ids` of a source, renumbered 0..len(ids)-1."""
+
+  def __init__(self, source: Any, ids: np.ndarray):
+    self.source, self.ids = source, np.asarray(ids, np.int64)
+
+  def __len__(self) -> int:
+    return len(self.ids)
+
+  def __getitem__(self, i: int) -> Any:
+    return self.source[int(self.ids[i])]
+
+
+@dataclasses.dataclass(frozen=True)
+class Held:
+  """A split held on the devices: its store's arrays and, where the split
+  is some of the store's rows (`Rows`), their ids (None: every row)."""
+
+  arrays: Mapping[str, jax.Array]
+  ids: np.ndarray | None = None
+
+  def rows(self, positions: np.ndarray) -> np.ndarray:
+    """Store rows of the split's rows `positions`."""
+    return positions if self.ids is None else self.ids[positions].astype(
+        positions.dtype)
+
+
+class Store:
+  """Sources read and prepared once, held on the devices for every run of
+  a command (one per seed), while they fit `budget_mb` together."""
+
+  def __init__(self, budget_mb: float,
+               prepare: Callable[[jax.Array], jax.Array] | None = None):
+    self._budget, self._prepare = budget_mb, prepare
+    self._held: dict[int, tuple[Any, dict[str, jax.Array]]] = {}
+    self._refused = False
+
+  def hold(self, splits: Mapping[str, tuple[Any, Sequence[str]]],
+           mesh: Mesh) -> dict[str, Held] | None:
+    """split name -> `Held`, for (source, keys) each; None where they do
+    not fit together (or were dropped): the streaming pipeline then runs.
+    """
+    if self._refused:
+      return None
+    bases = {}  # id(base source) -> (base, keys), in order of first use
+    for source, keys in splits.values():
+      base = source.source if isinstance(source, Rows) else source
+      _, seen = bases.get(id(base), (base, ()))
+      bases[id(base)] = base, tuple(dict.fromkeys((*seen, *keys)))
+    budget = self._budget - sum(
+        a.nbytes for _, arrays in self._held.values()
+        for a in arrays.values()) / 2**20
+    for key, (base, keys) in bases.items():
+      held = self._held.get(key)
+      if held is not None and set(keys) <= set(held[1]):
+        continue
+      arrays = load(base, keys, budget_mb=budget, prepare=self._prepare)
+      if arrays is None:
+        self.drop()
+        return None
+      budget -= sum(a.nbytes for a in arrays.values()) / 2**20
+      self._held[key] = base, to_devices(arrays, mesh)
+    out = {}
+    for name, (source, _) in splits.items():
+      if isinstance(source, Rows):
+        out[name] = Held(self._held[id(source.source)][1], source.ids)
+      else:
+        out[name] = Held(self._held[id(source)][1])
+    return out
+
+  def drop(self) -> None:
+    """Frees the held arrays; later `hold`s stream."""
+    self._held.clear()
+    self._refused = True
 
 
 def epoch_indices(order: Any, first_step: int, steps: int,
@@ -123,20 +205,22 @@ def make_epoch(step_fn: Callable[..., tuple[Any, ...]], keys: Sequence[str],
                  compiler_options=compiler_options, **shardings)
 
 
-def predict(fn: Callable[[int, jax.Array], jax.Array], features: jax.Array,
+def predict(fn: Callable[[int, jax.Array], jax.Array], held: Held,
             eval_batch: int, mesh: Mesh, axis: int = 0) -> np.ndarray:
-  """`fn(k, batch)` over every row once, in batches of `eval_batch`.
+  """`fn(k, batch)` over every row of a held split's features once, in
+  batches of `eval_batch`.
 
   Batch k holds rows [k * eval_batch, (k + 1) * eval_batch); the last is
   padded with row 0 and the padding dropped, so every call has one shape.
   `axis` is the batch axis of fn's output.
   """
-  n = features.shape[0]
+  features = held.arrays["features"]
+  n = features.shape[0] if held.ids is None else len(held.ids)
   sharding = NamedSharding(mesh, P("data"))
   out = []
   for k, start in enumerate(range(0, n, eval_batch)):
     rows = np.arange(start, start + eval_batch)
-    rows = np.where(rows < n, rows, 0)
+    rows = held.rows(np.where(rows < n, rows, 0))
     batch = jax.device_put(features[rows], sharding)
     out.append(np.asarray(fn(k, batch)))
   return np.concatenate(out, axis=axis).take(np.arange(n), axis=axis)

@@ -149,6 +149,31 @@ def tree_bytes(tree: Any) -> int:
   return total
 
 
+def check_batches(mesh: Any, section: str, global_batch: int,
+                  eval_batch: int, micro_batch: int = 0) -> None:
+  """Refuses batches that do not split over the devices and processes, or
+  a device's share over the `micro_batch` set (0: none set).
+
+  Args:
+    mesh: the device mesh.
+    section: the config section, for the error (e.g. "classify").
+    global_batch: rows of a training batch.
+    eval_batch: rows of an evaluation batch.
+    micro_batch: examples a device computes at once, or 0.
+  """
+  n, processes = mesh.devices.size, jax.process_count()
+  for name, batch in (("global_batch", global_batch),
+                      ("eval_batch", eval_batch)):
+    if batch % n or batch % processes:
+      also = f" and of the {processes} processes" if processes > 1 else ""
+      raise LaryError(f"{section}.{name}={batch} must be a multiple of the "
+                      f"{n} devices{also}")
+    if micro_batch > 0 and (batch // n) % micro_batch:
+      raise LaryError(f"{section}.micro_batch={micro_batch} must divide the "
+                      f"{batch // n} examples of {section}.{name}={batch} "
+                      "that each device gets")
+
+
 def divisors(n: int) -> list[int]:
   """Divisors of n, largest first."""
   return [d for d in range(n, 0, -1) if n % d == 0]

@@ -63,6 +63,8 @@ def lr_scale(step: jax.Array, total_steps: int) -> jax.Array:
   Upstream advances its scheduler before each update, so update s uses
   the value at (s + 1) / total_steps and the last update's is exactly 0.
   """
+  # Not optax.cosine_decay_schedule: it computes (pi * s) / T, not
+  # pi * (s / T), so its floats may differ from the runs made so far.
   progress = jnp.minimum(step + 1, total_steps) / total_steps
   return 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
 
@@ -143,6 +145,9 @@ def _head_update(options: StepOptions, p, state, lr, wd, scale, grads,
                  finite):
   """One head's AdamW update; a head with a non-finite loss keeps its
   parameters and state (upstream skips that update)."""
+  # Not optax.apply_if_finite: it tests the gradients, not upstream's loss
+  # and logits, wraps the state (old checkpoints would not restore) and
+  # applies a non-finite update after max_consecutive_errors.
   updates, new_state = _adamw(options, lr * scale, wd).update(grads, state, p)
   new_p = optax.apply_updates(p, updates)
   keep = lambda new, old: jax.tree.map(

@@ -23,6 +23,7 @@ from lary_jax.data import normalize
 from lary_jax.errors import LaryError
 from lary_jax.probes import action_dims
 from lary_jax.probes import dit_decoder
+from lary_jax.probes import in_memory
 from lary_jax.probes import mlp_decoder
 from lary_jax.probes import regression_report as report
 from lary_jax.probes import run_state
@@ -61,18 +62,15 @@ def dit(hidden: int = 512, depth: int = 6, num_heads: int = 8,
 class _Rows:
   """Store rows with their targets: {"features", "target"}."""
 
-  def __init__(self, features: fs.FeatureSource, targets: np.ndarray,
-               ids: np.ndarray | None = None):
+  def __init__(self, features: fs.FeatureSource, targets: np.ndarray):
     self.features, self.targets = features, targets
-    self.ids = np.arange(len(targets)) if ids is None else np.asarray(ids)
 
   def __len__(self) -> int:
-    return len(self.ids)
+    return len(self.targets)
 
   def __getitem__(self, i: int) -> dict[str, np.ndarray]:
-    j = int(self.ids[i])
-    return {"features": self.features.features(j),
-            "target": self.targets[j]}
+    return {"features": self.features.features(int(i)),
+            "target": self.targets[int(i)]}
 
 
 def read_targets(builder: Any, split: str, stats: normalize.ActionStats,
@@ -132,51 +130,34 @@ def regress(builder: Any, spec: Any, stores: Mapping[str, str],
   Returns:
     The summary written to `out_dir/results.json`.
   """
-  for split in (TRAIN, report.VALIDATION):
-    if split not in stores:
-      raise LaryError(f"regress needs features of the {split} split; run "
-                      "`extract` on it first")
-  if "action_stats" not in builder.info.metadata:
-    raise LaryError(f"{builder.data_dir} has no action statistics; is it a "
-                    "regression dataset with numeric actions?")
+  stats = _action_stats(builder, stores, action_mode)
   relative = action_mode == "relative"
-  stats = normalize.ActionStats.from_metadata(
-      builder.info.metadata["action_stats"], action_mode)
   steps = 1 if relative else spec.stride
   labels = action_dims.labels(spec.name, stats.dim)
   groups = action_dims.groups(spec.name, stats.dim)
-  features, targets = {}, {}
-  for split, store_dir in stores.items():
-    features[split] = fs.FeatureSource(store_dir)
-    targets[split] = read_targets(builder, split, stats, relative,
-                                  features[split].identities)
+  features = {s: fs.FeatureSource(d) for s, d in stores.items()}
+  targets = {s: read_targets(builder, s, stats, relative, f.identities)
+             for s, f in features.items()}
   token_shape = features[TRAIN].token_shape
   decoder = decoder_factory(steps, stats.dim)
-  flat = {s: t.normalised.reshape(len(t.normalised), -1)
+  inputs = {**{s: run_state.digest_file(os.path.join(d, fs.MANIFEST))
+               for s, d in stores.items()},
+            "holdout": holdout, "holdout_by": "episode",
+            "action_mode": action_mode, "decoder_shape": decoder_shape}
+  rows = {s: _Rows(features[s], t.normalised.reshape(len(t.normalised), -1))
           for s, t in targets.items()}
   per_seed = {}
+  store = tr.held_store(options)  # read once for every seed
   for seed in seeds:
     # Whole episodes are held out: pairs of one episode overlap in time.
     train_ids, held_ids = metrics.group_holdout(
         [episode(p) for p in features[TRAIN].identities], holdout, seed)
-    evals = {s: tr.Split(_Rows(features[s], flat[s]), flat[s])
-             for s in stores if s != TRAIN}
-    seed_targets = {s: targets[s] for s in evals}
-    if len(held_ids):
-      evals[report.HOLDOUT] = tr.Split(_Rows(features[TRAIN], flat[TRAIN],
-                                             held_ids), flat[TRAIN][held_ids])
-      seed_targets[report.HOLDOUT] = targets[TRAIN].subset(held_ids)
+    train, evals, seed_targets = _seed_splits(rows, targets, train_ids,
+                                              held_ids)
     seed_dir = os.path.join(out_dir, f"seed_{seed}")
-    history = tr.train(decoder, token_shape,
-                       tr.Split(_Rows(features[TRAIN], flat[TRAIN],
-                                      train_ids)),
-                       evals, seed_dir, seed=seed, options=options,
-                       mesh=mesh, progress=progress,
-                       inputs={**{s: run_state.digest_file(os.path.join(
-                           d, fs.MANIFEST)) for s, d in stores.items()},
-                               "holdout": holdout, "holdout_by": "episode",
-                               "action_mode": action_mode,
-                               "decoder_shape": decoder_shape})
+    history = tr.train(decoder, token_shape, train, evals, seed_dir,
+                       seed=seed, options=options, mesh=mesh,
+                       progress=progress, inputs=inputs, store=store)
     run_fields = {**fields, "seed": seed, "holdout_fraction": holdout,
                   "model_type": model_type, "action_mode": action_mode,
                   "steps": steps, "action_dim": stats.dim,
@@ -198,6 +179,39 @@ def regress(builder: Any, spec: Any, stores: Mapping[str, str],
                     "floor": next(iter(per_seed.values()))["floor"]}
   return report.write_summary(out_dir, per_seed, summary_fields,
                               write=jax.process_index() == 0)
+
+
+def _action_stats(builder: Any, stores: Mapping[str, str],
+                  action_mode: str) -> normalize.ActionStats:
+  """The dataset's action statistics, once the stores needed are there."""
+  for split in (TRAIN, report.VALIDATION):
+    if split not in stores:
+      raise LaryError(f"regress needs features of the {split} split; run "
+                      "`extract` on it first")
+  if "action_stats" not in builder.info.metadata:
+    raise LaryError(f"{builder.data_dir} has no action statistics; is it a "
+                    "regression dataset with numeric actions?")
+  return normalize.ActionStats.from_metadata(
+      builder.info.metadata["action_stats"], action_mode)
+
+
+def _seed_splits(rows: Mapping[str, _Rows],
+                 targets: Mapping[str, report.Targets], train_ids: np.ndarray,
+                 held_ids: np.ndarray) -> tuple[tr.Split, dict[str, tr.Split],
+                                                dict[str, report.Targets]]:
+  """A seed's training rows, its evaluated splits (the other stores and the
+  held-out slice: rows of the one train store, `in_memory.Rows`) and their
+  targets. `rows` are the command's, shared by its seeds, so that they
+  share what `train_regressor.held_store` holds."""
+  flat = {s: r.targets for s, r in rows.items()}
+  evals = {s: tr.Split(rows[s], flat[s]) for s in rows if s != TRAIN}
+  seed_targets = {s: targets[s] for s in evals}
+  if len(held_ids):
+    evals[report.HOLDOUT] = tr.Split(in_memory.Rows(rows[TRAIN], held_ids),
+                                     flat[TRAIN][held_ids])
+    seed_targets[report.HOLDOUT] = targets[TRAIN].subset(held_ids)
+  return (tr.Split(in_memory.Rows(rows[TRAIN], train_ids)), evals,
+          seed_targets)
 
 
 def episode(src_path: str) -> str:

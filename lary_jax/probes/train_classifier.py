@@ -4,14 +4,16 @@
   -> `multi_head` step on the `data` mesh, every head on the same batch
   -> after each epoch: float32 top-k predictions of every head on every
      evaluated split (each example exactly once), written atomically
-  -> orbax checkpoint of parameters and optimizer states (`run_state`)
+  -> orbax checkpoint of parameters and optimizer states
+
+The loop, resuming and writing are `training_core`'s; this module brings
+the heads' steps (`multi_head`, `fitted_steps`) and what an epoch reports.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import logging
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -19,25 +21,19 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from lary_jax import mesh as mesh_lib
-from lary_jax import progress as progress_lib
-from lary_jax import tensorboard_log
 from lary_jax.data import pipeline as pl
-from lary_jax.errors import LaryError
 from lary_jax.probes import attentive_probe
 from lary_jax.probes import fitted_steps
 from lary_jax.probes import in_memory
 from lary_jax.probes import memory_fit
 from lary_jax.probes import multi_head as mh
-from lary_jax.probes import run_projection
 from lary_jax.probes import run_state
+from lary_jax.probes import training_core as core
 
-_log = logging.getLogger(__name__)
 KEYS = ("features", "label")
-EVAL_PREFETCH = 2  # eval batches read ahead
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,24 +70,20 @@ class Split:
   labels: np.ndarray
 
 
-class Rows:
-  """The records `ids` of a source, renumbered 0..len(ids)-1."""
-
-  def __init__(self, source: Any, ids: np.ndarray):
-    self.source, self.ids = source, np.asarray(ids, np.int64)
-
-  def __len__(self) -> int:
-    return len(self.ids)
-
-  def __getitem__(self, i: int) -> Any:
-    return self.source[int(self.ids[i])]
+def held_store(probe: attentive_probe.Config,
+               options: Options) -> in_memory.Store:
+  """Where a command's runs hold their splits' pooled features (and labels)
+  on the devices, read once for all of its seeds (`in_memory.Store`)."""
+  return in_memory.Store(options.in_memory_mb, prepare=lambda x: (
+      attentive_probe.pool_features(x, probe.pool_grid)))
 
 
 def train(probe: attentive_probe.Config, train_split: Split,
           evals: Mapping[str, Split], workdir: str, *, seed: int,
           options: Options = Options(), mesh: Mesh | None = None,
           progress: bool | None = None,
-          inputs: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
+          inputs: Mapping[str, Any] | None = None,
+          store: in_memory.Store | None = None) -> dict[str, np.ndarray]:
   """Trains the heads (resuming what `workdir` holds) and evaluates them.
 
   Args:
@@ -105,211 +97,180 @@ def train(probe: attentive_probe.Config, train_split: Split,
     progress: show a tqdm bar (default: on a terminal, in process 0).
     inputs: what identifies the data (e.g. the stores' manifest digests);
       with the rest, a folder holding another run is refused.
+    store: the command's held splits (`held_store`), shared by its seeds;
+      default: this run's own.
 
   Returns:
     split -> top-k predictions [epochs, heads, N, k] (int32, best first),
     and `train_loss` / `train_top1` [epochs, heads] of the training steps.
   """
   mesh = mesh or mesh_lib.make_mesh()
-  fitted_steps.check_batches(mesh, options.global_batch, options.eval_batch,
-                             options.micro_batch)
+  memory_fit.check_batches(mesh, "classify", options.global_batch,
+                           options.eval_batch, options.micro_batch)
   per_epoch = run_state.steps_per_epoch(
       len(train_split.source), options.global_batch, epochs=options.epochs,
       min_updates=options.min_updates)
-  total = options.epochs * per_epoch
   step_options = mh.StepOptions(
-      heads=tuple(options.heads), total_steps=total,
+      heads=tuple(options.heads), total_steps=options.epochs * per_epoch,
       label_smoothing=options.label_smoothing,
       compute_dtype=options.compute_dtype, head_batch=options.head_batch)
-  dtype = mh.compute_dtype(options.compute_dtype)
-  graphdef, params = mh.init_heads(probe, len(options.heads), seed, dtype)
-  eval_graphdef = mh.graphdef_for(probe, jnp.float32)
-  opt_state = mh.init_optimizer(params, step_options)
-  replicated = NamedSharding(mesh, P())
-  params, opt_state = jax.device_put((params, opt_state), replicated)
-
-  if jax.process_index() == 0:
-    # The micro-batch changes how a step is computed, not its numbers
-    # (beyond fp32 rounding): a run may resume with another.
-    settings = dataclasses.asdict(options)
-    del settings["micro_batch"]
-    run_state.claim(workdir, {
-        "probe": dataclasses.asdict(probe), "seed": seed,
-        "options": settings, "inputs": inputs or {},
-        "examples": {"train": len(train_split.source),
-                     **{k: len(v.source) for k, v in evals.items()}}})
-  checkpoints = run_state.Checkpoints(workdir)
-  start_epoch, state = checkpoints.restore(
-      {"params": params, "opt_state": opt_state})
-  params, opt_state = state["params"], state["opt_state"]
-  if start_epoch:
-    _log.info("%s: resumed after epoch %d", workdir, start_epoch)
-
-  show = progress if progress is not None else None
-  if jax.process_index() != 0:
-    show = False
-  run_name = f"classify {os.path.basename(workdir)}"
-  bar = progress_lib.bar(total, initial=start_epoch * per_epoch, unit="step",
-                         desc=run_name, show=show)
-  held = _hold(probe, train_split, evals, options, mesh)
-  run_epoch = None if held is None else _fitted_epoch(
-      graphdef, step_options, mesh, params, opt_state, held["train"],
-      per_epoch, options)
-  if run_epoch is not None:
-    order = pl.train_order(len(train_split.source), seed=seed, labels=(
-        train_split.labels if options.balanced else None))
-    train_step = None
-    # Timed by epochs: a scan is one call.
-    projection = run_projection.Projection(
-        run_name, total - start_epoch * per_epoch, 1 / per_epoch)
-    features = held["train"]["features"]
-    eval_step = fitted_steps.EvalStep(
-        eval_graphdef, probe.num_classes, options.head_batch, mesh, params,
-        options.eval_batch,
-        jax.ShapeDtypeStruct(features.shape[1:], features.dtype),
-        micro_batch=options.micro_batch)
+  graphdef, params = mh.init_heads(probe, len(options.heads), seed,
+                                   mh.compute_dtype(options.compute_dtype))
+  state = jax.device_put(
+      {"params": params, "opt_state": mh.init_optimizer(params, step_options)},
+      NamedSharding(mesh, P()))
+  run = core.Run(workdir, "classify", f"classify {os.path.basename(workdir)}",
+                 _settings(probe, seed, options, inputs, train_split, evals),
+                 state, epochs=options.epochs, per_epoch=per_epoch,
+                 progress=progress)
+  held, compiled = core.hold(
+      store or held_store(probe, options),
+      {name: (split.source, KEYS)
+       for name, split in {"train": train_split, **evals}.items()}, mesh,
+      lambda train: _fitted_epoch(graphdef, step_options, mesh, run.state,
+                                  train, per_epoch, options))
+  labels = train_split.labels if options.balanced else None
+  if held is not None:
+    train_epoch = run.held_epoch(compiled, pl.train_order(
+        len(train_split.source), seed=seed, labels=labels), held["train"],
+                                 options.global_batch)
+    x = held["train"].arrays["features"]
+    eval_step = _eval_step(probe, options, mesh, run.state,
+                           jax.ShapeDtypeStruct(x.shape[1:], x.dtype), {})
+    train_step, eval_prefetch = None, core.EVAL_PREFETCH
   else:
-    held = None  # streamed instead: the held copies are freed
-    example = _example(train_split.source)
-    row = {"features": example, "label": jax.ShapeDtypeStruct((), np.int32)}
-    local = options.global_batch // jax.process_count()
-    prefetch, train_ahead = memory_fit.read_ahead(row, local,
-                                                  options.prefetch)
-    eval_prefetch, eval_ahead = memory_fit.read_ahead(
-        row, options.eval_batch // jax.process_count(), EVAL_PREFETCH)
-    fit = dict(micro_batch=options.micro_batch,
-               host_reserve=train_ahead + eval_ahead,
-               tokens=attentive_probe.tokens_attended(probe, example.shape))
-    train_step = fitted_steps.TrainStep(
-        graphdef, step_options, mesh, params, opt_state,
-        options.global_batch, example, **fit)
-    eval_step = fitted_steps.EvalStep(
-        eval_graphdef, probe.num_classes, options.head_batch, mesh, params,
-        options.eval_batch, example, **fit)
-    batches = pl.train_dataset(
-        train_split.source, (), KEYS, global_batch=options.global_batch,
-        seed=seed, labels=train_split.labels if options.balanced else None)
-    iterator = pl.make_iterator(batches[start_epoch * per_epoch:total],
-                                read_threads=options.read_threads,
-                                prefetch=prefetch)
-    projection = run_projection.Projection(run_name, total - (
-        start_epoch * per_epoch), train_step.micro_steps)
-
-    def on_micro(step, i, k, pending):
-      projection.finished(pending, show, bar)
-      if k > 1:
-        bar.n = step + (i + 1) / k
-        bar.refresh()
-
-  per_device = options.eval_batch // mesh.devices.size
-  if (train_step is not None and train_step.micro_steps > 1) or (
-      eval_step.micro < per_device):
-    train_part = ("" if train_step is None else
-                  f"{train_step.micro} (train, {train_step.micro_steps} a "
-                  f"step, {train_step.need / memory_fit.GIB:.1f} GiB) and ")
-    run_projection.say(
-        show, bar, f"{run_name}: micro-batches of {train_part}"
-        f"{eval_step.micro} (eval) examples a device, to fit its memory")
-  events = tensorboard_log.ScalarLog(workdir)
-  for epoch in range(start_epoch, options.epochs):
-    first = epoch * per_epoch
-    if held is not None:
-      ids = in_memory.epoch_indices(order, first, per_epoch,
-                                    options.global_batch)
-      projection.start()
-      params, opt_state, (losses, hits, _) = run_epoch(
-          params, opt_state, jnp.int32(first), held["train"], ids)
-      projection.finished(losses, show, bar)
-      bar.update(per_epoch)
-    else:
-      losses, hits = [], []
-      for step in range(first, first + per_epoch):
-        if losses and train_step.micro_steps > 1:
-          # Micro-batches are dispatched one by one: without this, a
-          # step's batches and sums would pile up behind the one running.
-          jax.block_until_ready(losses[-1])
-        params, opt_state, loss, correct, _ = train_step(
-            params, opt_state, step, next(iterator),
-            functools.partial(on_micro, step))
-        losses.append(loss)
-        hits.append(correct)
-        if train_step.micro_steps == 1:
-          bar.update(1)
-      losses, hits = jnp.stack(losses), jnp.stack(hits)
-    loss = np.asarray(losses).mean(0)
-    predictions = {
-        name: (predict(eval_step, params, split.source, options.eval_batch,
-                       eval_prefetch) if held is None else in_memory.predict(
-                           lambda k, x: eval_step(params, x),
-                           held[name]["features"],
-                           eval_step.micro * mesh.devices.size, mesh, axis=1))
-        for name, split in evals.items()}
-    # What the heads saw while training (bf16 where training is): [H] each.
-    predictions["train_loss"] = loss.astype(np.float32)
-    predictions["train_top1"] = (np.asarray(hits).sum(0) / (
-        per_epoch * options.global_batch)).astype(np.float32)
-    if jax.process_index() == 0:
-      run_state.write_epoch(workdir, epoch, predictions)
-    events.write(epoch + 1, _epoch_scalars(predictions, evals))
-    multihost_utils.sync_global_devices("lary_classify_epoch_written")
-    checkpoints.save(epoch + 1, {"params": params, "opt_state": opt_state})
-    summary = "  ".join(
-        [f"train top-1 " + "/".join(f"{x:.3f}" for x in
-                                     predictions["train_top1"])] + [
-            f"{name} top-1 " + "/".join(
-                f"{_top1(p, evals[name].labels):.3f}"
-                for p in predictions[name]) for name in evals])
-    _log.info("epoch %d/%d  loss %s  %s", epoch + 1, options.epochs,
-              "/".join(f"{x:.3f}" for x in loss), summary)
-    if show is not False:
-      bar.write(f"epoch {epoch + 1}/{options.epochs}: {summary}")
-  bar.close()
-  events.close()
-  checkpoints.close()
-  if held is None and hasattr(iterator, "close"):
-    iterator.close()
-  return run_state.read_history(workdir, options.epochs)
+    train_epoch, train_step, eval_step, eval_prefetch = _streamed(
+        probe, graphdef, step_options, mesh, run, train_split, labels, seed,
+        options)
+  _say_micro_batches(run, train_step, eval_step,
+                     options.eval_batch // mesh.devices.size)
+  return run.fit(
+      train_epoch, core.Predictor(
+          lambda params, k, x: eval_step(params, x), evals, held,
+          options.eval_batch, eval_step.micro * mesh.devices.size, mesh,
+          axis=1, dtype=np.int32, cut=eval_step.micro_batches,
+          prefetch=eval_prefetch),
+      lambda outs, outputs: _record(outs, outputs, evals, per_epoch,
+                                    options.global_batch))
 
 
-def _hold(probe: attentive_probe.Config, train_split: Split,
-          evals: Mapping[str, Split], options: Options, mesh: Mesh
-          ) -> dict[str, dict[str, jax.Array]] | None:
-  """Every split's pooled features (and labels) on the devices, if they fit
-  `options.in_memory_mb` together; else None (the streaming pipeline)."""
-  budget = options.in_memory_mb
-  splits = {"train": train_split, **evals}
-  held = {}
-  for name, split in splits.items():
-    arrays = in_memory.load(
-        split.source, KEYS, budget_mb=budget,
-        prepare=lambda x: attentive_probe.pool_features(x, probe.pool_grid))
-    if arrays is None:
-      return None
-    budget -= sum(a.nbytes for a in arrays.values()) / 2**20
-    held[name] = in_memory.to_devices(arrays, mesh)
-  return held
+def _settings(probe: attentive_probe.Config, seed: int, options: Options,
+              inputs: Mapping[str, Any] | None, train_split: Split,
+              evals: Mapping[str, Split]) -> dict[str, Any]:
+  """What the run is, for `run_state.claim`."""
+  # The micro-batch changes how a step is computed, not its numbers (beyond
+  # fp32 rounding): a run may resume with another.
+  settings = dataclasses.asdict(options)
+  del settings["micro_batch"]
+  return {"probe": dataclasses.asdict(probe), "seed": seed,
+          "options": settings, "inputs": inputs or {},
+          "examples": core.examples(train_split, evals)}
+
+
+def _eval_step(probe: attentive_probe.Config, options: Options, mesh: Mesh,
+               state: core.State, example: jax.ShapeDtypeStruct,
+               fit: Mapping[str, Any]) -> fitted_steps.EvalStep:
+  """The float32 top-k step of every head, at a micro-batch that fits."""
+  return fitted_steps.EvalStep(
+      mh.graphdef_for(probe, jnp.float32), probe.num_classes,
+      options.head_batch, mesh, state["params"], options.eval_batch, example,
+      micro_batch=options.micro_batch, **fit)
+
+
+def _streamed(probe: attentive_probe.Config, graphdef: Any,
+              step_options: mh.StepOptions, mesh: Mesh, run: core.Run,
+              train_split: Split, labels: np.ndarray | None, seed: int,
+              options: Options) -> tuple[Any, ...]:
+  """The streamed epoch (micro-batched steps where a whole batch does not
+  fit the device), its train step, the eval step that goes with it and
+  the eval pipeline's read-ahead."""
+  example = _example(train_split.source)
+  row = {"features": example, "label": jax.ShapeDtypeStruct((), np.int32)}
+  prefetch, train_ahead = memory_fit.read_ahead(
+      row, options.global_batch // jax.process_count(), options.prefetch)
+  eval_prefetch, eval_ahead = memory_fit.read_ahead(
+      row, options.eval_batch // jax.process_count(), core.EVAL_PREFETCH)
+  fit = dict(host_reserve=train_ahead + eval_ahead,
+             tokens=attentive_probe.tokens_attended(probe, example.shape))
+  state = run.state
+  train_step = fitted_steps.TrainStep(
+      graphdef, step_options, mesh, state["params"], state["opt_state"],
+      options.global_batch, example, micro_batch=options.micro_batch, **fit)
+  eval_step = _eval_step(probe, options, mesh, state, example, fit)
+  run.time_by(train_step.micro_steps)
+  pending = []
+
+  def on_micro(step, i, k, out):
+    run.projection.finished(out, run.show, run.bar)
+    if k > 1:
+      run.bar.n = step + (i + 1) / k
+      run.bar.refresh()
+
+  def step(params, opt_state, i, local):
+    if pending and train_step.micro_steps > 1:
+      # Micro-batches are dispatched one by one: without this, a step's
+      # batches and sums would pile up behind the one running.
+      jax.block_until_ready(pending.pop())
+    out = train_step(params, opt_state, i, local,
+                     functools.partial(on_micro, i))
+    pending[:] = [out[2]]
+    if train_step.micro_steps == 1:
+      run.bar.update(1)
+    return out
+
+  return run.streamed_epoch(step, core.process_batches(
+      train_split.source, KEYS, global_batch=options.global_batch, seed=seed,
+      labels=labels, steps=run.steps, read_threads=options.read_threads,
+      prefetch=prefetch)), train_step, eval_step, eval_prefetch
+
+
+def _say_micro_batches(run: core.Run, train_step: Any,
+                       eval_step: fitted_steps.EvalStep, per_device: int
+                       ) -> None:
+  """Says which steps run in micro-batches to fit the device, if any."""
+  if (train_step is None or train_step.micro_steps == 1) and (
+      eval_step.micro >= per_device):
+    return
+  train_part = ("" if train_step is None else
+                f"{train_step.micro} (train, {train_step.micro_steps} a "
+                f"step, {train_step.need / memory_fit.GIB:.1f} GiB) and ")
+  run.say(f"{run.label}: micro-batches of {train_part}{eval_step.micro} "
+          "(eval) examples a device, to fit its memory")
+
+
+def _record(outs: tuple[jax.Array, ...], outputs: dict[str, np.ndarray],
+            evals: Mapping[str, Split], per_epoch: int, global_batch: int
+            ) -> tuple[dict[str, float], str]:
+  """Adds what the heads saw while training (bf16 where training is; [H]
+  each) to an epoch's outputs; its TensorBoard scalars and summary."""
+  losses, hits = outs[0], outs[1]
+  loss = np.asarray(losses).mean(0)
+  outputs["train_loss"] = loss.astype(np.float32)
+  outputs["train_top1"] = (np.asarray(hits).sum(0) / (
+      per_epoch * global_batch)).astype(np.float32)
+  summary = "  ".join(
+      ["loss " + "/".join(f"{x:.3f}" for x in loss),
+       "train top-1 " + "/".join(f"{x:.3f}" for x in outputs["train_top1"])]
+      + [f"{name} top-1 " + "/".join(
+          f"{_top1(p, evals[name].labels):.3f}" for p in outputs[name])
+         for name in evals])
+  return _epoch_scalars(outputs, evals), summary
 
 
 def _fitted_epoch(graphdef: Any, step_options: mh.StepOptions, mesh: Mesh,
-                  params: Any, opt_state: Any, train: Mapping[str, jax.Array],
+                  state: core.State, train: Mapping[str, jax.Array],
                   steps: int, options: Options) -> Any:
   """The in-memory epoch (`in_memory.make_epoch`) compiled, or None where
   its step over the whole global batch does not fit the device's memory
   or micro-batches are asked for: the streaming path then runs them."""
-  per_device = options.global_batch // mesh.devices.size
-  if options.micro_batch not in (0, per_device):
+  if options.micro_batch not in (0, options.global_batch // mesh.devices.size):
     return None
-  epoch = in_memory.make_epoch(mh.make_step_fn(graphdef, step_options), KEYS,
-                               mesh)
-  ids = jax.ShapeDtypeStruct((steps, options.global_batch), jnp.int32)
-  compiled, need = memory_fit.compile_within(
-      epoch, (params, opt_state, jnp.int32(0), train, ids),
-      (params, opt_state, train),
+  params, opt_state = state["params"], state["opt_state"]
+  return core.compile_held_epoch(
+      in_memory.make_epoch(mh.make_step_fn(graphdef, step_options), KEYS,
+                           mesh), (params, opt_state, jnp.int32(0)),
+      train, steps, options.global_batch, (params, opt_state, train),
       memory_fit.device_budget(mesh.local_devices[0]))
-  if compiled is None:
-    _log.info("in-memory epoch needs %.2f GiB: streamed in micro-batches "
-              "instead", need / memory_fit.GIB)
-  return compiled
 
 
 def _epoch_scalars(predictions: Mapping[str, np.ndarray],
@@ -332,25 +293,5 @@ def _top1(topk: np.ndarray, labels: np.ndarray) -> float:
 
 def _example(source: Any) -> jax.ShapeDtypeStruct:
   """Shape and dtype of one record's features, as they reach the device."""
-  if not len(source):
-    raise LaryError("classify: the training split has no examples")
-  features = np.asarray(source[0]["features"])
+  features = np.asarray(core.first_example(source, "classify")["features"])
   return jax.ShapeDtypeStruct(features.shape, features.dtype)
-
-
-def predict(eval_step: fitted_steps.EvalStep, params: Any, source: Any,
-            eval_batch: int, prefetch: int = EVAL_PREFETCH) -> np.ndarray:
-  """Top-k predictions of every head on every record once: [H, N, k]."""
-  ds = pl.eval_dataset(source, (), KEYS, global_batch=eval_batch)
-  out = None
-  for batch in pl.make_iterator(ds, read_threads=2, prefetch=prefetch):
-    for part in eval_step.micro_batches(
-        {k: batch[k] for k in ("features", "index", "_mask")}):
-      index = multihost_utils.process_allgather(part["index"], tiled=True)
-      mask = multihost_utils.process_allgather(part["_mask"], tiled=True)
-      top = np.asarray(multihost_utils.process_allgather(
-          eval_step(params, part["features"]), tiled=True))
-      if out is None:
-        out = np.zeros((top.shape[0], len(source), top.shape[2]), np.int32)
-      out[:, index[mask]] = top[:, mask]
-  return out

@@ -3,8 +3,8 @@
   train records (features, normalised target), shuffled, fixed global batch
   -> flatten the pair's tokens -> decoder loss -> AdamW (lr 1e-4, wd 1e-4,
      linear warm-up over the first 10% of steps, then constant)
-  -> after each epoch: predictions for every evaluated split (`run_state`)
-  -> orbax checkpoint
+  -> after each epoch: predictions for every evaluated split, written
+     atomically -> orbax checkpoint (the loop: `training_core`)
 
 Parameters whose float32 bytes reach `shard_min_mb` are sharded over the
 `data` mesh axis together with their AdamW moments (FSDP-style): upstream's
@@ -16,7 +16,6 @@ are replicated. The numbers do not depend on the sharding.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 import os
 from collections.abc import Callable, Mapping
@@ -28,23 +27,18 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from lary_jax import mesh as mesh_lib
-from lary_jax import progress as progress_lib
-from lary_jax import tensorboard_log
 from lary_jax.data import pipeline as pl
 from lary_jax.errors import LaryError
 from lary_jax.probes import attentive_probe
 from lary_jax.probes import in_memory
 from lary_jax.probes import memory_fit
-from lary_jax.probes import run_projection
 from lary_jax.probes import run_state
+from lary_jax.probes import training_core as core
 
-_log = logging.getLogger(__name__)
 KEYS = ("features", "target")
-EVAL_PREFETCH = 2  # eval batches read ahead
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +96,8 @@ def lr_factor(step: jax.Array, warmup_steps: int) -> jax.Array:
   Its scheduler steps after each update, so update s uses min(s / W, 1):
   the very first update has learning rate 0.
   """
+  # Not optax.linear_schedule: it computes 1 - (1 - s / W), which rounds
+  # differently (1261 of 1914 float32 factors differ in a check).
   if warmup_steps <= 0:
     return jnp.ones_like(step, jnp.float32)
   return jnp.minimum(step / warmup_steps, 1.0).astype(jnp.float32)
@@ -173,7 +169,8 @@ def train(decoder: Decoder, token_shape: tuple[int, ...], train_split: Split,
           evals: Mapping[str, Split], workdir: str, *, seed: int,
           options: Options = Options(), mesh: Mesh | None = None,
           progress: bool | None = None,
-          inputs: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
+          inputs: Mapping[str, Any] | None = None,
+          store: in_memory.Store | None = None) -> dict[str, np.ndarray]:
   """Trains a decoder (resuming what `workdir` holds) and evaluates it.
 
   Args:
@@ -188,32 +185,90 @@ def train(decoder: Decoder, token_shape: tuple[int, ...], train_split: Split,
     progress: tqdm bar (default: on a terminal, process 0).
     inputs: what identifies the data and the decoder's shape; with the
       rest, a folder holding another run is refused.
+    store: the command's held splits (`held_store`), shared by its seeds;
+      default: this run's own.
 
   Returns:
     split -> predictions [epochs, N, S * A] (normalised), and `train_loss`
     [epochs] (mean training loss of each epoch).
   """
   mesh = mesh or mesh_lib.make_mesh()
-  for name, batch in (("global_batch", options.global_batch),
-                      ("eval_batch", options.eval_batch)):
-    if batch % mesh.devices.size:
-      raise LaryError(f"regress.{name}={batch} must be a multiple of the "
-                      f"{mesh.devices.size} devices")
+  memory_fit.check_batches(mesh, "regress", options.global_batch,
+                           options.eval_batch)
   per_epoch = run_state.steps_per_epoch(
       len(train_split.source), options.global_batch, epochs=options.epochs,
       min_updates=options.min_updates)
-  total = options.epochs * per_epoch
-  warmup_steps = int(total * options.warmup)
-  dtype = getattr(jnp, options.compute_dtype)
   make = lambda: decoder.make(input_dim(token_shape, options.pool_grid),
-                              seed, dtype)
+                              seed, getattr(jnp, options.compute_dtype))
   graphdef, abstract = nnx.split(nnx.eval_shape(make))
-  tx = _optimizer(options, warmup_steps)
-  p_sharding = param_shardings(abstract, mesh, options.shard_min_mb)
-  o_sharding = param_shardings(jax.eval_shape(tx.init, abstract), mesh,
-                               options.shard_min_mb)
-  data = NamedSharding(mesh, P("data"))
-  replicated = NamedSharding(mesh, P())
+  tx = _optimizer(options, int(options.epochs * per_epoch * options.warmup))
+  shardings = (param_shardings(abstract, mesh, options.shard_min_mb),
+               param_shardings(jax.eval_shape(tx.init, abstract), mesh,
+                               options.shard_min_mb))
+  step_fn, eval_fn = _step_functions(decoder, graphdef, tx, seed, options)
+  platform_options = compiler_options(mesh.devices.flat[0].platform)
+  held, compiled = _hold(store or held_store(options), train_split, evals,
+                         mesh, in_memory.make_epoch(
+                             step_fn, KEYS, mesh, platform_options,
+                             state_shardings=shardings),
+                         (abstract, jax.eval_shape(tx.init, abstract)),
+                         per_epoch, options)
+  eval_prefetch = core.EVAL_PREFETCH
+  if held is None:  # streamed
+    train_step, prefetch, eval_prefetch = _streamed_step(
+        step_fn, abstract, tx, shardings, mesh, options, decoder.name,
+        train_split.source, platform_options)
+  params = jax.device_put(nnx.state(make()), shardings[0])
+  run = core.Run(
+      workdir, "regress",
+      f"regress {decoder.name} {os.path.basename(workdir)}",
+      {"decoder": decoder.name, "token_shape": list(token_shape),
+       "seed": seed, "options": dataclasses.asdict(options),
+       "inputs": inputs or {}, "examples": core.examples(train_split, evals)},
+      {"params": params,
+       "opt_state": jax.device_put(tx.init(params), shardings[1])},
+      epochs=options.epochs, per_epoch=per_epoch, progress=progress)
+  if held is not None:
+    train_epoch = run.held_epoch(compiled, pl.train_order(
+        len(train_split.source), seed=seed), held["train"],
+                                 options.global_batch)
+  else:
+    train_epoch = run.streamed_epoch(_timed(train_step, mesh, run),
+                                     core.process_batches(
+        train_split.source, KEYS, global_batch=options.global_batch,
+        seed=seed, labels=None, steps=run.steps,
+        read_threads=options.read_threads, prefetch=prefetch))
+  return run.fit(train_epoch, _predictor(eval_fn, shardings[0], mesh, options,
+                                         evals, held, eval_prefetch),
+                 lambda outs, outputs: _record(outs, outputs, evals))
+
+
+def _hold(store: in_memory.Store, train_split: Split,
+          evals: Mapping[str, Split], mesh: Mesh, epoch: Any,
+          state: tuple[Any, Any], steps: int, options: Options
+          ) -> tuple[Any, Any]:
+  """(held splits, compiled held `epoch` for the abstract `state`), or
+  (None, None) where they do not fit the device beside the held "train"
+  arrays (the streamed step, which holds no data, is then tried)."""
+  return core.hold(
+      store, {"train": (train_split.source, KEYS), **{
+          name: (split.source, ("features",))
+          for name, split in evals.items()}}, mesh,
+      lambda train: core.compile_held_epoch(
+          epoch, (*state, jax.ShapeDtypeStruct((), jnp.int32)), train,
+          steps, options.global_batch, train,
+          memory_fit.device_budget(mesh.local_devices[0], host_share=1.0)))
+
+
+def _step_functions(decoder: Decoder, graphdef: Any,
+                    tx: optax.GradientTransformation, seed: int,
+                    options: Options) -> tuple[Any, Any]:
+  """The decoder's training step and prediction, before jit.
+
+  step(params, opt_state, step, features, target) -> (params, opt_state,
+  loss); predict(params, batch_index, features) -> [B, S * A]; the noise
+  of each is a pure function of (seed, step or batch index).
+  """
   train_key = jax.random.key(seed)
   eval_key = jax.random.fold_in(train_key, 2**31 - 1)
 
@@ -228,155 +283,93 @@ def train(decoder: Decoder, token_shape: tuple[int, ...], train_split: Split,
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss
 
-  held = _hold(train_split, evals, options, mesh)
-  platform_options = compiler_options(mesh.devices.flat[0].platform)
-  run_epoch = None if held is None else _fitted_epoch(
-      in_memory.make_epoch(step_fn, KEYS, mesh, platform_options,
-                           state_shardings=(p_sharding, o_sharding)),
-      abstract, tx, held["train"], per_epoch, options, mesh)
-  if run_epoch is None:
-    held = None  # streamed instead: the held copies are freed
-    row = _row_spec(train_split.source)
-    prefetch, train_ahead = memory_fit.read_ahead(
-        row, options.global_batch // jax.process_count(), options.prefetch)
-    eval_prefetch, eval_ahead = memory_fit.read_ahead(
-        row, options.eval_batch // jax.process_count(), EVAL_PREFETCH)
-    # Compiled before any parameter exists, so that a decoder too big for
-    # the device is refused up front instead of dying in its first step.
-    train_step = _compile_fitting(
-        jax.jit(step_fn,
-                in_shardings=(p_sharding, o_sharding, replicated, data, data),
-                out_shardings=(p_sharding, o_sharding, replicated),
-                donate_argnums=(0, 1), compiler_options=platform_options),
-        abstract, tx, mesh, options, decoder.name, row,
-        train_ahead + eval_ahead)
-  params = jax.device_put(nnx.state(make()), p_sharding)
-  opt_state = jax.device_put(tx.init(params), o_sharding)
-  if jax.process_index() == 0:
-    run_state.claim(workdir, {
-        "decoder": decoder.name, "token_shape": list(token_shape),
-        "seed": seed, "options": dataclasses.asdict(options),
-        "inputs": inputs or {},
-        "examples": {"train": len(train_split.source),
-                     **{k: len(v.source) for k, v in evals.items()}}})
-  checkpoints = run_state.Checkpoints(workdir)
-  start_epoch, state = checkpoints.restore(
-      {"params": params, "opt_state": opt_state})
-  params, opt_state = state["params"], state["opt_state"]
-
   def eval_fn(params, batch_index, features):
     z = flatten_features(features, options.pool_grid)
     key = jax.random.fold_in(eval_key, batch_index)
     return decoder.predict(nnx.merge(graphdef, params), z, key)
 
-  eval_step = jax.jit(eval_fn, in_shardings=(p_sharding, replicated, data),
-                      out_shardings=data)
-
-  if held is not None:
-    order = pl.train_order(len(train_split.source), seed=seed)
-  else:
-    batches = pl.train_dataset(train_split.source, (), KEYS,
-                               global_batch=options.global_batch, seed=seed)
-    iterator = pl.make_iterator(batches[start_epoch * per_epoch:total],
-                                read_threads=options.read_threads,
-                                prefetch=prefetch)
-  show = progress if jax.process_index() == 0 else False
-  bar = progress_lib.bar(total, initial=start_epoch * per_epoch, unit="step",
-                         desc=f"regress {decoder.name}", show=show)
-  # Timed by steps, or by epochs where an epoch is one call (a scan).
-  projection = run_projection.Projection(
-      f"regress {decoder.name} {os.path.basename(workdir)}",
-      total - start_epoch * per_epoch, 1 if held is None else 1 / per_epoch)
-  events = tensorboard_log.ScalarLog(workdir)
-  for epoch in range(start_epoch, options.epochs):
-    first = epoch * per_epoch
-    if held is not None:
-      ids = in_memory.epoch_indices(order, first, per_epoch,
-                                    options.global_batch)
-      projection.start()
-      params, opt_state, (losses,) = run_epoch(
-          params, opt_state, jnp.int32(first), held["train"], ids)
-      projection.finished(losses, show, bar)
-      bar.update(per_epoch)
-    else:
-      losses = []
-      for step in range(first, first + per_epoch):
-        batch = pl.to_device(next(iterator), mesh)
-        params, opt_state, loss = train_step(
-            params, opt_state, jnp.int32(step), batch["features"],
-            batch["target"])
-        losses.append(loss)
-        projection.finished(loss, show, bar)
-        bar.update(1)
-    out = {name: (predict(eval_step, params, split.source, options.eval_batch,
-                          mesh, eval_prefetch) if held is None else
-                  in_memory.predict(
-                      lambda k, x: eval_step(params, jnp.int32(k), x),
-                      held[name]["features"], options.eval_batch, mesh))
-           for name, split in evals.items()}
-    out["train_loss"] = np.asarray(float(np.mean(jax.device_get(losses))))
-    if jax.process_index() == 0:
-      run_state.write_epoch(workdir, epoch, out)
-    multihost_utils.sync_global_devices("lary_regress_epoch_written")
-    checkpoints.save(epoch + 1, {"params": params, "opt_state": opt_state})
-    scalars = {"train/loss": float(out["train_loss"]), **{
-        f"{name}/mse": float(np.mean((out[name] - split.targets) ** 2))
-        for name, split in evals.items() if split.targets is not None}}
-    events.write(epoch + 1, scalars)
-    summary = "  ".join(f"{tag.replace('/', ' ')} {value:.4f}"
-                        for tag, value in scalars.items())
-    _log.info("epoch %d/%d  %s", epoch + 1, options.epochs, summary)
-    if show is not False:
-      bar.write(f"epoch {epoch + 1}/{options.epochs}: {summary}")
-  bar.close()
-  events.close()
-  checkpoints.close()
-  if held is None and hasattr(iterator, "close"):
-    iterator.close()
-  return run_state.read_history(workdir, options.epochs)
+  return step_fn, eval_fn
 
 
-def _hold(train_split: Split, evals: Mapping[str, Split], options: Options,
-          mesh: Mesh) -> dict[str, dict[str, jax.Array]] | None:
-  """Every split's pooled features (and targets) on the devices, if they
-  fit `options.in_memory_mb` together; else None (the streaming pipeline)."""
-  budget = options.in_memory_mb
-  held = {}
-  for name, split in {"train": train_split, **evals}.items():
-    keys = KEYS if name == "train" else ("features",)
-    arrays = in_memory.load(split.source, keys, budget_mb=budget,
-                            prepare=lambda x: pool_features(
-                                x, options.pool_grid))
-    if arrays is None:
-      return None
-    budget -= sum(a.nbytes for a in arrays.values()) / 2**20
-    held[name] = in_memory.to_devices(arrays, mesh)
-  return held
+def _predictor(eval_fn: Any, param_sharding: Any, mesh: Mesh,
+               options: Options, evals: Mapping[str, Split],
+               held: Mapping[str, in_memory.Held] | None, prefetch: int
+               ) -> core.Predictor:
+  """The jitted `eval_fn` on held (device) or streamed (host) features."""
+  data = NamedSharding(mesh, P("data"))
+  eval_step = jax.jit(eval_fn, in_shardings=(
+      param_sharding, NamedSharding(mesh, P()), data), out_shardings=data)
+
+  def predict(params, k, x):
+    if not isinstance(x, jax.Array):
+      x = pl.to_device({"features": x}, mesh)["features"]
+    return eval_step(params, jnp.int32(k), x)
+
+  return core.Predictor(predict, evals, held, options.eval_batch,
+                        options.eval_batch, mesh, prefetch=prefetch)
 
 
-def _fitted_epoch(epoch: Any, params: Any, tx: Any,
-                  train: Mapping[str, jax.Array], steps: int,
-                  options: Options, mesh: Mesh) -> Any:
-  """The in-memory epoch compiled for the abstract `params`, or None where
-  it does not fit the device beside the held `train` arrays (the streaming
-  step, which holds no data, is then tried)."""
-  compiled, need = memory_fit.compile_within(
-      epoch, (params, jax.eval_shape(tx.init, params),
-              jax.ShapeDtypeStruct((), jnp.int32), train,
-              jax.ShapeDtypeStruct((steps, options.global_batch), jnp.int32)),
-      train, memory_fit.device_budget(mesh.local_devices[0], host_share=1.0))
-  if compiled is None:
-    _log.info("in-memory epoch needs %.2f GiB: streamed instead",
-              need / memory_fit.GIB)
-  return compiled
+def _streamed_step(step_fn: Any, params: Any, tx: Any,
+                   shardings: tuple[Any, Any], mesh: Mesh, options: Options,
+                   name: str, source: Any,
+                   platform_options: dict[str, Any] | None
+                   ) -> tuple[Any, int, int]:
+  """The compiled streamed step (refused up front, before any parameter
+  exists, where the decoder does not fit the device), and the train and
+  eval pipelines' read-ahead."""
+  row = _row_spec(source)
+  prefetch, train_ahead = memory_fit.read_ahead(
+      row, options.global_batch // jax.process_count(), options.prefetch)
+  eval_prefetch, eval_ahead = memory_fit.read_ahead(
+      row, options.eval_batch // jax.process_count(), core.EVAL_PREFETCH)
+  replicated, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+  step = _compile_fitting(
+      jax.jit(step_fn,
+              in_shardings=(*shardings, replicated, data, data),
+              out_shardings=(*shardings, replicated),
+              donate_argnums=(0, 1), compiler_options=platform_options),
+      params, tx, mesh, options, name, row, train_ahead + eval_ahead)
+  return step, prefetch, eval_prefetch
+
+
+def _timed(train_step: Any, mesh: Mesh, run: core.Run) -> Any:
+  """`train_step` on a process's batch, each step timed and counted."""
+  run.time_by(1)
+
+  def step(params, opt_state, i, local):
+    batch = pl.to_device(local, mesh)
+    params, opt_state, loss = train_step(params, opt_state, jnp.int32(i),
+                                         batch["features"], batch["target"])
+    run.projection.finished(loss, run.show, run.bar)
+    run.bar.update(1)
+    return params, opt_state, loss
+
+  return step
+
+
+def _record(outs: tuple[jax.Array, ...], outputs: dict[str, np.ndarray],
+            evals: Mapping[str, Split]) -> tuple[dict[str, float], str]:
+  """Adds the epoch's mean training loss to its outputs; its TensorBoard
+  scalars (and MSE per split with targets) and summary."""
+  outputs["train_loss"] = np.asarray(float(np.mean(jax.device_get(outs[0]))))
+  scalars = {"train/loss": float(outputs["train_loss"]), **{
+      f"{name}/mse": float(np.mean((outputs[name] - split.targets) ** 2))
+      for name, split in evals.items() if split.targets is not None}}
+  return scalars, "  ".join(f"{tag.replace('/', ' ')} {value:.4f}"
+                            for tag, value in scalars.items())
+
+
+def held_store(options: Options) -> in_memory.Store:
+  """Where a command's runs hold their splits' pooled features (and
+  targets) on the devices, read once for all of its seeds."""
+  return in_memory.Store(options.in_memory_mb, prepare=lambda x: (
+      pool_features(x, options.pool_grid)))
 
 
 def _row_spec(source: Any) -> dict[str, jax.ShapeDtypeStruct]:
   """Shape and dtype of one record's features and target, as they reach
   the device."""
-  if not len(source):
-    raise LaryError("regress: the training split has no examples")
-  row = source[0]
+  row = core.first_example(source, "regress")
   return {k: jax.ShapeDtypeStruct(np.shape(row[k]), np.asarray(row[k]).dtype)
           for k in KEYS}
 
@@ -427,21 +420,3 @@ def _compile_fitting(step: Any, params: Any, tx: Any, mesh: Mesh,
       f"{mesh.local_devices[0].platform} device has {budget / gib:.1f} GiB "
       f"to give. It fits {devices}, or with a smaller input: "
       "--config.regress.pool_grid=4 (not the protocol)")
-
-
-def predict(eval_step, params: Any, source: Any, eval_batch: int,
-            mesh: Mesh, prefetch: int = EVAL_PREFETCH) -> np.ndarray:
-  """Normalised predictions for every record once: [N, S * A] float32."""
-  ds = pl.eval_dataset(source, (), ("features",), global_batch=eval_batch)
-  out = None
-  for k, batch in enumerate(pl.make_iterator(ds, read_threads=2,
-                                             prefetch=prefetch)):
-    index = multihost_utils.process_allgather(batch["index"], tiled=True)
-    mask = multihost_utils.process_allgather(batch["_mask"], tiled=True)
-    features = pl.to_device({"features": batch["features"]}, mesh)
-    pred = np.asarray(multihost_utils.process_allgather(
-        eval_step(params, jnp.int32(k), features["features"]), tiled=True))
-    if out is None:
-      out = np.zeros((len(source), pred.shape[-1]), np.float32)
-    out[index[mask]] = pred[mask]
-  return out

@@ -189,7 +189,7 @@ def test_micro_batch_setting_must_divide_a_devices_share():
   mesh = mesh_lib.make_mesh()
   with pytest.raises(LaryError, match=r"classify.micro_batch=5 must divide "
                      r"the 16 examples of classify.global_batch=16"):
-    fitted_steps.check_batches(mesh, 16, 16, 5)
+    memory_fit.check_batches(mesh, "classify", 16, 16, 5)
 
 
 def test_cpu_micro_batches_stop_at_enough_tokens():

@@ -130,3 +130,76 @@ def test_classifier_held_data_whose_step_does_not_fit_is_micro_batched(
                              rtol=1e-5)
   np.testing.assert_array_equal(tight["validation"][..., 0],
                                 held["validation"][..., 0])
+
+
+class _Counted(list):
+  """Rows that count how often they are read."""
+
+  reads = 0
+
+  def __getitem__(self, i):
+    self.reads += 1
+    return super().__getitem__(i)
+
+
+def test_store_reads_each_source_once_for_every_seed():
+  train, val = _Counted(_rows(12, 0)), _Counted(_rows(5, 1))
+  store = in_memory.Store(64.0)
+  mesh = tc.mesh_lib.make_mesh()
+  seen = []
+  for ids, rest in (([0, 3, 5, 7, 9], [1, 2, 4, 6, 8, 10, 11]),
+                    ([1, 2, 3], [0, 4, 5, 6, 7, 8, 9, 10, 11])):
+    held = store.hold({
+        "train": (in_memory.Rows(train, ids), tc.KEYS),
+        "train_holdout": (in_memory.Rows(train, rest), tc.KEYS),
+        "validation": (val, tc.KEYS)}, mesh)
+    seen.append(held)
+    np.testing.assert_array_equal(
+        np.asarray(held["train"].arrays["label"])[
+            held["train"].rows(np.arange(len(ids)))], np.asarray(ids) % 4)
+    assert held["validation"].ids is None
+  assert (train.reads, val.reads) == (12, 5)
+  # One copy of the store's arrays, shared by the splits and the seeds.
+  assert (seen[0]["train"].arrays["features"] is
+          seen[1]["train_holdout"].arrays["features"])
+  store.drop()
+  assert store.hold({"validation": (val, tc.KEYS)}, mesh) is None
+
+
+def test_store_refuses_what_does_not_fit_together():
+  rows = _rows(8, 0)
+  one = in_memory.load(rows, tc.KEYS, budget_mb=64.0)
+  size = sum(a.nbytes for a in one.values()) / 2**20
+  store = in_memory.Store(1.5 * size)
+  mesh = tc.mesh_lib.make_mesh()
+  assert store.hold({"train": (rows, tc.KEYS)}, mesh) is not None
+  assert store.hold({"train": (rows, tc.KEYS),
+                     "validation": (_rows(8, 1), tc.KEYS)}, mesh) is None
+
+
+def test_seeds_sharing_a_store_train_as_on_their_own_rows(tmp_path):
+  # Held as row ids of the whole store (one read for every seed), a seed's
+  # training rows and held-out slice give the numbers, bit for bit, of the
+  # same rows held on their own.
+  probe = attentive_probe.Config(dim=D, num_classes=CLASSES, model_dim=16,
+                                 num_heads=2, depth=1, pool_grid=2)
+  rows, val = _rows(20, 0), _rows(6, 1)
+  options = tc.Options(epochs=2, min_updates=4, global_batch=8, eval_batch=4,
+                       compute_dtype="float32",
+                       heads=((1e-2, 0.01), (1e-3, 0.1)))
+  store = tc.held_store(probe, options)
+  labels = np.arange(20) % CLASSES
+  for seed, ids in ((0, np.arange(3, 20)), (1, np.arange(0, 20, 2))):
+    rest = np.setdiff1d(np.arange(20), ids)
+    runs = {}
+    for name, (train, held_out) in {
+        "shared": (in_memory.Rows(rows, ids), in_memory.Rows(rows, rest)),
+        "own": ([rows[i] for i in ids], [rows[i] for i in rest])}.items():
+      runs[name] = tc.train(
+          probe, tc.Split(train, labels[ids]),
+          {"validation": tc.Split(val, np.arange(6) % CLASSES),
+           "train_holdout": tc.Split(held_out, labels[rest])},
+          str(tmp_path / f"{name}{seed}"), seed=seed, options=options,
+          progress=False, store=store if name == "shared" else None)
+    for key in runs["own"]:
+      np.testing.assert_array_equal(runs["shared"][key], runs["own"][key])
