@@ -3,6 +3,8 @@
   absl flags (main.py) -> `from_flags(ExtractArgs, flags)` -> a command of
   commands.py; `run` (benchmark_run.py) builds the same dataclasses with its
   own values and calls those commands as functions.
+  config section (configs/) -> `from_config(extract.Options, config.extract)`
+  -> the options a stage takes.
 
 Each field has the name and meaning of the flag it comes from; a field
 `<flag>_given` says whether --<flag> was on the command line.
@@ -135,4 +137,17 @@ def from_flags(cls: type[Args], flags: Any) -> Args:
       values[field.name] = flags[field.name[:-len(_GIVEN)]].present
     elif hasattr(flags, field.name) or field.default is dataclasses.MISSING:
       values[field.name] = getattr(flags, field.name)
+  return cls(**values)
+
+
+Options = TypeVar("Options")
+
+
+def from_config(cls: type[Options], section: Any, **given: Any) -> Options:
+  """A stage's options: each field of the dataclass `cls` that the config
+  `section` holds, then `given` over them (values the command computes or
+  converts); a field the section lacks keeps its default."""
+  values = {f.name: section[f.name] for f in dataclasses.fields(cls)
+            if f.name in section}
+  values.update(given)
   return cls(**values)

@@ -74,12 +74,9 @@ def _tfds_dir(flags) -> str:
 
 def _prepare_options(config: Config, skip_bad_rows: bool):
   from tfds_builders import prepare  # pylint: disable=g-import-not-at-top
-  c = config.prepare
-  return prepare.PrepareOptions(
-      frame_format=c.frame_format, jpeg_quality=c.jpeg_quality,
-      num_workers=_workers(c.num_workers), skip_bad_rows=skip_bad_rows,
-      allow_absolute_paths=c.allow_absolute_paths, overwrite=c.overwrite,
-      vjepa2_view=c.vjepa2_view, png_level=c.png_level)
+  return command_args.from_config(
+      prepare.PrepareOptions, config.prepare, skip_bad_rows=skip_bad_rows,
+      num_workers=_workers(config.prepare.num_workers))
 
 
 def simulate(flags, config: Config) -> int:
@@ -176,12 +173,7 @@ def encoder_options(text: str) -> dict[str, Any]:
 
 
 def _extract_options(config: Config):
-  c = config.extract
-  return extract_lib.Options(
-      global_batch=c.global_batch, micro_batch=c.micro_batch, dtype=c.dtype,
-      shard_mb=c.shard_mb, worker_count=c.worker_count,
-      read_threads=c.read_threads, prefetch=c.prefetch, frames=c.frames,
-      decode_cache_mb=c.decode_cache_mb)
+  return command_args.from_config(extract_lib.Options, config.extract)
 
 
 def _mode(flags, spec) -> str:
@@ -410,14 +402,9 @@ def classify_features(args: ClassifyArgs, config: Config) -> int:
   jax = _start_processes(args, "classify")
   from tfds_builders import metadata  # pylint: disable=g-import-not-at-top
   c = config.classify
-  options = train_classifier.Options(
-      epochs=c.epochs, min_updates=c.min_updates,
-      global_batch=c.global_batch, eval_batch=c.eval_batch,
-      heads=tuple(tuple(float(v) for v in h) for h in c.heads),
-      label_smoothing=c.label_smoothing, compute_dtype=c.compute_dtype,
-      head_batch=c.head_batch, micro_batch=c.micro_batch,
-      balanced=c.balanced, read_threads=c.read_threads,
-      in_memory_mb=c.in_memory_mb)
+  options = command_args.from_config(
+      train_classifier.Options, c,
+      heads=tuple(tuple(float(v) for v in h) for h in c.heads))
   shape = classify_lib.ProbeShape(**c.probe.to_dict())
   seeds = _seeds(args)
   for spec in probe_specs(args.dataset, args.stride, "classify"):
@@ -445,13 +432,7 @@ def regress_features(args: RegressArgs, config: Config) -> int:
   _require(args, "model", "dataset")
   jax = _start_processes(args, "regress")
   c = config.regress
-  options = train_regressor.Options(
-      epochs=c.epochs, min_updates=c.min_updates,
-      global_batch=c.global_batch, eval_batch=c.eval_batch,
-      lr=c.lr, weight_decay=c.weight_decay, warmup=c.warmup,
-      compute_dtype=c.compute_dtype, pool_grid=c.pool_grid,
-      shard_min_mb=c.shard_min_mb, read_threads=c.read_threads,
-      in_memory_mb=c.in_memory_mb)
+  options = command_args.from_config(train_regressor.Options, c)
   if args.model_type == "mlp":
     shape = dict(hidden=c.mlp_hidden, blocks=c.mlp_blocks)
     factory = regress_lib.mlp(**shape)

@@ -6,7 +6,10 @@ import dataclasses
 from absl import flags as absl_flags
 
 from lary_jax import command_args
+from lary_jax import extract
 from lary_jax import main
+from lary_jax.configs import default
+from lary_jax.probes import train_classifier
 
 
 def _parsed(*argv: str) -> absl_flags.FlagValues:
@@ -63,3 +66,17 @@ def test_every_field_of_every_command_is_a_flag_of_main():
         assert name in flags, (cls.__name__, name)
         if name == field.name:
           assert getattr(args, name) == flags[name].value, (cls, name)
+
+
+def test_stage_options_come_from_their_config_section():
+  config = default.get_config()
+  options = command_args.from_config(extract.Options, config.extract)
+  for field in dataclasses.fields(extract.Options):
+    assert getattr(options, field.name) == config.extract[field.name]
+  # `given` wins; a field the section lacks (prefetch) keeps its default.
+  probe = command_args.from_config(train_classifier.Options, config.classify,
+                                   epochs=3)
+  assert probe.epochs == 3 and config.classify.epochs == 20
+  assert probe.global_batch == config.classify.global_batch
+  assert "prefetch" not in config.classify
+  assert probe.prefetch == train_classifier.Options().prefetch
