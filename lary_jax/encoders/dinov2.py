@@ -110,10 +110,8 @@ class Model(nnx.Module):
     d, p = cfg.hidden_size, cfg.patch_size
     self.patch_embed = vit_layers.PatchEmbed((p, p), cfg.num_channels, d,
                                              dtype=dtype, rngs=rngs)
-    init = vit_layers.trunc_normal
-    self.cls_token = nnx.Param(init(rngs.params(), (d,), jnp.float32))
-    self.pos_embed = nnx.Param(
-        init(rngs.params(), (1 + cfg.grid**2, d), jnp.float32))
+    self.cls_token = vit_layers.learned(rngs, (d,))
+    self.pos_embed = vit_layers.learned(rngs, (1 + cfg.grid**2, d))
     self.blocks = nnx.List([
         vit_layers.Block(
             d, cfg.num_attention_heads, cfg.mlp_hidden,

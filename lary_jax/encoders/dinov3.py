@@ -108,10 +108,9 @@ class Model(nnx.Module):
     d, p = cfg.hidden_size, cfg.patch_size
     self.patch_embed = vit_layers.PatchEmbed((p, p), cfg.num_channels, d,
                                              dtype=dtype, rngs=rngs)
-    init = vit_layers.trunc_normal
-    self.cls_token = nnx.Param(init(rngs.params(), (d,), jnp.float32))
-    self.register_tokens = nnx.Param(
-        init(rngs.params(), (cfg.num_register_tokens, d), jnp.float32))
+    self.cls_token = vit_layers.learned(rngs, (d,))
+    self.register_tokens = vit_layers.learned(rngs,
+                                              (cfg.num_register_tokens, d))
     self.blocks = nnx.List([
         vit_layers.Block(
             d, cfg.num_attention_heads, cfg.intermediate_size,

@@ -86,8 +86,7 @@ class Model(nnx.Module):
     d, p = cfg.hidden_size, cfg.patch_size
     self.patch_embed = vit_layers.PatchEmbed((p, p), cfg.num_channels, d,
                                              dtype=dtype, rngs=rngs)
-    self.pos_embed = nnx.Param(vit_layers.trunc_normal(
-        rngs.params(), (cfg.num_tokens, d), jnp.float32))
+    self.pos_embed = vit_layers.learned(rngs, (cfg.num_tokens, d))
     self.blocks = nnx.List([
         vit_layers.Block(d, cfg.num_attention_heads, cfg.intermediate_size,
                          act=cfg.hidden_act, eps=cfg.layer_norm_eps,

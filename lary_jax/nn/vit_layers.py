@@ -105,6 +105,12 @@ def patchify(x: jax.Array, patch: Sequence[int]) -> jax.Array:
   return x.reshape(b, *grid, math.prod(patch) * c)
 
 
+def learned(rngs: nnx.Rngs, shape: Sequence[int]) -> nnx.Param:
+  """A learned token or table (class token, registers, positions) of
+  `shape`, fp32, drawn as DINOv2 draws them (truncated normal)."""
+  return nnx.Param(trunc_normal(rngs.params(), tuple(shape), jnp.float32))
+
+
 class PatchEmbed(nnx.Module):
   """A strided convolution with kernel == stride, as patchify + matmul.
 
