@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +29,27 @@ FRAMES_VIEWS = ("", "vjepa2")
 # What extraction feeds an encoder: decoded uint8 frames, or the robot
 # states a simulator recorded with them (ground truth; `sim_oracle`).
 INPUTS = ("frames", "states")
+
+
+@runtime_checkable
+class ModelModule(Protocol):
+  """What a model family's file (dinov2.py, univla.py, ...) provides to the
+  catalogue and the weights library. A family without a hook says so:
+  None, `()` or "" (no optional hooks found by `hasattr`)."""
+
+  Config: Any  # a DictConfig dataclass
+  Model: Any  # the nnx.Module, built as Model(cfg, dtype=..., rngs=...)
+  VARIANTS: Mapping[str, Any]  # named configs, for files without one
+  LOAD_OPTIONS: tuple[str, ...]  # config fields settable at load time
+  FRAMES_VIEW: str  # the prepared frames it reads ("": the squashed 224)
+  preprocess: Callable[..., Any]  # uint8 frames -> model input
+  select_tokens: Callable[..., Any]  # model output -> tokens [B, N, D]
+  params_from_torch: Callable[..., Any]  # HF names -> params
+  load_options: Callable[..., Any] | None  # (cfg, **LOAD_OPTIONS) -> cfg
+  config_from_hf: Callable[..., Any] | None  # HF config.json -> Config
+  config_from_pt: Callable[..., Any] | None  # a .pt state dict -> Config
+  params_from_pt: Callable[..., Any] | None  # .pt names -> params
+  load_checkpoint: Callable[..., Any] | None  # a format of its own (LAMs)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -348,15 +348,16 @@ def load_converted(path: str) -> tuple[str, dict[str, Any],
 
 def params_from_source(module: Any, src: str, *, variant: str | None = None
                        ) -> tuple[Any, dict[str, np.ndarray]]:
-  """(Config, flat params) for `module` from an HF folder or a .pt file."""
-  if hasattr(module, "load_checkpoint"):  # a format of its own (LAMs)
+  """(Config, flat params) for `module` (a `contract.ModelModule`) from an HF
+  folder or a .pt file."""
+  if module.load_checkpoint is not None:  # a format of its own (LAMs)
     return module.load_checkpoint(src, variant=variant)
   if os.path.isdir(src):
     hf_config, weights = read_hf(src)
     cfg = module.config_from_hf(hf_config)
     return cfg, module.params_from_torch(weights, cfg)
   if os.path.isfile(src) and src.endswith(_ORIGINAL_SUFFIXES):
-    if not hasattr(module, "params_from_pt"):
+    if module.params_from_pt is None:
       raise LaryError(f"{src}: model {module.__name__} converts only Hugging "
                       "Face folders, not .pt checkpoints")
     weights = (read_safetensors(src) if src.endswith(".safetensors")
@@ -366,7 +367,7 @@ def params_from_source(module: Any, src: str, *, variant: str | None = None
         raise LaryError(f"variant {variant!r}: expected one of "
                         f"{sorted(module.VARIANTS)}")
       cfg = module.VARIANTS[variant]
-    elif hasattr(module, "config_from_pt"):
+    elif module.config_from_pt is not None:
       cfg = module.config_from_pt(weights)
     else:
       raise LaryError(f"{src}: a .pt checkpoint needs variant= (one of "

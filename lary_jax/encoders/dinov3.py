@@ -238,3 +238,12 @@ def params_from_torch(weights: dict[str, np.ndarray], cfg: Config
         table[n + "mlp.fc2.bias"] = c.same(t + "mlp.down_proj.bias")
   return c.apply_table(weights, table, c.param_shapes(Model, cfg),
                        unused=(r"embeddings\.mask_token",))
+
+
+# contract.ModelModule's hooks this family does not have.
+LOAD_OPTIONS: tuple[str, ...] = ()
+FRAMES_VIEW = ""
+load_options = None
+config_from_pt = None
+params_from_pt = None
+load_checkpoint = None

@@ -353,3 +353,8 @@ def config_from_pt(weights: dict[str, np.ndarray]) -> Config:
   dim = weights["bn.running_mean"].shape[0]
   return Config(in_channels=cin, ch=ch, ch_mult=mult, num_res_blocks=blocks,
                 z_channels=z, patch=int(round((dim // z) ** 0.5)))
+
+
+# contract.ModelModule's hooks this family does not have.
+FRAMES_VIEW = ""
+load_checkpoint = None

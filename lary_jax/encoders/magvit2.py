@@ -237,3 +237,8 @@ def config_from_pt(weights: dict[str, np.ndarray]) -> Config:
                for i in range(levels))
   return Config(in_channels=cin, ch=ch, ch_mult=mult, num_res_blocks=blocks,
                 z_channels=weights[p + "conv_out.weight"].shape[0])
+
+
+# contract.ModelModule's hooks this family does not have.
+FRAMES_VIEW = ""
+load_checkpoint = None

@@ -70,7 +70,7 @@ def _checkpoint_factory(name: str) -> Factory:
   def factory(path, *, dtype=jnp.float32, **options):
     module = model_module(name)
     # Config fields a module lets the caller set at load time.
-    load_opts = {k: options.pop(k) for k in getattr(module, "LOAD_OPTIONS", ())
+    load_opts = {k: options.pop(k) for k in module.LOAD_OPTIONS
                  if k in options}
     if path is None:
       raise LaryError(f"encoder {name!r} needs a checkpoint: a Hugging Face "
@@ -90,7 +90,7 @@ def _checkpoint_factory(name: str) -> Factory:
     return contract.make_encoder(
         name, model, preprocess=module.preprocess,
         select_tokens=module.select_tokens, mode=_MODEL_MODULES[name][1],
-        frames_view=getattr(module, "FRAMES_VIEW", ""))
+        frames_view=module.FRAMES_VIEW)
 
   return factory
 

@@ -239,3 +239,12 @@ def params_from_torch(weights: dict[str, np.ndarray],
             re.escape(v) + r"head\..*", r".*position_ids")
   return convert.apply_table(weights, table,
                              convert.param_shapes(Model, cfg), unused=unused)
+
+
+# contract.ModelModule's hooks this family does not have.
+LOAD_OPTIONS: tuple[str, ...] = ()
+FRAMES_VIEW = ""
+load_options = None
+config_from_pt = None
+params_from_pt = None
+load_checkpoint = None

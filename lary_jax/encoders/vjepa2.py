@@ -427,3 +427,9 @@ def config_from_pt(weights: dict[str, np.ndarray]) -> Config:
                 num_attention_heads=_HEADS_BY_WIDTH[dim], mlp_ratio=ratio,
                 patch_size=p, tubelet_size=tube, in_chans=chans,
                 qkv_bias="blocks.0.attn.qkv.bias" in weights)
+
+
+# contract.ModelModule's hooks this family does not have.
+LOAD_OPTIONS: tuple[str, ...] = ()
+load_options = None
+load_checkpoint = None

@@ -455,3 +455,8 @@ def config_from_pt(weights: dict[str, np.ndarray]) -> Config:
     raise LaryError(f"checkpoint {key!r} has shape {shape}, expected {want} "
                     "(Wan2.2's VAE; pass variant= for another)")
   return cfg
+
+
+# contract.ModelModule's hooks this family does not have.
+FRAMES_VIEW = ""
+load_checkpoint = None

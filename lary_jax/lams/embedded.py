@@ -228,12 +228,11 @@ def backbone_from_weights(weights: dict[str, np.ndarray], prefix: str,
   module = families.model_module(encoder)
   try:
     sub = _NORMALIZE.get(encoder, dict)(sub)
-    if hasattr(module, "config_from_pt"):
+    if module.config_from_pt is not None:
       cfg = module.config_from_pt(sub)
     else:
       cfg = module.config_from_hf(hf_config_from_weights(encoder, sub))
-    to_params = getattr(module, "params_from_pt", None) or (
-        module.params_from_torch)
+    to_params = module.params_from_pt or module.params_from_torch
     return cfg, to_params(sub, cfg)
   except LaryError as e:
     raise LaryError(f"the {encoder} backbone embedded under {prefix!r} (keys "

@@ -490,3 +490,8 @@ def load_options(cfg: Config, **options: Any) -> Config:
       raise LaryError(f"univla option {k}={v!r}: expected an integer"
                       ) from None
   return dataclasses.replace(cfg, **out)
+
+
+# contract.ModelModule's hooks this family does not have.
+FRAMES_VIEW = ""
+config_from_hf = None

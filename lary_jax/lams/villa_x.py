@@ -430,3 +430,12 @@ def load_checkpoint(path: str, *, variant: str | None = None,
                     ) from None
   weights = {k: np.asarray(v, np.float32) for k, v in weights.items()}
   return cfg, params_from_torch(weights, cfg)
+
+
+# contract.ModelModule's hooks this family does not have.
+LOAD_OPTIONS: tuple[str, ...] = ()
+FRAMES_VIEW = ""
+load_options = None
+config_from_hf = None
+config_from_pt = None
+params_from_pt = None

@@ -1,5 +1,7 @@
 """Tests for lary_jax.encoders.registry: load, available, register."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,7 +11,9 @@ import transformers
 from flax import nnx
 
 from lary_jax import encoders
+from lary_jax.encoders import contract
 from lary_jax.encoders import registry
+from lary_jax.lams import lapa
 from lary_jax.errors import LaryError
 
 pytestmark = pytest.mark.filterwarnings(
@@ -111,3 +115,21 @@ def test_register_plugs_in_a_user_encoder(monkeypatch):
     encoders.make_encoder("colour", _MeanColour(nnx.Rngs(0)),
                           frames_view="crop")
 
+
+
+def test_every_model_file_declares_the_model_module_contract():
+  """Every family the catalogue loads from files provides each hook of
+  contract.ModelModule (None, () or "" where it has none)."""
+  modules = {m for m, _ in registry._MODEL_MODULES.values()  # pylint: disable=protected-access
+             if m is not None and m is not lapa}
+  assert len(modules) >= 9
+  for module in modules:
+    assert isinstance(module, contract.ModelModule), module.__name__
+    assert isinstance(module.LOAD_OPTIONS, tuple), module.__name__
+    assert module.FRAMES_VIEW in contract.FRAMES_VIEWS, module.__name__
+    fields = {f.name for f in dataclasses.fields(module.Config)}
+    assert set(module.LOAD_OPTIONS) <= fields, module.__name__
+    assert (module.load_options is None) == (not module.LOAD_OPTIONS)
+    assert module.params_from_pt is not None or (
+        module.config_from_hf is not None
+        or module.load_checkpoint is not None), module.__name__
