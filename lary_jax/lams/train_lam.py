@@ -46,7 +46,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from lary_jax import atomic_io as fs
 from lary_jax import mesh as mesh_lib
 from lary_jax import progress as progress_lib
-from lary_jax import run_claim as run_state  # its claim(), as the probes
+from lary_jax import run_claim
 from lary_jax import tensorboard_log
 from lary_jax.data import images as images_lib
 from lary_jax.data import pipeline as pl
@@ -456,7 +456,7 @@ def train(module: ModuleType, cfg: Any, pairs: Sequence[Mapping[str, bytes]],
   dtype = compute_dtype(options.compute_dtype, platform)
   codes = int(cfg.codebook_size)
   if jax.process_index() == 0:
-    run_state.claim(workdir, {
+    run_claim.claim(workdir, {
         "model": name, "config": cfg.to_dict(),
         "options": dataclasses.asdict(options), "pairs": len(pairs),
         "inputs": inputs or {}})

@@ -72,6 +72,7 @@ class Config(config_dict.DictConfig):
   num_codes: int = 4
   enc_blocks: int = 12
   num_heads: int = 12
+  # The frozen DINOv2 (with registers) whose patch tokens the LAM reads.
   dino_dim: int = 768
   dino_depth: int = 12
   dino_heads: int = 12
