@@ -181,7 +181,13 @@ def encode_cost(encoder, task: str) -> tuple[float, tuple[int, ...]]:
   mode = "video" if task == "classification" else "image"
 
   def cost_at(b):
-    frames = jax.ShapeDtypeStruct((b, FRAMES[task], 224, 224, 3), jnp.uint8)
+    # A frame encoder reads [b, T, 224, 224, 3] uint8; a states encoder
+    # (sim_oracle) one recorded state a frame.
+    if encoder.inputs == "states":
+      row = (encoder.example.shape, encoder.example.dtype)
+    else:
+      row = ((224, 224, 3), jnp.uint8)
+    frames = jax.ShapeDtypeStruct((b, FRAMES[task], *row[0]), row[1])
     return _flops(lambda p, f: extract.encode_rows(encoder, p, f),
                   encoder.params, frames)
 
@@ -441,6 +447,7 @@ def check(workdir: str, host: HostRates) -> tuple[str, dict[str, float]]:
   import jax
   from lary_jax import benchmark_run
   from lary_jax import commands
+  from lary_jax import config_args
   from lary_jax import feature_store
   from lary_jax.configs import default
   from lary_jax.encoders import registry
@@ -460,8 +467,7 @@ def check(workdir: str, host: HostRates) -> tuple[str, dict[str, float]]:
   rows, predicted = [], {}  # stage -> (chip s, host s)
   # Extraction: every split of every dataset, host decode then compute
   # (on a CPU they share the cores).
-  lam = benchmark_run._load_config(  # pylint: disable=protected-access
-      cfg.run.lam_config).lam
+  lam = config_args.read(cfg.run.lam_config, "--config.run.lam_config").lam
   # Where `run` trained it in this workdir (a copied workdir's stores still
   # name the original's path).
   lam_checkpoint = train_lam.checkpoint_dir(train_lam.workdir_of(workdir,
@@ -484,7 +490,8 @@ def check(workdir: str, host: HostRates) -> tuple[str, dict[str, float]]:
       task = ("classification" if dataset.endswith("classification")
               else "regression")
       flops += manifest["num_rows"] * encode_cost(encoder, task)[0]
-      frames += manifest["num_rows"] * FRAMES[task]
+      if encoder.inputs == "frames":  # nothing to decode for states
+        frames += manifest["num_rows"] * FRAMES[task]
     predicted[stage] = (flops / peak, frames * host.decode_s / cores)
   # Probes.
   for stage in timing["stages_s"]:
@@ -538,11 +545,23 @@ def check(workdir: str, host: HostRates) -> tuple[str, dict[str, float]]:
 now, {peak / 1e9:.0f} GFLOP/s (load average {load:.1f}), at 100% \
 "MFU"; host = {cores} cores at the per-frame rates measured here; plus the \
 compile seconds `run` measured in the stage. Rendering (in `data`) and the \
-report are not modelled.
+report are not modelled.{_overlap_note(timing)}
 
 | stage | compute at the GEMM peak, s | host decode, s | compile, s (measured) | predicted, s | measured, s | measured / predicted |
 |---|---|---|---|---|---|---|
 """ + "\n".join(rows) + "\n", ratios
+
+
+def _overlap_note(timing: dict) -> str:
+  """What a measured probe stage's time includes when stages overlapped."""
+  threads = timing.get("probe_threads", 1)
+  if threads <= 1:
+    return ""
+  return (f" The run trained {threads} probe stages at a time (its "
+          "`probe_threads`): each probe stage's measured time includes the "
+          "cores it shared with another, and the small probes' fixed costs "
+          "(dispatch, evaluation, checkpoints, plots), which the model does "
+          "not count.")
 
 
 def lam_step_flops(lam_cfg) -> float:
