@@ -115,6 +115,10 @@ def stage_config(config: ml_collections.ConfigDict, on_sim: bool = True
   return out
 
 
+# A stage to run: (name, request its marker records, what it does).
+Job = tuple[str, Mapping[str, Any], Callable[[], Any]]
+
+
 class Stages:
   """Runs named stages once each; `<workdir>/run/<name>.json` marks done."""
 
@@ -162,9 +166,8 @@ class Stages:
     self.barrier(name + "/marked")
     self.done.append(name)
 
-  def run_all(self, jobs: Sequence[tuple[str, Mapping[str, Any],
-                                         Callable[[], Any]]],
-              threads: int, on_done: Callable[[str], None]) -> None:
+  def run_all(self, jobs: Sequence[Job], threads: int,
+              on_done: Callable[[str], None]) -> None:
     """Runs (name, request, fn) jobs as `run` does, `threads` at a time.
 
     Jobs side by side must not talk to other processes (one-process runs
@@ -312,8 +315,7 @@ def _extract_stages(r: _Run, models: list[Model]) -> None:
 
 
 def _probe_jobs(r: _Run, models: list[Model], specs: list[Any],
-                decoders: list[tuple[str, str]], seeds: str
-                ) -> list[tuple[str, dict[str, Any], Callable[[], Any]]]:
+                decoders: list[tuple[str, str]], seeds: str) -> list[Job]:
   """(stage name, request, fn) of every probe stage: classification
   datasets (and LIBERO's labelled pairs) get the attentive probe,
   regression datasets every decoder of config.run.decoders."""
@@ -344,9 +346,7 @@ def _probe_jobs(r: _Run, models: list[Model], specs: list[Any],
   return jobs
 
 
-def _probe_stages(r: _Run, jobs: Sequence[tuple[str, Mapping[str, Any],
-                                                Callable[[], Any]]],
-                  threads: int) -> None:
+def _probe_stages(r: _Run, jobs: Sequence[Job], threads: int) -> None:
   """Every probe stage, `threads` at a time."""
   r.start("probes")
 
