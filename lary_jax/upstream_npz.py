@@ -19,6 +19,7 @@ import jax
 from jax.experimental import multihost_utils
 import numpy as np
 
+from lary_jax import atomic_io
 from lary_jax import feature_store as fs
 from lary_jax.errors import LaryError
 
@@ -125,7 +126,7 @@ def match_rows(csv_identities: Sequence[str], identities: Sequence[str],
 def _save_npz(path: str, tokens: np.ndarray) -> None:
   buffer = io.BytesIO()
   np.savez(buffer, tokens=tokens)
-  fs.write_atomic(path, buffer.getvalue())
+  atomic_io.write_atomic(path, buffer.getvalue())
 
 
 def export_npz(store_dir: str, la_root: str, csv_in: str, *,
@@ -192,7 +193,7 @@ def export_npz(store_dir: str, la_root: str, csv_in: str, *,
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(header + [LA_PATH])
     writer.writerows(r + [p] for r, p in zip(rows, la_paths))
-    fs.write_atomic(csv_out, text.getvalue().encode())
+    atomic_io.write_atomic(csv_out, text.getvalue().encode())
   return csv_out
 
 
@@ -390,7 +391,7 @@ def import_npz(csv_path: str, la_root: str, store_dir: str, *,
       out_dtype=out_dtype, shard_mb=shard_mb)
   fields = {**fields, "token_shape": list(shape), "dtype": out_dtype.name,
             "source": {"csv": os.path.abspath(csv_path),
-                       "csv_sha256": fs.sha256_file(csv_path),
+                       "csv_sha256": atomic_io.sha256_file(csv_path),
                        "la_root": os.path.abspath(la_root)}}
-  fs.write_json(os.path.join(store_dir, fs.RUN), fields)
+  atomic_io.write_json(os.path.join(store_dir, fs.RUN), fields)
   return fs.write_manifest(store_dir, fields, len(chosen))

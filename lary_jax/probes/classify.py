@@ -17,6 +17,7 @@ import numpy as np
 
 from lary_jax import feature_store as fs
 from lary_jax import metrics
+from lary_jax import run_claim
 from lary_jax.errors import LaryError
 from lary_jax.probes import attentive_probe
 from lary_jax.probes import classification_report as report
@@ -198,7 +199,7 @@ def _seed_splits(sources: Mapping[str, _Labelled],
 
 def _digests(stores: Mapping[str, str]) -> dict[str, str]:
   """Each split's store manifest digest: other features, another run."""
-  return {split: run_state.digest_file(os.path.join(d, fs.MANIFEST))
+  return {split: run_claim.digest_file(os.path.join(d, fs.MANIFEST))
           for split, d in stores.items()}
 
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from lary_jax import feature_store as fs
 from lary_jax import metrics
+from lary_jax import run_claim
 from lary_jax.data import normalize
 from lary_jax.errors import LaryError
 from lary_jax.probes import action_dims
@@ -140,7 +141,7 @@ def regress(builder: Any, spec: Any, stores: Mapping[str, str],
              for s, f in features.items()}
   token_shape = features[TRAIN].token_shape
   decoder = decoder_factory(steps, stats.dim)
-  inputs = {**{s: run_state.digest_file(os.path.join(d, fs.MANIFEST))
+  inputs = {**{s: run_claim.digest_file(os.path.join(d, fs.MANIFEST))
                for s, d in stores.items()},
             "holdout": holdout, "holdout_by": "episode",
             "action_mode": action_mode, "decoder_shape": decoder_shape}

@@ -23,9 +23,6 @@ import orbax.checkpoint as ocp
 
 from lary_jax import atomic_io as fs
 from lary_jax.errors import LaryError
-from lary_jax.run_claim import SETTINGS  # re-exported
-from lary_jax.run_claim import claim  # re-exported
-from lary_jax.run_claim import digest_file  # re-exported
 
 # Test hook: the process SIGKILLs itself once this many epochs are saved.
 KILL_AFTER_EPOCHS_ENV = "LARY_PROBE_KILL_AFTER_EPOCHS"
