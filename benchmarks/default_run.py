@@ -27,6 +27,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import report as bench  # pylint: disable=g-import-not-at-top
 from lary_jax import report  # pylint: disable=g-import-not-at-top
+from lary_jax import workdir_layout  # pylint: disable=g-import-not-at-top
 from lary_jax.configs import default  # pylint: disable=g-import-not-at-top
 
 _SPLITS = (report.VALIDATION, report.UNSEEN)
@@ -53,7 +54,7 @@ def _minutes(seconds: float) -> str:
 
 def timing_section(workdir: str, measured: dict | None) -> str:
   """The stage table of the workdir's last run_timings.json entry."""
-  with open(os.path.join(workdir, "run_timings.json")) as f:
+  with open(workdir_layout.run_timings_file(workdir)) as f:
     last = json.load(f)[-1]
   stages = last["stages_s"]
   total = measured["wall_s"] if measured else last["total_s"]

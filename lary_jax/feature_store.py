@@ -241,9 +241,9 @@ class Writer:
 
   The store is the one `extract` writes (same files, checks and manifest),
   so `classify`/`regress` read it unchanged when it sits where they look:
-  `<workdir>/features/DATASET/SPLIT/MODEL` (`store_path`). Row i holds the
-  features of record i of the prepared split (`records`, e.g.
-  `builder.as_data_source()[split]`) and carries that record's identity
+  `<workdir>/features/DATASET/SPLIT/MODEL` (`workdir_layout.features_dir`).
+  Row i holds the features of record i of the prepared split (`records`,
+  e.g. `builder.as_data_source()[split]`) and carries that record's identity
   (`src_path` of a pair, `video_path` of a clip), which the probes check.
 
   Rows go into shards of `rows_per_shard` consecutive records; a shard is
@@ -422,15 +422,6 @@ class Writer:
   def __exit__(self, kind, value, traceback) -> None:
     if kind is None:
       self.close()
-
-
-def store_path(features_root: str, dataset: str, split: str, model: str
-               ) -> str:
-  """Where the commands look for a store: ROOT/DATASET/SPLIT/MODEL.
-
-  `features_root` is `--out` or `<workdir>/features`.
-  """
-  return os.path.join(features_root, dataset, split, model)
 
 
 # ---------------------------------------------------------------- readers

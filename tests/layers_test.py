@@ -40,7 +40,7 @@ LAYERS = (
     (r"lary_jax(\.(nn|configs)(\..+)?)?", BLOCKS),
     (r"lary_jax\.(errors|atomic_io|run_claim|feature_store|metrics|mesh"
      r"|names|progress|compilation|tensorboard_log|torch_checkpoint|hub"
-     r"|upstream_protocol|config_args|command_args)", BLOCKS),
+     r"|upstream_protocol|config_args|command_args|workdir_layout)", BLOCKS),
 )
 # Domain package -> the other domain packages its modules may import.
 DOMAIN_IMPORTS = {

@@ -18,6 +18,7 @@ import numpy as np
 
 from lary_jax import atomic_io
 from lary_jax import metrics
+from lary_jax import workdir_layout as layout
 from lary_jax.probes import figures
 
 VALIDATION, HOLDOUT = "validation", "train_holdout"
@@ -115,13 +116,13 @@ def write_seed(out_dir: str, history: Mapping[str, np.ndarray],
     if write:
       cm = metrics.confusion_matrix(labels[VALIDATION], top[:, 0],
                                     len(class_names))
-      _write_per_class(os.path.join(out_dir, f"per_class_{name}.csv"), cm,
+      _write_per_class(layout.per_class_file(out_dir, name), cm,
                        class_names)
-      _write_confusion(os.path.join(out_dir, f"confusion_{name}"), cm,
+      _write_confusion(layout.confusion_stem(out_dir, name), cm,
                        class_names, f"{fields.get('model')} on "
                        f"{fields.get('dataset')} validation ({name})")
   if write:
-    atomic_io.write_json(os.path.join(out_dir, "results.json"), results)
+    atomic_io.write_json(layout.results_file(out_dir), results)
   return results
 
 
@@ -155,7 +156,7 @@ def write_summary(out_dir: str, per_seed: Mapping[int, Mapping[str, Any]],
                  "validation_top1": r[name][VALIDATION]["top1"]}
         for s, r in per_seed.items()}
   if write:
-    atomic_io.write_json(os.path.join(out_dir, "results.json"), out)
+    atomic_io.write_json(layout.results_file(out_dir), out)
   return out
 
 

@@ -18,6 +18,7 @@ import numpy as np
 from lary_jax import feature_store as fs
 from lary_jax import metrics
 from lary_jax import run_claim
+from lary_jax import workdir_layout as layout
 from lary_jax.errors import LaryError
 from lary_jax.probes import attentive_probe
 from lary_jax.probes import classification_report as report
@@ -137,7 +138,7 @@ def classify(builder: Any, stores: Mapping[str, str], out_dir: str, *,
   store = tc.held_store(probe, options)  # read once for every seed
   for seed in seeds:
     train, evals = _seed_splits(sources, labels, holdout, seed, groups)
-    seed_dir = os.path.join(out_dir, f"seed_{seed}")
+    seed_dir = layout.seed_dir(out_dir, seed)
     history = tc.train(probe, train, evals, seed_dir, seed=seed,
                        options=options, mesh=mesh, progress=progress,
                        inputs={**_digests(stores), "holdout": holdout},
@@ -216,7 +217,7 @@ def _text(value: Any) -> str:
 def describe(summary: Mapping[str, Any], out_dir: str) -> str:
   """A few lines for the terminal: both numbers, with their spread."""
   lines = [f"{summary.get('dataset')} {summary.get('model')}: seeds "
-           f"{summary['seeds']} -> {out_dir}/results.json"]
+           f"{summary['seeds']} -> {layout.results_file(out_dir)}"]
   for name, label in ((report.UPSTREAM[0], "upstream-style (chosen on val)"),
                       (report.HONEST[0], "honest (chosen on train holdout)")):
     if name not in summary:

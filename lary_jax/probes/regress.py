@@ -20,6 +20,7 @@ import numpy as np
 from lary_jax import feature_store as fs
 from lary_jax import metrics
 from lary_jax import run_claim
+from lary_jax import workdir_layout as layout
 from lary_jax.data import normalize
 from lary_jax.errors import LaryError
 from lary_jax.probes import action_dims
@@ -155,7 +156,7 @@ def regress(builder: Any, spec: Any, stores: Mapping[str, str],
         [episode(p) for p in features[TRAIN].identities], holdout, seed)
     train, evals, seed_targets = _seed_splits(rows, targets, train_ids,
                                               held_ids)
-    seed_dir = os.path.join(out_dir, f"seed_{seed}")
+    seed_dir = layout.seed_dir(out_dir, seed)
     history = tr.train(decoder, token_shape, train, evals, seed_dir,
                        seed=seed, options=options, mesh=mesh,
                        progress=progress, inputs=inputs, store=store)
@@ -234,7 +235,7 @@ def describe(summary: Mapping[str, Any], out_dir: str) -> str:
   """A few lines for the terminal: both selections and the mean floor."""
   lines = [f"{summary.get('dataset')} {summary.get('model')} "
            f"{summary.get('model_type')} {summary.get('action_mode')}: seeds "
-           f"{summary['seeds']} -> {out_dir}/results.json"]
+           f"{summary['seeds']} -> {layout.results_file(out_dir)}"]
   for name, label in ((report.UPSTREAM[0], "upstream-style (chosen on val)"),
                       (report.HONEST[0], "honest (chosen on train holdout)")):
     for split, scores in summary.get(name, {}).items():

@@ -23,6 +23,7 @@ import numpy as np
 
 from lary_jax import atomic_io
 from lary_jax import metrics
+from lary_jax import workdir_layout as layout
 from lary_jax.probes import figures
 
 VALIDATION, UNSEEN, HOLDOUT = "validation", "unseen", "train_holdout"
@@ -138,14 +139,14 @@ def write_seed(out_dir: str, history: Mapping[str, np.ndarray],
                                  labels, groups)
   if not write:
     return results
-  atomic_io.write_json(os.path.join(out_dir, "results.json"), results)
-  _write_best_result(os.path.join(out_dir, "best_result.csv"),
+  atomic_io.write_json(layout.results_file(out_dir), results)
+  _write_best_result(layout.best_result_file(out_dir),
                      results[UPSTREAM[0]])
   chosen = results.get(HONEST[0], results[UPSTREAM[0]])["epoch"] - 1
   for split in (VALIDATION, UNSEEN) if plots else ():
     if split in targets:
       _plot_trajectories(
-          os.path.join(out_dir, f"trajectories_{split}.png"),
+          layout.trajectories_plot(out_dir, split),
           history[split][chosen], targets[split], labels,
           f"{fields.get('model')} on {fields.get('dataset')} {split}, epoch "
           f"{chosen + 1}")
@@ -229,5 +230,5 @@ def write_summary(out_dir: str, per_seed: Mapping[int, Mapping[str, Any]],
                  "validation_mse": r[name][VALIDATION]["mse"]}
         for s, r in per_seed.items() if name in r}
   if write:
-    atomic_io.write_json(os.path.join(out_dir, "results.json"), out)
+    atomic_io.write_json(layout.results_file(out_dir), out)
   return out

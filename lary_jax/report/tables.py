@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import collections
 import math
-import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from lary_jax import workdir_layout as layout
 from lary_jax.report.leaderboard import CLASSIFICATION
 from lary_jax.report.leaderboard import CONTROL_CHECKS
 from lary_jax.report.leaderboard import CONTROLS
@@ -351,14 +351,13 @@ def run_images(run: Run) -> list[tuple[str, str]]:
   if not run.seeds:
     return []
   seed = min(run.seeds)
-  folder = os.path.join(run.folder, f"seed_{seed}")
+  folder = layout.seed_dir(run.folder, seed)
   if run.task == CLASSIFICATION:
-    names = [(f"confusion matrix, {label} selection, seed {seed}",
-              f"confusion_{sel}.png") for sel, label in SELECTIONS]
-  else:
-    names = [(f"trajectories, {SPLIT_LABELS[s]} split, seed {seed}",
-              f"trajectories_{s}.png") for s in (VALIDATION, UNSEEN)]
-  return [(caption, os.path.join(folder, name)) for caption, name in names]
+    return [(f"confusion matrix, {label} selection, seed {seed}",
+             layout.confusion_stem(folder, sel) + ".png")
+            for sel, label in SELECTIONS]
+  return [(f"trajectories, {SPLIT_LABELS[s]} split, seed {seed}",
+           layout.trajectories_plot(folder, s)) for s in (VALIDATION, UNSEEN)]
 
 
 def run_facts(run: Run) -> list[str]:
