@@ -21,6 +21,7 @@ from lary_jax import feature_store
 from lary_jax import hub
 from lary_jax import mesh as mesh_lib
 from lary_jax import report as report_lib
+from lary_jax import result_keys as keys
 from lary_jax import upstream_npz
 from lary_jax import workdir_layout as layout
 from lary_jax.command_args import ClassifyArgs
@@ -344,7 +345,7 @@ def _feature_stores(flags, spec, builder) -> dict[str, str]:
       raise LaryError(f"{store_dir} is an unfinished extraction; rerun "
                       f"`extract --model {flags.model} --dataset {spec.name}` "
                       "to finish it")
-  for split in ("train", "validation"):
+  for split in (keys.TRAIN, keys.VALIDATION):
     if split not in stores:
       raise LaryError(
           f"no {flags.model} features of {spec.name} {split} in "

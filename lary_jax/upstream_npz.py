@@ -21,6 +21,7 @@ import numpy as np
 
 from lary_jax import atomic_io
 from lary_jax import feature_store as fs
+from lary_jax import result_keys as keys
 from lary_jax.errors import LaryError
 
 # Upstream's LA directory layout (lary/path_resolver.py): these datasets put a
@@ -37,10 +38,11 @@ LA_PATH = "la_path"
 
 def upstream_split_name(dataset: str, split: str) -> str:
   """Our split name -> upstream's (e.g. validation -> val or seen_val)."""
-  names = {"train": "train", "validation": "val", "unseen": "unseen"}
+  names = {keys.TRAIN: "train", keys.VALIDATION: "val",
+           keys.UNSEEN: "unseen"}
   if split not in names:
     raise LaryError(f"split {split!r}: expected one of {list(names)}")
-  if dataset in _SEEN_SPLITS and split != "unseen":
+  if dataset in _SEEN_SPLITS and split != keys.UNSEEN:
     return "seen_" + names[split]
   return names[split]
 
@@ -256,7 +258,7 @@ def export_split(store_dir: str, la_root: str, spec: Any, split: str, *,
   """
   offset = 0
   if spec.name in NO_SPLIT:
-    for name in ("train", "validation", "unseen"):
+    for name in (keys.TRAIN, keys.VALIDATION, keys.UNSEEN):
       if name == split:
         break
       offset += split_sizes.get(name, 0)

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from lary_jax import result_keys as keys
 from lary_jax import upstream_protocol
 from lary_jax import workdir_layout as layout
 from lary_jax.configs import default
@@ -32,8 +33,6 @@ from lary_jax.report.leaderboard import PublishedKey
 from lary_jax.report.leaderboard import REGRESSION
 from lary_jax.report.leaderboard import Run
 from lary_jax.report.leaderboard import SELECTIONS
-from lary_jax.report.leaderboard import UNSEEN
-from lary_jax.report.leaderboard import VALIDATION
 
 # What a run records (path in a seed's results.json) -> the config field
 # (configs/default.py) that holds the protocol's value.
@@ -129,12 +128,12 @@ def collect(workdir: str) -> Leaderboard:
 def _read_run(task: str, folder: str, rel: str) -> Run:
   path = layout.results_file(folder)
   summary = _read_json(path)
-  if not isinstance(summary.get("seeds"), list) or (
+  if not isinstance(summary.get(keys.SEEDS), list) or (
       SELECTIONS[0][0] not in summary):
     raise LaryError(f"{path}: expected the summary over seeds of a "
                     f"{task} run (keys `seeds`, `upstream_style`)")
   seeds = {}
-  for seed in summary["seeds"]:
+  for seed in summary[keys.SEEDS]:
     seed_path = layout.results_file(layout.seed_dir(folder, seed))
     if os.path.exists(seed_path):
       seeds[int(seed)] = _read_json(seed_path)
@@ -229,8 +228,9 @@ def read_published(csv_path: str) -> dict[PublishedKey, float]:
   if missing:
     raise LaryError(f"{csv_path}: no column(s) {missing}; expected a header "
                     "row task,dataset,model,metric,value[,split][,decoder]")
-  splits = {"validation": VALIDATION, "val": VALIDATION, "seen": VALIDATION,
-            "": VALIDATION, "unseen": UNSEEN}
+  splits = {"validation": keys.VALIDATION, "val": keys.VALIDATION,
+            "seen": keys.VALIDATION, "": keys.VALIDATION,
+            "unseen": keys.UNSEEN}
   out: dict[PublishedKey, float] = {}
   lines: dict[PublishedKey, int] = {}
   for line, row in enumerate(rows, start=2):
