@@ -18,6 +18,7 @@ from lary_jax import atomic_io
 from lary_jax import workdir_layout as layout
 from lary_jax.errors import LaryError
 
+
 def digest_file(path: str) -> str:
   """SHA-256 of a small file (e.g. a feature store's manifest)."""
   with open(path, "rb") as f:
