@@ -224,11 +224,14 @@ def _memory_section(args) -> str:
   """Runs the protocol's classify on pixels features until it has shown
   its micro-batches and its projection."""
   import threading  # pylint: disable=g-import-not-at-top
+  from lary_jax import feature_store  # pylint: disable=g-import-not-at-top
+  from lary_jax import workdir_layout  # pylint: disable=g-import-not-at-top
   from lary_jax.probes import memory_fit  # pylint: disable=g-import-not-at-top
   root = os.path.abspath(args.memory)
   data, work = os.path.join(root, "data"), os.path.join(root, "work")
-  store = os.path.join(work, "features", "sim_classification", "train",
-                       "pixels", "manifest.json")
+  store = os.path.join(workdir_layout.features_dir(
+      workdir_layout.features_root(work), "sim_classification", "train",
+      "pixels"), feature_store.MANIFEST)
   if not os.path.exists(store):
     for argv in (("simulate", "--out", data, "--tiny"),
                  ("prepare", "--dataset", "sim", "--data_dir", data,

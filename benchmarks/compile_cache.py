@@ -32,6 +32,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from benchmarks import report  # pylint: disable=g-import-not-at-top
+from lary_jax import workdir_layout  # pylint: disable=g-import-not-at-top
 
 
 def _children_cpu_s() -> float:
@@ -45,7 +46,7 @@ def run_once(workdir: str, cache: str, full: bool) -> dict:
          f"--compilation_cache_dir={cache}"] + ([] if full else ["--tiny"])
   load, cpu, start = os.getloadavg()[0], _children_cpu_s(), time.time()
   subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
-  with open(os.path.join(workdir, "run_timings.json")) as f:
+  with open(workdir_layout.run_timings_file(workdir)) as f:
     timings = json.load(f)[-1]
   return {**timings, "wall_s": time.time() - start,
           "cpu_s": _children_cpu_s() - cpu,

@@ -449,17 +449,18 @@ def check(workdir: str, host: HostRates) -> tuple[str, dict[str, float]]:
   from lary_jax import commands
   from lary_jax import config_args
   from lary_jax import feature_store
+  from lary_jax import workdir_layout
   from lary_jax.configs import default
   from lary_jax.encoders import registry
   from lary_jax.lams import train_lam
   gemm = min(_timed(report.gemm_step()) for _ in range(5))
   peak = report.GEMM_FLOPS / gemm
   cores = os.cpu_count()
-  with open(os.path.join(workdir, "run_timings.json")) as f:
+  with open(workdir_layout.run_timings_file(workdir)) as f:
     timing = json.load(f)[0]  # the run from nothing
   cfg = benchmark_run.stage_config(default.get_config())
   stores = {}  # (dataset, split, model) -> manifest
-  for path in sorted(_find(os.path.join(workdir, "features"),
+  for path in sorted(_find(workdir_layout.features_root(workdir),
                            feature_store.MANIFEST)):
     parts = os.path.relpath(path, workdir).split(os.sep)
     with open(path) as f:

@@ -27,9 +27,11 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import report as bench  # pylint: disable=g-import-not-at-top
 from lary_jax import report  # pylint: disable=g-import-not-at-top
+from lary_jax import result_keys  # pylint: disable=g-import-not-at-top
+from lary_jax import workdir_layout  # pylint: disable=g-import-not-at-top
 from lary_jax.configs import default  # pylint: disable=g-import-not-at-top
 
-_SPLITS = (report.VALIDATION, report.UNSEEN)
+_SPLITS = (result_keys.VALIDATION, result_keys.UNSEEN)
 
 
 def run_default(workdir: str, cache: str | None) -> dict:
@@ -53,7 +55,7 @@ def _minutes(seconds: float) -> str:
 
 def timing_section(workdir: str, measured: dict | None) -> str:
   """The stage table of the workdir's last run_timings.json entry."""
-  with open(os.path.join(workdir, "run_timings.json")) as f:
+  with open(workdir_layout.run_timings_file(workdir)) as f:
     last = json.load(f)[-1]
   stages = last["stages_s"]
   total = measured["wall_s"] if measured else last["total_s"]
@@ -93,7 +95,7 @@ def _row(board: report.Leaderboard, run: report.Run) -> list[str]:
   for split in _SPLITS:
     cells.append(report.honest_cell(run, split) if split in run.splits
                  else "-")
-  cells.append(report.versus_floors(board, run, report.VALIDATION) or "-")
+  cells.append(report.versus_floors(board, run, result_keys.VALIDATION) or "-")
   return cells
 
 
@@ -110,7 +112,7 @@ def results_section(workdir: str) -> str:
            f"{report.FLOOR_MARGIN_SE:g}).", ""]
   order = {"control": 0, "floor": 1, "model": 2}
   for run in board.of(report.CLASSIFICATION)[:1]:
-    band = run.honest(report.VALIDATION).get("chance")
+    band = run.honest(result_keys.VALIDATION).get("chance")
     lines += [f"Classification, `{run.dataset}` (top-1 %; chance "
               f"{100 * band['chance']:.1f}%, 95% of guesses land in "
               f"{100 * band['low']:.1f}-{100 * band['high']:.1f}%):", ""]

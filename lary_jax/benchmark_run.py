@@ -6,9 +6,10 @@
 Each stage is one of the other commands (commands.py) called as a function
 with the typed arguments (command_args.py) those commands build from their
 flags, so `run` computes exactly what the commands would. A stage that
-finished leaves `<workdir>/run/<stage>.json` holding what it was asked to do;
-a rerun with the same request skips it, and an interrupted stage resumes
-where its command resumes (rendering, extraction shards, probe epochs).
+finished leaves `<workdir>/run/<stage>.json` (`workdir_layout.stage_marker`)
+holding what it was asked to do; a rerun with the same request skips it, and
+an interrupted stage resumes where its command resumes (rendering,
+extraction shards, probe epochs).
 
 With several processes (--num_processes ...) every process runs every
 stage: the commands split the work over all devices; rendering, preparing
@@ -35,6 +36,7 @@ from lary_jax import config_args
 from lary_jax import mesh as mesh_lib
 from lary_jax import names
 from lary_jax import progress as progress_lib
+from lary_jax import workdir_layout as layout
 from lary_jax.encoders import convert
 from lary_jax.encoders import registry
 from lary_jax.errors import LaryError
@@ -124,7 +126,7 @@ class Stages:
 
   def __init__(self, workdir: str, is_main: bool, barrier: Callable[[str],
                                                                       None]):
-    self.dir = os.path.join(workdir, "run")
+    self.workdir = workdir
     self.is_main = is_main
     self.barrier = barrier
     self.done: list[str] = []
@@ -134,7 +136,7 @@ class Stages:
     self.compiled: dict[str, dict[str, float | int]] = {}
 
   def _marker(self, name: str) -> str:
-    return os.path.join(self.dir, name.replace("/", "_") + ".json")
+    return layout.stage_marker(self.workdir, name)
 
   def finished(self, name: str, request: Mapping[str, Any]) -> bool:
     try:
@@ -158,7 +160,7 @@ class Stages:
     self.compiled[name] = (compilation.stats(this_thread=True)
                            - compiled).as_dict()
     if self.is_main:
-      os.makedirs(self.dir, exist_ok=True)
+      os.makedirs(os.path.dirname(self._marker(name)), exist_ok=True)
       tmp = self._marker(name) + ".tmp"
       with open(tmp, "w") as f:
         json.dump(request, f, indent=1, default=str)
@@ -397,10 +399,8 @@ def run(flags: Any, config: ml_collections.ConfigDict,
   is_main = jax.process_index() == 0
   workdir = flags.workdir
   stages = Stages(workdir, is_main, _barrier_fn())
-  data_dir = flags.data_dir or os.path.join(
-      workdir, "lary_sim_tiny" if flags.tiny else "lary_sim")
-  tfds_dir = flags.tfds_dir or os.path.join(
-      workdir, "tfds_tiny" if flags.tiny else "tfds")
+  data_dir = flags.data_dir or layout.sim_data_dir(workdir, flags.tiny)
+  tfds_dir = flags.tfds_dir or layout.tfds_dir(workdir, flags.tiny)
   datasets = flags.dataset or "sim"
   specs = metadata.resolve_datasets(datasets, flags.stride)
   on_sim = all(metadata.is_sim(s) for s in specs)
@@ -430,7 +430,7 @@ def run(flags: Any, config: ml_collections.ConfigDict,
     _write_timings(workdir, stages.seconds, stages.compiled,
                    wall_s=time.perf_counter() - start, probe_threads=threads)
     print(f"run: {len(stages.done)} stage(s) run, {len(stages.skipped)} "
-          f"already done; report: {os.path.join(workdir, 'report.html')}")
+          f"already done; report: {layout.report_files(workdir)[1]}")
   return 0
 
 
@@ -471,7 +471,7 @@ def _write_timings(workdir: str, seconds: Mapping[str, float],
   """
   if not seconds:
     return
-  path = os.path.join(workdir, "run_timings.json")
+  path = layout.run_timings_file(workdir)
   try:
     with open(path) as f:
       runs = json.load(f)
@@ -493,11 +493,11 @@ def _write_timings(workdir: str, seconds: Mapping[str, float],
 def _results_stamp(workdir: str) -> list[str]:
   """The results.json files the report reads, with their sizes and times."""
   out = []
-  for task in ("classify", "regress"):
-    root = os.path.join(workdir, task)
+  for task in (layout.CLASSIFY, layout.REGRESS):
+    root = layout.probe_root(workdir, task)
     for dirpath, _, files in sorted(os.walk(root)):
-      if "results.json" in files:
-        p = os.path.join(dirpath, "results.json")
+      if layout.RESULTS in files:
+        p = layout.results_file(dirpath)
         st = os.stat(p)
         out.append(f"{os.path.relpath(p, workdir)}:{st.st_size}:"
                    f"{int(st.st_mtime)}")

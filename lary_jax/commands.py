@@ -21,7 +21,9 @@ from lary_jax import feature_store
 from lary_jax import hub
 from lary_jax import mesh as mesh_lib
 from lary_jax import report as report_lib
+from lary_jax import result_keys as keys
 from lary_jax import upstream_npz
+from lary_jax import workdir_layout as layout
 from lary_jax.command_args import ClassifyArgs
 from lary_jax.command_args import ExtractArgs
 from lary_jax.command_args import PrepareArgs
@@ -69,7 +71,7 @@ def _start_processes(flags, command: str):
 
 
 def _tfds_dir(flags) -> str:
-  return flags.tfds_dir or os.path.join(flags.workdir, "tfds")
+  return flags.tfds_dir or layout.tfds_dir(flags.workdir)
 
 
 def _prepare_options(config: Config, skip_bad_rows: bool):
@@ -205,8 +207,8 @@ def _splits(flags, builder) -> list[str]:
 
 def _store_dir(flags, dataset: str, split: str,
                model: str | None = None) -> str:
-  root = flags.out or os.path.join(flags.workdir, "features")
-  return feature_store.store_path(root, dataset, split, model or flags.model)
+  root = flags.out or layout.features_root(flags.workdir)
+  return layout.features_dir(root, dataset, split, model or flags.model)
 
 
 def extract(flags, config: Config) -> int:
@@ -263,7 +265,7 @@ def extract_features(args: ExtractArgs, config: Config) -> int:
     if args.export_npz:
       csv_out = upstream_npz.export_split(
           store_dir,
-          args.la_dir or os.path.join(args.workdir, "latent_actions"),
+          args.la_dir or layout.latent_actions_dir(args.workdir),
           spec, split, model=args.store_name,
           split_sizes={s: i.num_examples
                        for s, i in builder.info.splits.items()},
@@ -343,7 +345,7 @@ def _feature_stores(flags, spec, builder) -> dict[str, str]:
       raise LaryError(f"{store_dir} is an unfinished extraction; rerun "
                       f"`extract --model {flags.model} --dataset {spec.name}` "
                       "to finish it")
-  for split in ("train", "validation"):
+  for split in (keys.TRAIN, keys.VALIDATION):
     if split not in stores:
       raise LaryError(
           f"no {flags.model} features of {spec.name} {split} in "
@@ -410,7 +412,7 @@ def classify_features(args: ClassifyArgs, config: Config) -> int:
   for spec in probe_specs(args.dataset, args.stride, "classify"):
     builder = _prepared(spec, args)
     stores = _feature_stores(args, spec, builder)
-    out_dir = os.path.join(args.workdir, "classify", spec.name, args.model)
+    out_dir = layout.classify_dir(args.workdir, spec.name, args.model)
     summary = classify_lib.classify(
         builder, stores, out_dir, seeds=seeds, holdout=c.holdout, shape=shape,
         options=options, dim=args.dim, classes=args.classes,
@@ -444,8 +446,8 @@ def regress_features(args: RegressArgs, config: Config) -> int:
   for spec in probe_specs(args.dataset, args.stride, "regress"):
     builder = _prepared(spec, args)
     stores = _feature_stores(args, spec, builder)
-    out_dir = os.path.join(args.workdir, "regress", spec.name, args.model,
-                           f"{args.model_type}_{args.action_mode}")
+    out_dir = layout.regress_dir(args.workdir, spec.name, args.model,
+                                 args.model_type, args.action_mode)
     summary = regress_lib.regress(
         builder, spec, stores, out_dir, decoder_factory=factory,
         model_type=args.model_type, action_mode=args.action_mode,

@@ -40,6 +40,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from lary_jax import atomic_io
 from lary_jax import feature_store as fs
 from lary_jax import mesh as mesh_lib
 from lary_jax import progress as progress_lib
@@ -299,7 +300,7 @@ def checkpoint_digest(path: str | None) -> str | None:
   h = hashlib.sha256()
   for f in files:
     h.update(f"{os.path.relpath(f, path)}\0{os.path.getsize(f)}\0".encode())
-    h.update(fs.sha256_file(f).encode())
+    h.update(atomic_io.sha256_file(f).encode())
   return h.hexdigest()
 
 
@@ -474,7 +475,7 @@ def _layout(fields: dict[str, Any], shape: Sequence[int], mode: str,
 def _start_store(store_dir: str, layout: dict[str, Any]) -> None:
   """Checks or records what the store holds, identically in every process."""
   os.makedirs(store_dir, exist_ok=True)
-  found = fs.read_json(os.path.join(store_dir, fs.RUN))
+  found = atomic_io.read_json(os.path.join(store_dir, fs.RUN))
   # The checkpoint's digest says whether it is the same; its path may move.
   before = found or {}
   diff = sorted(k for k in set(before) | set(layout)
@@ -487,7 +488,7 @@ def _start_store(store_dir: str, layout: dict[str, Any]) -> None:
         " now); rerun with those, or remove the folder / pick another --out")
   multihost_utils.sync_global_devices("lary_extract_checked")
   if found is None and jax.process_index() == 0:
-    fs.write_json(os.path.join(store_dir, fs.RUN), layout)
+    atomic_io.write_json(os.path.join(store_dir, fs.RUN), layout)
   multihost_utils.sync_global_devices("lary_extract_started")
 
 

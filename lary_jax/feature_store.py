@@ -34,10 +34,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from lary_jax.atomic_io import read_json
-from lary_jax.atomic_io import sha256_file
-from lary_jax.atomic_io import write_atomic
-from lary_jax.atomic_io import write_json
+from lary_jax import atomic_io
 from lary_jax.errors import LaryError
 
 FORMAT = "lary-features/1"
@@ -125,7 +122,7 @@ def write_shard(store_dir: str, shard: int, process: int,
       "shape": list(features.shape), "dtype": features.dtype.name,
       "index": [int(i) for i in index], "identity": list(identity),
   }
-  write_json(os.path.join(store_dir, stem + ".json"), sidecar)
+  atomic_io.write_json(os.path.join(store_dir, stem + ".json"), sidecar)
   return sidecar
 
 
@@ -136,7 +133,7 @@ def verify_shard(store_dir: str, stem: str) -> tuple[dict | None, str]:
     (sidecar, "") for a whole shard; (None, why) when the sidecar is missing
     or unreadable, or the data's size, checksum or header disagree with it.
   """
-  sidecar = read_json(os.path.join(store_dir, stem + ".json"))
+  sidecar = atomic_io.read_json(os.path.join(store_dir, stem + ".json"))
   if sidecar is None:
     return None, "no readable sidecar"
   try:
@@ -151,7 +148,7 @@ def verify_shard(store_dir: str, stem: str) -> tuple[dict | None, str]:
     return None, "no data file"
   if size != sidecar["bytes"]:
     return None, f"{size} bytes, sidecar says {sidecar['bytes']} (truncated?)"
-  if sha256_file(path) != sidecar["sha256"]:
+  if atomic_io.sha256_file(path) != sidecar["sha256"]:
     return None, "checksum mismatch (corrupt)"
   return sidecar, ""
 
@@ -199,7 +196,7 @@ def write_manifest(store_dir: str, fields: Mapping[str, Any],
   identities: list[str | None] = [None] * num_rows
   for k, stem in enumerate(stems if stems is not None
                            else sidecar_stems(store_dir)):
-    sidecar = read_json(os.path.join(store_dir, stem + ".json"))
+    sidecar = atomic_io.read_json(os.path.join(store_dir, stem + ".json"))
     if sidecar is None:
       raise LaryError(f"{store_dir}: sidecar of {stem} is unreadable")
     index = np.asarray(sidecar["index"], np.int64)
@@ -220,13 +217,13 @@ def write_manifest(store_dir: str, fields: Mapping[str, Any],
                     f"no features (first: {missing[:5].tolist()})")
   manifest = {**fields, "format": FORMAT, "num_rows": num_rows,
               "identities": identities, "shards": shards}
-  write_json(os.path.join(store_dir, MANIFEST), manifest)
+  atomic_io.write_json(os.path.join(store_dir, MANIFEST), manifest)
   return manifest
 
 
 def read_manifest(store_dir: str) -> dict[str, Any]:
   """The manifest of a complete store; LaryError if there is none."""
-  manifest = read_json(os.path.join(store_dir, MANIFEST))
+  manifest = atomic_io.read_json(os.path.join(store_dir, MANIFEST))
   if manifest is None:
     raise LaryError(f"{store_dir} holds no complete feature store (no "
                     f"readable {MANIFEST}); run `extract` (it resumes)")
@@ -244,9 +241,9 @@ class Writer:
 
   The store is the one `extract` writes (same files, checks and manifest),
   so `classify`/`regress` read it unchanged when it sits where they look:
-  `<workdir>/features/DATASET/SPLIT/MODEL` (`store_path`). Row i holds the
-  features of record i of the prepared split (`records`, e.g.
-  `builder.as_data_source()[split]`) and carries that record's identity
+  `<workdir>/features/DATASET/SPLIT/MODEL` (`workdir_layout.features_dir`).
+  Row i holds the features of record i of the prepared split (`records`,
+  e.g. `builder.as_data_source()[split]`) and carries that record's identity
   (`src_path` of a pair, `video_path` of a clip), which the probes check.
 
   Rows go into shards of `rows_per_shard` consecutive records; a shard is
@@ -300,7 +297,7 @@ class Writer:
         "dtype": self._dtype.name, "num_rows": self.num_rows,
         "rows_per_shard": rows_per_shard, "writer": "feature_store.Writer"}
     os.makedirs(store_dir, exist_ok=True)
-    found = read_json(os.path.join(store_dir, RUN))
+    found = atomic_io.read_json(os.path.join(store_dir, RUN))
     if found is not None:
       shape = found.get("token_shape")
       diff = sorted(k for k in set(found) | set(self._layout)
@@ -368,7 +365,7 @@ class Writer:
     shape = list(rows.shape[1:])
     if self._layout.get("token_shape") is None:
       self._layout["token_shape"] = shape
-      write_json(os.path.join(self.store_dir, RUN), self._layout)
+      atomic_io.write_json(os.path.join(self.store_dir, RUN), self._layout)
     elif self._layout["token_shape"] != shape:
       raise LaryError(f"{self.store_dir}: rows of shape {shape}, but the "
                       f"store holds {self._layout['token_shape']}")
@@ -427,15 +424,6 @@ class Writer:
       self.close()
 
 
-def store_path(features_root: str, dataset: str, split: str, model: str
-               ) -> str:
-  """Where the commands look for a store: ROOT/DATASET/SPLIT/MODEL.
-
-  `features_root` is `--out` or `<workdir>/features`.
-  """
-  return os.path.join(features_root, dataset, split, model)
-
-
 # ---------------------------------------------------------------- readers
 
 
@@ -486,7 +474,7 @@ class FeatureSource:
       shard = self.manifest["shards"][k]
       path = os.path.join(self.store_dir, shard["file"])
       if self.verify and (not os.path.exists(path)
-                          or sha256_file(path) != shard["sha256"]):
+                          or atomic_io.sha256_file(path) != shard["sha256"]):
         raise LaryError(f"{path}: missing, or its checksum differs from the "
                         "manifest; rerun `extract` to redo that shard")
       array = np.load(path, mmap_mode="r", allow_pickle=False)

@@ -15,9 +15,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from lary_jax import atomic_io
+from lary_jax import workdir_layout as layout
 from lary_jax.errors import LaryError
-
-SETTINGS = "run.json"
 
 
 def digest_file(path: str) -> str:
@@ -33,7 +32,7 @@ def claim(workdir: str, settings: Mapping[str, Any]) -> None:
   probe, same features (their manifests' digests), same seed.
   """
   settings = json.loads(json.dumps(settings, default=str))
-  path = os.path.join(workdir, SETTINGS)
+  path = layout.settings_file(workdir)
   found = atomic_io.read_json(path)
   if found is None:
     os.makedirs(workdir, exist_ok=True)

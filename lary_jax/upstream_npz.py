@@ -19,7 +19,9 @@ import jax
 from jax.experimental import multihost_utils
 import numpy as np
 
+from lary_jax import atomic_io
 from lary_jax import feature_store as fs
+from lary_jax import result_keys as keys
 from lary_jax.errors import LaryError
 
 # Upstream's LA directory layout (lary/path_resolver.py): these datasets put a
@@ -36,10 +38,11 @@ LA_PATH = "la_path"
 
 def upstream_split_name(dataset: str, split: str) -> str:
   """Our split name -> upstream's (e.g. validation -> val or seen_val)."""
-  names = {"train": "train", "validation": "val", "unseen": "unseen"}
+  names = {keys.TRAIN: "train", keys.VALIDATION: "val",
+           keys.UNSEEN: "unseen"}
   if split not in names:
     raise LaryError(f"split {split!r}: expected one of {list(names)}")
-  if dataset in _SEEN_SPLITS and split != "unseen":
+  if dataset in _SEEN_SPLITS and split != keys.UNSEEN:
     return "seen_" + names[split]
   return names[split]
 
@@ -125,7 +128,7 @@ def match_rows(csv_identities: Sequence[str], identities: Sequence[str],
 def _save_npz(path: str, tokens: np.ndarray) -> None:
   buffer = io.BytesIO()
   np.savez(buffer, tokens=tokens)
-  fs.write_atomic(path, buffer.getvalue())
+  atomic_io.write_atomic(path, buffer.getvalue())
 
 
 def export_npz(store_dir: str, la_root: str, csv_in: str, *,
@@ -192,7 +195,7 @@ def export_npz(store_dir: str, la_root: str, csv_in: str, *,
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(header + [LA_PATH])
     writer.writerows(r + [p] for r, p in zip(rows, la_paths))
-    fs.write_atomic(csv_out, text.getvalue().encode())
+    atomic_io.write_atomic(csv_out, text.getvalue().encode())
   return csv_out
 
 
@@ -255,7 +258,7 @@ def export_split(store_dir: str, la_root: str, spec: Any, split: str, *,
   """
   offset = 0
   if spec.name in NO_SPLIT:
-    for name in ("train", "validation", "unseen"):
+    for name in (keys.TRAIN, keys.VALIDATION, keys.UNSEEN):
       if name == split:
         break
       offset += split_sizes.get(name, 0)
@@ -390,7 +393,7 @@ def import_npz(csv_path: str, la_root: str, store_dir: str, *,
       out_dtype=out_dtype, shard_mb=shard_mb)
   fields = {**fields, "token_shape": list(shape), "dtype": out_dtype.name,
             "source": {"csv": os.path.abspath(csv_path),
-                       "csv_sha256": fs.sha256_file(csv_path),
+                       "csv_sha256": atomic_io.sha256_file(csv_path),
                        "la_root": os.path.abspath(la_root)}}
-  fs.write_json(os.path.join(store_dir, fs.RUN), fields)
+  atomic_io.write_json(os.path.join(store_dir, fs.RUN), fields)
   return fs.write_manifest(store_dir, fields, len(chosen))

@@ -6,7 +6,8 @@
   3 catalogue  encoders.registry (and the `encoders` package that fronts it)
   2 domains    data, sim, encoders' model files, lams, probes
   1 blocks     nn, the weights library, atomic I/O, feature store, metrics,
-               mesh, errors, options (config_args, command_args), ...
+               mesh, errors, options (config_args, command_args), workdir
+               layout, result keys, ...
 
 Every `import` of lary_jax counts, at module level and inside functions. A
 module may import its own layer or a lower one; within the domains, each
@@ -40,7 +41,8 @@ LAYERS = (
     (r"lary_jax(\.(nn|configs)(\..+)?)?", BLOCKS),
     (r"lary_jax\.(errors|atomic_io|run_claim|feature_store|metrics|mesh"
      r"|names|progress|compilation|tensorboard_log|torch_checkpoint|hub"
-     r"|upstream_protocol|config_args|command_args)", BLOCKS),
+     r"|upstream_protocol|config_args|command_args|workdir_layout"
+     r"|result_keys)", BLOCKS),
 )
 # Domain package -> the other domain packages its modules may import.
 DOMAIN_IMPORTS = {

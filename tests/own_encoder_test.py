@@ -19,6 +19,7 @@ import torch
 
 from lary_jax import extract
 from lary_jax import feature_store as fs
+from lary_jax import workdir_layout
 from tests.builders import fake_data_dir
 from tests.probes.classify_command_test import SMALL as CLASSIFY
 from tests.probes.regress_command_test import SMALL as REGRESS
@@ -70,8 +71,9 @@ def test_torch_features_written_by_writer_are_probed(workdir):
   assert script.returncode == 0, script.stderr[-3000:]
   builder = prepare.builder(metadata.DATASETS["calvin"],
                             str(workdir / "lary_workdir" / "tfds"))
-  store = fs.store_path(str(workdir / "lary_workdir" / "features"), "calvin",
-                        "validation", "my_torch_model")
+  store = workdir_layout.features_dir(
+      str(workdir / "lary_workdir" / "features"), "calvin", "validation",
+      "my_torch_model")
   records = builder.as_data_source()["validation"]
   stored = fs.FeatureSource(store)
   assert stored.token_shape == (2, 16, 8) and len(stored) == len(records)
@@ -100,8 +102,9 @@ def test_torch_features_written_by_writer_are_probed(workdir):
   clip_net = torch.nn.Conv3d(3, 6, (3, 56, 56), stride=(3, 56, 56))
   for split in builder.info.splits:
     records = builder.as_data_source()[split]
-    with fs.Writer(fs.store_path(str(workdir / "lary_workdir" / "features"),
-                                 "human_1st", split, "torch_video"),
+    with fs.Writer(workdir_layout.features_dir(
+        str(workdir / "lary_workdir" / "features"), "human_1st", split,
+        "torch_video"),
                    records, mode="video", model="torch_video",
                    dataset="human_1st", split=split, rows_per_shard=5) as w:
       for rows in w.todo:
@@ -138,7 +141,7 @@ print("contract holds")
                          "--config.extract.global_batch=8",
                          "--config.extract.micro_batch=8")
   assert extract_run.returncode == 0, extract_run.stderr[-3000:]
-  store = fs.FeatureSource(fs.store_path(
+  store = fs.FeatureSource(workdir_layout.features_dir(
       str(workdir / "lary_workdir" / "features"), "calvin", "validation",
       "tiny_cnn"))
   assert store.token_shape == (2, 196, 64)

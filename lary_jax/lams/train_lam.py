@@ -48,6 +48,7 @@ from lary_jax import mesh as mesh_lib
 from lary_jax import progress as progress_lib
 from lary_jax import run_claim
 from lary_jax import tensorboard_log
+from lary_jax import workdir_layout as layout
 from lary_jax.data import images as images_lib
 from lary_jax.data import pipeline as pl
 from lary_jax.encoders import convert
@@ -62,7 +63,6 @@ _log = logging.getLogger(__name__)
 KILL_AFTER_STEPS_ENV = "LARY_LAM_KILL_AFTER_STEPS"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
-MODEL_DIR = "model"
 # LAPA's re-seeding steps, as (every, before): steps 10, 20, ..., 90, then
 # 100, ..., 900, then 1000, 1500, ..., 4500 (never step 0).
 LAPA_REPLACE_SCHEDULE = ((10, 100), (100, 1000), (500, 5000))
@@ -241,7 +241,7 @@ class _Checkpoints:
 
   def __init__(self, workdir: str):
     self._manager = ocp.CheckpointManager(
-        os.path.abspath(os.path.join(workdir, "checkpoints")),
+        os.path.abspath(layout.checkpoints_dir(workdir)),
         item_names=("state", "data"),
         options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
 
@@ -417,7 +417,7 @@ def _save_model(graphdef: nnx.GraphDef, state: Any, cfg: Any, workdir: str,
                 name: str) -> str:
   """Writes the trained model under `workdir/model`; returns that folder."""
   model = nnx.merge(graphdef, _host(state["params"]), _host(state["rest"]))
-  model_dir = os.path.join(workdir, MODEL_DIR)
+  model_dir = layout.lam_model_dir(workdir)
   # Every process calls orbax's save (it synchronises them); the
   # parameters are replicated, so what is written is the same.
   convert.save(model_dir, name, cfg, convert.flat_params(model))
@@ -560,12 +560,12 @@ def options_from_config(c: Any, seed: int | None = None) -> Options:
 
 def workdir_of(root: str, c: Any) -> str:
   """Where `train_lam` with config section `c` writes under `--workdir`."""
-  return os.path.join(root, "lam", c.name)
+  return layout.lam_dir(root, c.name)
 
 
 def checkpoint_dir(workdir: str) -> str:
   """The trained model a run in `workdir` leaves (`extract --checkpoint`)."""
-  return os.path.join(workdir, MODEL_DIR)
+  return layout.lam_model_dir(workdir)
 
 
 def prepared_pairs(dataset: str, tfds_dir: str, split: str = "train", *,

@@ -18,16 +18,19 @@ import numpy as np
 
 from lary_jax import atomic_io
 from lary_jax import metrics
+from lary_jax import result_keys as keys
+from lary_jax import workdir_layout as layout
 from lary_jax.probes import figures
 
-VALIDATION, HOLDOUT = "validation", "train_holdout"
 TRAIN_KEYS = ("train_loss", "train_top1")  # [E, H] of the training steps
-UPSTREAM = ("upstream_style",
-            "head and epoch with the best validation top-1, chosen on the "
-            "validation set itself (how upstream reports; optimistic)")
-HONEST = ("honest",
-          "head and epoch with the best top-1 on a held-out slice of train "
-          "(never trained on), reported on validation")
+# Selection -> how it chooses, as results.json says.
+HOW = {
+    keys.UPSTREAM_STYLE:
+        "head and epoch with the best validation top-1, chosen on the "
+        "validation set itself (how upstream reports; optimistic)",
+    keys.HONEST:
+        "head and epoch with the best top-1 on a held-out slice of train "
+        "(never trained on), reported on validation"}
 
 
 def _scores(topk: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
@@ -44,12 +47,12 @@ def _selection(history: Mapping[str, np.ndarray],
   out = {"how": how, "selected_on": on, "epoch": epoch + 1, "head": head,
          **heads[head]}
   for split, topk in history.items():
-    if split == HOLDOUT and on != HOLDOUT:
+    if split == keys.HOLDOUT and on != keys.HOLDOUT:
       continue
     top = topk[epoch, head]
     out[split] = {
-        "top1": metrics.topk_accuracy(top, labels[split], 1),
-        "top5": metrics.topk_accuracy(top, labels[split], 5),
+        keys.TOP1: metrics.topk_accuracy(top, labels[split], 1),
+        keys.TOP5: metrics.topk_accuracy(top, labels[split], 5),
         # Per example, for the interval over seeds and examples.
         "correct": (top[:, 0] == labels[split]).astype(int).tolist()}
   return out
@@ -66,15 +69,16 @@ def summarise(history: dict[str, np.ndarray],
   epochs = next(iter(history.values())).shape[0]
   table = [{"epoch": e + 1,
             **{k: v[e].tolist() for k, v in train.items()},
-            **{split: {"top1": _scores(h, labels[split], 1)[e].tolist(),
-                       "top5": _scores(h, labels[split], 5)[e].tolist()}
+            **{split: {keys.TOP1: _scores(h, labels[split], 1)[e].tolist(),
+                       keys.TOP5: _scores(h, labels[split], 5)[e].tolist()}
                for split, h in history.items()}}
            for e in range(epochs)]
   out = {"heads": list(heads), "epochs": table,
-         UPSTREAM[0]: _selection(history, labels, VALIDATION, heads,
-                                 UPSTREAM[1])}
-  if HOLDOUT in history:
-    out[HONEST[0]] = _selection(history, labels, HOLDOUT, heads, HONEST[1])
+         keys.UPSTREAM_STYLE: _selection(history, labels, keys.VALIDATION,
+                                         heads, HOW[keys.UPSTREAM_STYLE])}
+  if keys.HOLDOUT in history:
+    out[keys.HONEST] = _selection(history, labels, keys.HOLDOUT, heads,
+                                  HOW[keys.HONEST])
   return out
 
 
@@ -104,24 +108,24 @@ def write_seed(out_dir: str, history: Mapping[str, np.ndarray],
   results = {**fields, "num_classes": len(class_names),
              "examples": {s: int(len(v)) for s, v in labels.items()},
              **summarise(history, labels, heads)}
-  for name, _ in (UPSTREAM, HONEST):
+  for name in HOW:
     if name not in results:
       continue
     chosen = results[name]
-    top = history[VALIDATION][chosen["epoch"] - 1, chosen["head"]]
+    top = history[keys.VALIDATION][chosen["epoch"] - 1, chosen["head"]]
     if sources is not None:
       chosen["per_source_dataset"] = metrics.group_accuracy(
-          top, labels[VALIDATION], sources)
+          top, labels[keys.VALIDATION], sources)
     if write:
-      cm = metrics.confusion_matrix(labels[VALIDATION], top[:, 0],
+      cm = metrics.confusion_matrix(labels[keys.VALIDATION], top[:, 0],
                                     len(class_names))
-      _write_per_class(os.path.join(out_dir, f"per_class_{name}.csv"), cm,
+      _write_per_class(layout.per_class_file(out_dir, name), cm,
                        class_names)
-      _write_confusion(os.path.join(out_dir, f"confusion_{name}"), cm,
+      _write_confusion(layout.confusion_stem(out_dir, name), cm,
                        class_names, f"{fields.get('model')} on "
                        f"{fields.get('dataset')} validation ({name})")
   if write:
-    atomic_io.write_json(os.path.join(out_dir, "results.json"), results)
+    atomic_io.write_json(layout.results_file(out_dir), results)
   return results
 
 
@@ -131,31 +135,32 @@ def write_summary(out_dir: str, per_seed: Mapping[int, Mapping[str, Any]],
   """results.json over seeds: each seed's numbers, their mean and std, a
   95% interval of top-1 (bootstrap over examples and seeds) and the band
   where a guess would land on each split."""
-  out: dict[str, Any] = {**fields, "seeds": sorted(per_seed)}
+  out: dict[str, Any] = {**fields, keys.SEEDS: sorted(per_seed)}
   classes = fields.get("num_classes")
-  for name, how in (UPSTREAM, HONEST):
+  for name, how in HOW.items():
     runs = [r[name] for r in per_seed.values() if name in r]
     if not runs:
       continue
     splits = [s for s, v in runs[0].items()
-              if s != HOLDOUT and isinstance(v, dict) and "top1" in v]
+              if s != keys.HOLDOUT and isinstance(v, dict)
+              and keys.TOP1 in v]
     out[name] = {"how": how,
-                 **metrics.seed_spread(runs, splits, ("top1", "top5"))}
+                 **metrics.seed_spread(runs, splits, (keys.TOP1, keys.TOP5))}
     for split in splits:
       correct = np.array([r[split]["correct"] for r in runs])
       out[name][split]["examples"] = int(correct.shape[1])
-      out[name][split]["top1_ci95"] = metrics.bootstrap_interval(correct)
+      out[name][split][keys.TOP1_CI95] = metrics.bootstrap_interval(correct)
       if classes:
         band = metrics.chance_band(correct.shape[1], classes)
-        out[name][split]["chance"] = band
-        out[name][split]["at_chance"] = bool(
-            out[name][split]["top1_ci95"]["low"] <= band["chance"])
-    out[name]["per_seed"] = {
+        out[name][split][keys.CHANCE] = band
+        out[name][split][keys.AT_CHANCE] = bool(
+            out[name][split][keys.TOP1_CI95]["low"] <= band["chance"])
+    out[name][keys.PER_SEED] = {
         str(s): {"epoch": r[name]["epoch"], "head": r[name]["head"],
-                 "validation_top1": r[name][VALIDATION]["top1"]}
+                 "validation_top1": r[name][keys.VALIDATION][keys.TOP1]}
         for s, r in per_seed.items()}
   if write:
-    atomic_io.write_json(os.path.join(out_dir, "results.json"), out)
+    atomic_io.write_json(layout.results_file(out_dir), out)
   return out
 
 

@@ -17,6 +17,9 @@ import numpy as np
 
 from lary_jax import feature_store as fs
 from lary_jax import metrics
+from lary_jax import result_keys as keys
+from lary_jax import run_claim
+from lary_jax import workdir_layout as layout
 from lary_jax.errors import LaryError
 from lary_jax.probes import attentive_probe
 from lary_jax.probes import classification_report as report
@@ -25,7 +28,6 @@ from lary_jax.probes import multi_head as mh
 from lary_jax.probes import run_state
 from lary_jax.probes import train_classifier as tc
 
-TRAIN = "train"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,7 +67,7 @@ def _labels(builder: Any, split: str) -> np.ndarray:
 
 def _check_classes(labels: Mapping[str, np.ndarray],
                    names: Sequence[str]) -> None:
-  seen = set(np.unique(labels[TRAIN]).tolist())
+  seen = set(np.unique(labels[keys.TRAIN]).tolist())
   for split, y in labels.items():
     missing = sorted(set(np.unique(y).tolist()) - seen)
     if missing:
@@ -106,7 +108,7 @@ def classify(builder: Any, stores: Mapping[str, str], out_dir: str, *,
   Returns:
     The summary written to `out_dir/results.json`.
   """
-  for split in (TRAIN, report.VALIDATION):
+  for split in (keys.TRAIN, keys.VALIDATION):
     if split not in stores:
       raise LaryError(f"classify needs features of the {split} split; run "
                       "`extract` on it first")
@@ -121,7 +123,7 @@ def classify(builder: Any, stores: Mapping[str, str], out_dir: str, *,
       model_dim=shape.model_dim, num_heads=shape.num_heads, depth=shape.depth,
       pool_grid=shape.pool_grid)
   sources_of_val = None
-  records = builder.as_data_source()[report.VALIDATION]
+  records = builder.as_data_source()[keys.VALIDATION]
   if "dataset" in builder.info.features:
     sources_of_val = [_text(records[i]["dataset"])
                       for i in range(len(records))]
@@ -131,12 +133,12 @@ def classify(builder: Any, stores: Mapping[str, str], out_dir: str, *,
     # The train rows' identities (`video_path` of a clip), checked against
     # the records when the source was built.
     groups = [source_video(identity)
-              for identity in sources[TRAIN].features.identities]
+              for identity in sources[keys.TRAIN].features.identities]
   per_seed = {}
   store = tc.held_store(probe, options)  # read once for every seed
   for seed in seeds:
     train, evals = _seed_splits(sources, labels, holdout, seed, groups)
-    seed_dir = os.path.join(out_dir, f"seed_{seed}")
+    seed_dir = layout.seed_dir(out_dir, seed)
     history = tc.train(probe, train, evals, seed_dir, seed=seed,
                        options=options, mesh=mesh, progress=progress,
                        inputs={**_digests(stores), "holdout": holdout},
@@ -183,22 +185,22 @@ def _seed_splits(sources: Mapping[str, _Labelled],
   """A seed's training rows and evaluated splits: train minus its held-out
   slice (rows of the one train store: `in_memory.Rows`), the other stores,
   and the held-out slice."""
-  train_ids, held_ids = metrics.stratified_holdout(labels[TRAIN], holdout,
-                                                   seed, groups)
-  train = tc.Split(in_memory.Rows(sources[TRAIN], train_ids),
-                   labels[TRAIN][train_ids])
+  train_ids, held_ids = metrics.stratified_holdout(labels[keys.TRAIN],
+                                                   holdout, seed, groups)
+  train = tc.Split(in_memory.Rows(sources[keys.TRAIN], train_ids),
+                   labels[keys.TRAIN][train_ids])
   evals = {s: tc.Split(src, labels[s]) for s, src in sources.items()
-           if s != TRAIN}
+           if s != keys.TRAIN}
   if len(held_ids):
-    evals[report.HOLDOUT] = tc.Split(in_memory.Rows(sources[TRAIN],
-                                                    held_ids),
-                                     labels[TRAIN][held_ids])
+    evals[keys.HOLDOUT] = tc.Split(in_memory.Rows(sources[keys.TRAIN],
+                                                  held_ids),
+                                   labels[keys.TRAIN][held_ids])
   return train, evals
 
 
 def _digests(stores: Mapping[str, str]) -> dict[str, str]:
   """Each split's store manifest digest: other features, another run."""
-  return {split: run_state.digest_file(os.path.join(d, fs.MANIFEST))
+  return {split: run_claim.digest_file(os.path.join(d, fs.MANIFEST))
           for split, d in stores.items()}
 
 
@@ -215,15 +217,15 @@ def _text(value: Any) -> str:
 def describe(summary: Mapping[str, Any], out_dir: str) -> str:
   """A few lines for the terminal: both numbers, with their spread."""
   lines = [f"{summary.get('dataset')} {summary.get('model')}: seeds "
-           f"{summary['seeds']} -> {out_dir}/results.json"]
-  for name, label in ((report.UPSTREAM[0], "upstream-style (chosen on val)"),
-                      (report.HONEST[0], "honest (chosen on train holdout)")):
+           f"{summary['seeds']} -> {layout.results_file(out_dir)}"]
+  for name, label in ((keys.UPSTREAM_STYLE, "upstream-style (chosen on val)"),
+                      (keys.HONEST, "honest (chosen on train holdout)")):
     if name not in summary:
       continue
     for split, scores in summary[name].items():
-      if not isinstance(scores, dict) or "top1" not in scores:
+      if not isinstance(scores, dict) or keys.TOP1 not in scores:
         continue
-      t1, t5 = scores["top1"], scores["top5"]
+      t1, t5 = scores[keys.TOP1], scores[keys.TOP5]
       lines.append(f"  {label:34s} {split:10s} top-1 {t1['mean']:.3f} "
                    f"+- {t1['std']:.3f}  top-5 {t5['mean']:.3f}")
   return "\n".join(lines)

@@ -19,6 +19,9 @@ import numpy as np
 
 from lary_jax import feature_store as fs
 from lary_jax import metrics
+from lary_jax import result_keys as keys
+from lary_jax import run_claim
+from lary_jax import workdir_layout as layout
 from lary_jax.data import normalize
 from lary_jax.errors import LaryError
 from lary_jax.probes import action_dims
@@ -29,7 +32,6 @@ from lary_jax.probes import regression_report as report
 from lary_jax.probes import run_state
 from lary_jax.probes import train_regressor as tr
 
-TRAIN = "train"
 
 
 def mlp(hidden: int = 4096, blocks: int = 2):
@@ -138,9 +140,9 @@ def regress(builder: Any, spec: Any, stores: Mapping[str, str],
   features = {s: fs.FeatureSource(d) for s, d in stores.items()}
   targets = {s: read_targets(builder, s, stats, relative, f.identities)
              for s, f in features.items()}
-  token_shape = features[TRAIN].token_shape
+  token_shape = features[keys.TRAIN].token_shape
   decoder = decoder_factory(steps, stats.dim)
-  inputs = {**{s: run_state.digest_file(os.path.join(d, fs.MANIFEST))
+  inputs = {**{s: run_claim.digest_file(os.path.join(d, fs.MANIFEST))
                for s, d in stores.items()},
             "holdout": holdout, "holdout_by": "episode",
             "action_mode": action_mode, "decoder_shape": decoder_shape}
@@ -151,10 +153,10 @@ def regress(builder: Any, spec: Any, stores: Mapping[str, str],
   for seed in seeds:
     # Whole episodes are held out: pairs of one episode overlap in time.
     train_ids, held_ids = metrics.group_holdout(
-        [episode(p) for p in features[TRAIN].identities], holdout, seed)
+        [episode(p) for p in features[keys.TRAIN].identities], holdout, seed)
     train, evals, seed_targets = _seed_splits(rows, targets, train_ids,
                                               held_ids)
-    seed_dir = os.path.join(out_dir, f"seed_{seed}")
+    seed_dir = layout.seed_dir(out_dir, seed)
     history = tr.train(decoder, token_shape, train, evals, seed_dir,
                        seed=seed, options=options, mesh=mesh,
                        progress=progress, inputs=inputs, store=store)
@@ -165,8 +167,9 @@ def regress(builder: Any, spec: Any, stores: Mapping[str, str],
                   "training": dataclasses.asdict(options),
                   "schedule": run_state.schedule(len(train_ids), options),
                   "decoder_shape": dict(decoder_shape or {}),
-                  "floor": mean_floor(targets[TRAIN].subset(train_ids),
-                                      seed_targets, labels, groups)}
+                  keys.FLOOR: mean_floor(
+                      targets[keys.TRAIN].subset(train_ids), seed_targets,
+                      labels, groups)}
     # Plots of the first seed only: the one the report shows (a second of
     # matplotlib each, as long as the training of a LARY-Sim seed).
     per_seed[seed] = report.write_seed(seed_dir, history, seed_targets,
@@ -176,7 +179,7 @@ def regress(builder: Any, spec: Any, stores: Mapping[str, str],
   summary_fields = {**fields, "model_type": model_type,
                     "action_mode": action_mode, "holdout_fraction": holdout,
                     "trained_on": run_state.trained_on(holdout),
-                    "floor": next(iter(per_seed.values()))["floor"]}
+                    keys.FLOOR: next(iter(per_seed.values()))[keys.FLOOR]}
   return report.write_summary(out_dir, per_seed, summary_fields,
                               write=jax.process_index() == 0)
 
@@ -184,7 +187,7 @@ def regress(builder: Any, spec: Any, stores: Mapping[str, str],
 def _action_stats(builder: Any, stores: Mapping[str, str],
                   action_mode: str) -> normalize.ActionStats:
   """The dataset's action statistics, once the stores needed are there."""
-  for split in (TRAIN, report.VALIDATION):
+  for split in (keys.TRAIN, keys.VALIDATION):
     if split not in stores:
       raise LaryError(f"regress needs features of the {split} split; run "
                       "`extract` on it first")
@@ -204,13 +207,13 @@ def _seed_splits(rows: Mapping[str, _Rows],
   targets. `rows` are the command's, shared by its seeds, so that they
   share what `train_regressor.held_store` holds."""
   flat = {s: r.targets for s, r in rows.items()}
-  evals = {s: tr.Split(rows[s], flat[s]) for s in rows if s != TRAIN}
+  evals = {s: tr.Split(rows[s], flat[s]) for s in rows if s != keys.TRAIN}
   seed_targets = {s: targets[s] for s in evals}
   if len(held_ids):
-    evals[report.HOLDOUT] = tr.Split(in_memory.Rows(rows[TRAIN], held_ids),
-                                     flat[TRAIN][held_ids])
-    seed_targets[report.HOLDOUT] = targets[TRAIN].subset(held_ids)
-  return (tr.Split(in_memory.Rows(rows[TRAIN], train_ids)), evals,
+    evals[keys.HOLDOUT] = tr.Split(
+        in_memory.Rows(rows[keys.TRAIN], held_ids), flat[keys.TRAIN][held_ids])
+    seed_targets[keys.HOLDOUT] = targets[keys.TRAIN].subset(held_ids)
+  return (tr.Split(in_memory.Rows(rows[keys.TRAIN], train_ids)), evals,
           seed_targets)
 
 
@@ -225,20 +228,20 @@ def mean_floor(train: report.Targets, targets: Mapping[str, report.Targets],
   mean = train.normalised.mean(0).reshape(-1)
   return {s: report.split_metrics(np.broadcast_to(mean, (len(t.normalised),
                                                          mean.size)),
-                                  t, labels, groups)["mse"]
-          for s, t in targets.items() if s != report.HOLDOUT}
+                                  t, labels, groups)[keys.MSE]
+          for s, t in targets.items() if s != keys.HOLDOUT}
 
 
 def describe(summary: Mapping[str, Any], out_dir: str) -> str:
   """A few lines for the terminal: both selections and the mean floor."""
   lines = [f"{summary.get('dataset')} {summary.get('model')} "
            f"{summary.get('model_type')} {summary.get('action_mode')}: seeds "
-           f"{summary['seeds']} -> {out_dir}/results.json"]
-  for name, label in ((report.UPSTREAM[0], "upstream-style (chosen on val)"),
-                      (report.HONEST[0], "honest (chosen on train holdout)")):
+           f"{summary['seeds']} -> {layout.results_file(out_dir)}"]
+  for name, label in ((keys.UPSTREAM_STYLE, "upstream-style (chosen on val)"),
+                      (keys.HONEST, "honest (chosen on train holdout)")):
     for split, scores in summary.get(name, {}).items():
-      if isinstance(scores, dict) and "mse" in scores:
-        m = scores["mse"]
+      if isinstance(scores, dict) and keys.MSE in scores:
+        m = scores[keys.MSE]
         lines.append(f"  {label:34s} {split:10s} MSE {m['mean']:.4f} +- "
                      f"{m['std']:.4f}  (predict-the-mean "
                      f"{summary['floor'].get(split, float('nan')):.4f})")

@@ -23,15 +23,18 @@ import numpy as np
 
 from lary_jax import atomic_io
 from lary_jax import metrics
+from lary_jax import result_keys as keys
+from lary_jax import workdir_layout as layout
 from lary_jax.probes import figures
 
-VALIDATION, UNSEEN, HOLDOUT = "validation", "unseen", "train_holdout"
-UPSTREAM = ("upstream_style",
-            "epoch with the lowest validation MSE, chosen on the validation "
-            "set itself (how upstream reports; optimistic)")
-HONEST = ("honest",
-          "epoch with the lowest MSE on a held-out slice of train (never "
-          "trained on), reported on validation and unseen")
+# Selection -> how it chooses, as results.json says.
+HOW = {
+    keys.UPSTREAM_STYLE:
+        "epoch with the lowest validation MSE, chosen on the validation "
+        "set itself (how upstream reports; optimistic)",
+    keys.HONEST:
+        "epoch with the lowest MSE on a held-out slice of train (never "
+        "trained on), reported on validation and unseen"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,13 +66,13 @@ def split_metrics(prediction: np.ndarray, targets: Targets,
   absolute = np.abs(err)
   huber = np.where(absolute <= 1, 0.5 * sq, absolute - 0.5)
   return {
-      "mse": float(sq.mean()),
+      keys.MSE: float(sq.mean()),
       "huber": float(huber.mean()),
       "mse_per_dim": {k: float(sq[..., i].mean()) for i, k in
                       enumerate(labels)},
       "mse_groups": {g: float(sq[..., list(ix)].mean())
                      for g, ix in groups.items()},
-      "mse_units": float(units.mean()),
+      keys.MSE_UNITS: float(units.mean()),
       "mse_units_per_dim": {k: float(units[..., i].mean()) for i, k in
                             enumerate(labels)},
   }
@@ -77,13 +80,13 @@ def split_metrics(prediction: np.ndarray, targets: Targets,
 
 def _select(history: Mapping[str, np.ndarray], targets: Mapping[str, Targets],
             on: str, how: str, labels, groups) -> dict[str, Any]:
-  mse = [split_metrics(p, targets[on], labels, groups)["mse"]
+  mse = [split_metrics(p, targets[on], labels, groups)[keys.MSE]
          for p in history[on]]
   epoch = int(np.argmin(mse))
   out = {"how": how, "selected_on": on, "epoch": epoch + 1,
          "train_loss": float(history["train_loss"][epoch])}
   for split in targets:
-    if split == HOLDOUT and on != HOLDOUT:
+    if split == keys.HOLDOUT and on != keys.HOLDOUT:
       continue
     out[split] = split_metrics(history[split][epoch], targets[split], labels,
                                groups)
@@ -131,21 +134,22 @@ def write_seed(out_dir: str, history: Mapping[str, np.ndarray],
              "dim_labels": list(labels),
              "groups": {g: list(ix) for g, ix in groups.items()},
              "epochs": table,
-             UPSTREAM[0]: _select(history, targets, VALIDATION, UPSTREAM[1],
-                                  labels, groups)}
-  if HOLDOUT in targets:
-    results[HONEST[0]] = _select(history, targets, HOLDOUT, HONEST[1],
-                                 labels, groups)
+             keys.UPSTREAM_STYLE: _select(
+                 history, targets, keys.VALIDATION,
+                 HOW[keys.UPSTREAM_STYLE], labels, groups)}
+  if keys.HOLDOUT in targets:
+    results[keys.HONEST] = _select(history, targets, keys.HOLDOUT,
+                                   HOW[keys.HONEST], labels, groups)
   if not write:
     return results
-  atomic_io.write_json(os.path.join(out_dir, "results.json"), results)
-  _write_best_result(os.path.join(out_dir, "best_result.csv"),
-                     results[UPSTREAM[0]])
-  chosen = results.get(HONEST[0], results[UPSTREAM[0]])["epoch"] - 1
-  for split in (VALIDATION, UNSEEN) if plots else ():
+  atomic_io.write_json(layout.results_file(out_dir), results)
+  _write_best_result(layout.best_result_file(out_dir),
+                     results[keys.UPSTREAM_STYLE])
+  chosen = results.get(keys.HONEST, results[keys.UPSTREAM_STYLE])["epoch"] - 1
+  for split in (keys.VALIDATION, keys.UNSEEN) if plots else ():
     if split in targets:
       _plot_trajectories(
-          os.path.join(out_dir, f"trajectories_{split}.png"),
+          layout.trajectories_plot(out_dir, split),
           history[split][chosen], targets[split], labels,
           f"{fields.get('model')} on {fields.get('dataset')} {split}, epoch "
           f"{chosen + 1}")
@@ -155,12 +159,13 @@ def write_seed(out_dir: str, history: Mapping[str, np.ndarray],
 def _write_best_result(path: str, best: Mapping[str, Any]) -> None:
   """Upstream's best_result.csv columns for the validation-chosen epoch."""
   row = {"best_epoch": best["epoch"], "train_loss": best["train_loss"]}
-  for split, prefix in ((VALIDATION, "val_seen"), (UNSEEN, "val_unseen")):
+  for split, prefix in ((keys.VALIDATION, "val_seen"),
+                        (keys.UNSEEN, "val_unseen")):
     if split not in best:
       continue
     m = best[split]
     row[f"{prefix}_loss"] = m["huber"]
-    row[f"{prefix}_mse"] = m["mse"]
+    row[f"{prefix}_mse"] = m[keys.MSE]
     row.update({f"{prefix}_mse_{k}": v for k, v in m["mse_per_dim"].items()})
     row.update({f"{prefix}_mse_{k}": v for k, v in m["mse_groups"].items()})
   buf = io.StringIO()
@@ -207,27 +212,28 @@ def write_summary(out_dir: str, per_seed: Mapping[int, Mapping[str, Any]],
                   ) -> dict[str, Any]:
   """results.json over seeds: each seed's MSEs, their mean and std, and a
   95% interval of the MSE (bootstrap over examples and seeds)."""
-  out: dict[str, Any] = {**fields, "seeds": sorted(per_seed)}
-  for name, how in (UPSTREAM, HONEST):
+  out: dict[str, Any] = {**fields, keys.SEEDS: sorted(per_seed)}
+  for name, how in HOW.items():
     runs = [r[name] for r in per_seed.values() if name in r]
     if not runs:
       continue
     out[name] = {"how": how, **metrics.seed_spread(
-        runs, (VALIDATION, UNSEEN), ("mse", "mse_units"))}
-    floor = fields.get("floor", {})
-    for split in (VALIDATION, UNSEEN):
+        runs, (keys.VALIDATION, keys.UNSEEN), (keys.MSE, keys.MSE_UNITS))}
+    floor = fields.get(keys.FLOOR, {})
+    for split in (keys.VALIDATION, keys.UNSEEN):
       if split not in out[name]:
         continue
       errors = np.array([r[split]["example_mse"] for r in runs])
       interval = metrics.bootstrap_interval(errors)
-      out[name][split]["mse_ci95"] = interval
+      out[name][split][keys.MSE_CI95] = interval
       if split in floor:
         # Not shown to beat always predicting the training mean.
-        out[name][split]["at_floor"] = bool(interval["high"] >= floor[split])
-    out[name]["per_seed"] = {
+        out[name][split][keys.AT_FLOOR] = bool(
+            interval["high"] >= floor[split])
+    out[name][keys.PER_SEED] = {
         str(s): {"epoch": r[name]["epoch"],
-                 "validation_mse": r[name][VALIDATION]["mse"]}
+                 "validation_mse": r[name][keys.VALIDATION][keys.MSE]}
         for s, r in per_seed.items() if name in r}
   if write:
-    atomic_io.write_json(os.path.join(out_dir, "results.json"), out)
+    atomic_io.write_json(layout.results_file(out_dir), out)
   return out

@@ -2,10 +2,10 @@
 
 `<workdir>/evals/epoch_EEE.npz` holds each finished epoch's predictions
 (written atomically), `<workdir>/checkpoints/` the orbax checkpoint of the
-parameters and optimizer state after the last finished epoch. A restarted
-run restores the checkpoint and goes on from the next epoch; because batch
-order and random draws are pure functions of (seed, step), it ends with the
-numbers of an uninterrupted run.
+parameters and optimizer state after the last finished epoch (both paths
+from `workdir_layout`). A restarted run restores the checkpoint and goes on
+from the next epoch; because batch order and random draws are pure
+functions of (seed, step), it ends with the numbers of an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -22,17 +22,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from lary_jax import atomic_io as fs
+from lary_jax import workdir_layout as layout
 from lary_jax.errors import LaryError
-from lary_jax.run_claim import SETTINGS  # re-exported
-from lary_jax.run_claim import claim  # re-exported
-from lary_jax.run_claim import digest_file  # re-exported
 
 # Test hook: the process SIGKILLs itself once this many epochs are saved.
 KILL_AFTER_EPOCHS_ENV = "LARY_PROBE_KILL_AFTER_EPOCHS"
-
-
-def epoch_file(workdir: str, epoch: int) -> str:
-  return os.path.join(workdir, "evals", f"epoch_{epoch:03d}.npz")
 
 
 def write_epoch(workdir: str, epoch: int,
@@ -40,7 +34,7 @@ def write_epoch(workdir: str, epoch: int,
   """Writes epoch `epoch`'s (0-based) predictions atomically."""
   buf = io.BytesIO()
   np.savez(buf, **arrays)
-  path = epoch_file(workdir, epoch)
+  path = layout.epoch_file(workdir, epoch)
   os.makedirs(os.path.dirname(path), exist_ok=True)
   fs.write_atomic(path, buf.getvalue())
 
@@ -49,7 +43,7 @@ def read_history(workdir: str, epochs: int) -> dict[str, np.ndarray]:
   """Every epoch's predictions stacked: name -> [epochs, ...]."""
   per_epoch = []
   for e in range(epochs):
-    path = epoch_file(workdir, e)
+    path = layout.epoch_file(workdir, e)
     if not os.path.exists(path):
       raise LaryError(f"{path} is missing; rerun the same command to "
                       "finish training")
@@ -71,7 +65,7 @@ class Checkpoints:
   def __init__(self, workdir: str):
     with _orbax_lock:
       self._manager = ocp.CheckpointManager(
-          os.path.abspath(os.path.join(workdir, "checkpoints")),
+          os.path.abspath(layout.checkpoints_dir(workdir)),
           options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
 
   def restore(self, state: Any) -> tuple[int, Any]:

@@ -157,7 +157,7 @@ def train(probe: attentive_probe.Config, train_split: Split,
 def _settings(probe: attentive_probe.Config, seed: int, options: Options,
               inputs: Mapping[str, Any] | None, train_split: Split,
               evals: Mapping[str, Split]) -> dict[str, Any]:
-  """What the run is, for `run_state.claim`."""
+  """What the run is, for `run_claim.claim`."""
   # The micro-batch changes how a step is computed, not its numbers (beyond
   # fp32 rounding): a run may resume with another.
   settings = dataclasses.asdict(options)

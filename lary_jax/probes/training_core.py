@@ -1,6 +1,6 @@
 """The one training loop of the probes (classifier heads, action decoders).
 
-  claim the run folder (`run_state.claim`) -> restore the last checkpoint
+  claim the run folder (`run_claim.claim`) -> restore the last checkpoint
   -> each epoch left: train it (a held epoch, one compiled scan over the
      device-held split; or streamed steps from the input pipeline)
      -> predict every evaluated split once -> the epoch's outputs written
@@ -27,6 +27,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from lary_jax import progress as progress_lib
+from lary_jax import run_claim
 from lary_jax import tensorboard_log
 from lary_jax.data import pipeline as pl
 from lary_jax.errors import LaryError
@@ -172,7 +173,7 @@ class Run:
     self.workdir, self.name, self.label = workdir, name, label
     self.epochs, self.per_epoch = epochs, per_epoch
     if jax.process_index() == 0:
-      run_state.claim(workdir, settings)
+      run_claim.claim(workdir, settings)
     self._checkpoints = run_state.Checkpoints(workdir)
     self.start_epoch, self.state = self._checkpoints.restore(state)
     if self.start_epoch:

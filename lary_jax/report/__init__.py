@@ -44,8 +44,6 @@ from lary_jax.report.leaderboard import Run
 from lary_jax.report.leaderboard import SELECTIONS
 from lary_jax.report.leaderboard import SPLIT_LABELS
 from lary_jax.report.leaderboard import Table
-from lary_jax.report.leaderboard import UNSEEN
-from lary_jax.report.leaderboard import VALIDATION
 from lary_jax.report.tables import control_failures
 from lary_jax.report.tables import floor_gap
 from lary_jax.report.tables import honest_cell

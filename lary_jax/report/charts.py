@@ -10,13 +10,12 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from lary_jax import result_keys as keys
 from lary_jax.report.leaderboard import CLASSIFICATION
 from lary_jax.report.leaderboard import Leaderboard
 from lary_jax.report.leaderboard import REGRESSION
 from lary_jax.report.leaderboard import SELECTIONS
 from lary_jax.report.leaderboard import SPLIT_LABELS
-from lary_jax.report.leaderboard import UNSEEN
-from lary_jax.report.leaderboard import VALIDATION
 
 
 def bar_chart(title: str, ylabel: str, labels: Sequence[str],
@@ -83,7 +82,7 @@ def bar_charts(board: Leaderboard) -> list[tuple[str, str, bytes]]:
     runs = board.of(task)
     for dataset in sorted({r.dataset for r in runs}):
       of_dataset = [r for r in runs if r.dataset == dataset]
-      for split in (VALIDATION, UNSEEN):
+      for split in (keys.VALIDATION, keys.UNSEEN):
         here = [r for r in of_dataset if split in r.splits]
         if not here:
           continue
@@ -92,16 +91,16 @@ def bar_charts(board: Leaderboard) -> list[tuple[str, str, bytes]]:
                   for r in here]
         published = [board.published_value(r, split) for r in here]
         if task == CLASSIFICATION:
-          series = {label: [_scaled(r.score(sel, split, "top1"), 100)
+          series = {label: [_scaled(r.score(sel, split, keys.TOP1), 100)
                             for r in here] for sel, label in SELECTIONS}
           reference = [100 / r.summary["num_classes"]
                        if r.summary.get("num_classes") else None
                        for r in here]
           ylabel, ref_label = "top-1 (%)", "chance"
         else:
-          series = {label: [r.score(sel, split, "mse") for r in here]
+          series = {label: [r.score(sel, split, keys.MSE) for r in here]
                     for sel, label in SELECTIONS}
-          reference = [(r.summary.get("floor") or {}).get(split)
+          reference = [(r.summary.get(keys.FLOOR) or {}).get(split)
                        for r in here]
           ylabel, ref_label = "MSE (normalised)", "predict-the-mean"
         caption = f"{dataset}, {SPLIT_LABELS[split]} split: {ylabel}"

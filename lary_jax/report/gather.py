@@ -2,6 +2,7 @@
 
   <workdir>/classify/DATASET/MODEL/results.json            (+ seed_<s>/)
   <workdir>/regress/DATASET/MODEL/TYPE_MODE/results.json   (+ seed_<s>/)
+  (paths from `workdir_layout`)
   -> `collect`: a `Leaderboard`, each `Run` with the settings in which it
      left the protocol (`deviations`, against configs/default.py)
   --published CSV -> `read_published`: (task, dataset, model, decoder,
@@ -19,7 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from lary_jax import result_keys as keys
 from lary_jax import upstream_protocol
+from lary_jax import workdir_layout as layout
 from lary_jax.configs import default
 from lary_jax.errors import LaryError
 from lary_jax.report.leaderboard import CLASSIFICATION
@@ -30,8 +33,6 @@ from lary_jax.report.leaderboard import PublishedKey
 from lary_jax.report.leaderboard import REGRESSION
 from lary_jax.report.leaderboard import Run
 from lary_jax.report.leaderboard import SELECTIONS
-from lary_jax.report.leaderboard import UNSEEN
-from lary_jax.report.leaderboard import VALIDATION
 
 # What a run records (path in a seed's results.json) -> the config field
 # (configs/default.py) that holds the protocol's value.
@@ -81,10 +82,10 @@ def _subdirs(path: str) -> list[str]:
 
 
 def _run_folders(workdir: str) -> Iterable[tuple[str, str]]:
-  for dataset in _subdirs(os.path.join(workdir, "classify")):
+  for dataset in _subdirs(layout.probe_root(workdir, layout.CLASSIFY)):
     for model in _subdirs(dataset):
       yield CLASSIFICATION, model
-  for dataset in _subdirs(os.path.join(workdir, "regress")):
+  for dataset in _subdirs(layout.probe_root(workdir, layout.REGRESS)):
     for model in _subdirs(dataset):
       for decoder in _subdirs(model):
         yield REGRESSION, decoder
@@ -110,10 +111,9 @@ def collect(workdir: str) -> Leaderboard:
   runs, unfinished = [], []
   for task, folder in _run_folders(workdir):
     rel = os.path.relpath(folder, workdir)
-    if os.path.exists(os.path.join(folder, "results.json")):
+    if os.path.exists(layout.results_file(folder)):
       runs.append(_read_run(task, folder, rel))
-    elif any(os.path.basename(d).startswith("seed_")
-             for d in _subdirs(folder)):
+    elif any(layout.is_seed_dir(d) for d in _subdirs(folder)):
       unfinished.append(rel)
   if not runs:
     extra = (f"; unfinished runs (no results.json yet): {unfinished}"
@@ -126,15 +126,15 @@ def collect(workdir: str) -> Leaderboard:
 
 
 def _read_run(task: str, folder: str, rel: str) -> Run:
-  path = os.path.join(folder, "results.json")
+  path = layout.results_file(folder)
   summary = _read_json(path)
-  if not isinstance(summary.get("seeds"), list) or (
+  if not isinstance(summary.get(keys.SEEDS), list) or (
       SELECTIONS[0][0] not in summary):
     raise LaryError(f"{path}: expected the summary over seeds of a "
                     f"{task} run (keys `seeds`, `upstream_style`)")
   seeds = {}
-  for seed in summary["seeds"]:
-    seed_path = os.path.join(folder, f"seed_{seed}", "results.json")
+  for seed in summary[keys.SEEDS]:
+    seed_path = layout.results_file(layout.seed_dir(folder, seed))
     if os.path.exists(seed_path):
       seeds[int(seed)] = _read_json(seed_path)
   parts = rel.split(os.sep)
@@ -228,8 +228,9 @@ def read_published(csv_path: str) -> dict[PublishedKey, float]:
   if missing:
     raise LaryError(f"{csv_path}: no column(s) {missing}; expected a header "
                     "row task,dataset,model,metric,value[,split][,decoder]")
-  splits = {"validation": VALIDATION, "val": VALIDATION, "seen": VALIDATION,
-            "": VALIDATION, "unseen": UNSEEN}
+  splits = {"validation": keys.VALIDATION, "val": keys.VALIDATION,
+            "seen": keys.VALIDATION, "": keys.VALIDATION,
+            "unseen": keys.UNSEEN}
   out: dict[PublishedKey, float] = {}
   lines: dict[PublishedKey, int] = {}
   for line, row in enumerate(rows, start=2):

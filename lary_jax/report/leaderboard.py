@@ -4,8 +4,9 @@
   where its settings left the protocol) -> a `Leaderboard` of every run,
   with the published numbers to show beside them
 
-The names of tasks, splits and selections, and the positive controls'
-thresholds, are here once for the readers, tables and writers.
+The names of tasks, the report's labels of selections and splits (their
+keys in results.json are in `result_keys`) and the positive controls'
+thresholds are here once for the readers, tables and writers.
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from lary_jax import result_keys as keys
+
 CLASSIFICATION, REGRESSION = "classification", "regression"
-VALIDATION, UNSEEN = "validation", "unseen"
 # (key in results.json, label in the report)
-SELECTIONS = (("upstream_style", "upstream-style"), ("honest", "honest"))
-SPLIT_LABELS = {VALIDATION: "seen", UNSEEN: "unseen"}
-METRIC = {CLASSIFICATION: "top1", REGRESSION: "mse"}
+SELECTIONS = ((keys.UPSTREAM_STYLE, "upstream-style"),
+              (keys.HONEST, "honest"))
+SPLIT_LABELS = {keys.VALIDATION: "seen", keys.UNSEEN: "unseen"}
+METRIC = {CLASSIFICATION: keys.TOP1, REGRESSION: keys.MSE}
 NOT_PROTOCOL = "laptop config, not the protocol"
 CONTROL_BANNER = ("A positive control missed its threshold: the probes or "
                   "the data path failed, not (only) the models")
@@ -39,11 +42,14 @@ FLOOR_MARGIN_SE = 3.0
 # standard errors above the best floor (without floors: the 95% interval
 # of top-1 above chance).
 CONTROL_CHECKS = (
-    ("sim_oracle", CLASSIFICATION, "", VALIDATION, "top1", 0.90),
-    ("sim_oracle", CLASSIFICATION, "", UNSEEN, "top1", 0.80),
-    ("sim_oracle", REGRESSION, "mlp_absolute", VALIDATION, "mse_ratio", 0.3),
-    ("sim_oracle", REGRESSION, "mlp_relative", VALIDATION, "mse_ratio", 0.3),
-    ("flow", CLASSIFICATION, "", VALIDATION, "above_floors", FLOOR_MARGIN_SE),
+    ("sim_oracle", CLASSIFICATION, "", keys.VALIDATION, "top1", 0.90),
+    ("sim_oracle", CLASSIFICATION, "", keys.UNSEEN, "top1", 0.80),
+    ("sim_oracle", REGRESSION, "mlp_absolute", keys.VALIDATION, "mse_ratio",
+     0.3),
+    ("sim_oracle", REGRESSION, "mlp_relative", keys.VALIDATION, "mse_ratio",
+     0.3),
+    ("flow", CLASSIFICATION, "", keys.VALIDATION, "above_floors",
+     FLOOR_MARGIN_SE),
 )
 
 # (task, dataset, model, decoder, split); decoder "" matches any decoder.
@@ -79,7 +85,7 @@ class Run:
   def honest(self, split: str) -> Mapping[str, Any]:
     """The honest selection's numbers on `split` (upstream-style where the
     run held nothing out), {} where there are none."""
-    for sel in ("honest", "upstream_style"):
+    for sel in (keys.HONEST, keys.UPSTREAM_STYLE):
       value = self.summary.get(sel, {}).get(split)
       if isinstance(value, dict):
         return value
@@ -113,8 +119,8 @@ class Run:
     found = {s for sel, _ in SELECTIONS
              for s, v in self.summary.get(sel, {}).items()
              if isinstance(v, dict) and METRIC[self.task] in v}
-    return [s for s in (VALIDATION, UNSEEN) if s in found] + sorted(
-        found - {VALIDATION, UNSEEN})
+    shown = (keys.VALIDATION, keys.UNSEEN)
+    return [s for s in shown if s in found] + sorted(found - set(shown))
 
   def score(self, selection: str, split: str,
             metric: str) -> Mapping[str, float] | None:

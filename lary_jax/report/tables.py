@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import collections
 import math
-import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from lary_jax import result_keys as keys
+from lary_jax import workdir_layout as layout
 from lary_jax.report.leaderboard import CLASSIFICATION
 from lary_jax.report.leaderboard import CONTROL_CHECKS
 from lary_jax.report.leaderboard import CONTROLS
@@ -30,8 +31,6 @@ from lary_jax.report.leaderboard import Run
 from lary_jax.report.leaderboard import SELECTIONS
 from lary_jax.report.leaderboard import SPLIT_LABELS
 from lary_jax.report.leaderboard import Table
-from lary_jax.report.leaderboard import UNSEEN
-from lary_jax.report.leaderboard import VALIDATION
 
 
 def _mse(value: float) -> str:
@@ -84,13 +83,13 @@ def honest_cell(run: Run, split: str) -> str:
   value = run.honest(split)
   if run.task == CLASSIFICATION:
     text = " ".join(filter(None, (
-        _spread(run.score("honest", split, "top1"), _percent),
-        _interval(value, "top1_ci95", _percent))))
-    return text + (" ≈ chance" if value.get("at_chance") else "")
+        _spread(run.score(keys.HONEST, split, keys.TOP1), _percent),
+        _interval(value, keys.TOP1_CI95, _percent))))
+    return text + (" ≈ chance" if value.get(keys.AT_CHANCE) else "")
   text = " ".join(filter(None, (
-      _spread(run.score("honest", split, "mse"), _mse),
-      _interval(value, "mse_ci95", _mse))))
-  return text + (" ≈ mean or worse" if value.get("at_floor") else "")
+      _spread(run.score(keys.HONEST, split, keys.MSE), _mse),
+      _interval(value, keys.MSE_CI95, _mse))))
+  return text + (" ≈ mean or worse" if value.get(keys.AT_FLOOR) else "")
 
 
 def floor_gap(board: Leaderboard, run: Run, split: str
@@ -144,7 +143,7 @@ def _classification_table(board: Leaderboard,
     if run.role not in roles:
       continue
     for split in run.splits:
-      top5 = [_spread(run.score(sel, split, "top5"), _percent)
+      top5 = [_spread(run.score(sel, split, keys.TOP5), _percent)
               for sel, _ in SELECTIONS]
       published = board.published_value(run, split)
       band = run.honest(split).get("chance")
@@ -153,10 +152,11 @@ def _classification_table(board: Leaderboard,
       rows.append([
           run.dataset, run.model, run.role, SPLIT_LABELS.get(split, split),
           honest_cell(run, split),
-          _spread(run.score("upstream_style", split, "top1"), _percent),
+          _spread(run.score(keys.UPSTREAM_STYLE, split, keys.TOP1),
+                  _percent),
           " / ".join(top5), chance, versus_floors(board, run, split),
           "-" if published is None else f"{published:.1f}",
-          str(len(run.summary["seeds"])), _config_cell(run, notes)])
+          str(len(run.summary[keys.SEEDS])), _config_cell(run, notes)])
   return header, rows
 
 
@@ -174,19 +174,19 @@ def _regression_table(board: Leaderboard,
   for run in board.of(REGRESSION):
     if run.role not in roles:
       continue
-    floor = run.summary.get("floor") or {}
+    floor = run.summary.get(keys.FLOOR) or {}
     for split in run.splits:
-      units = [_spread(run.score(sel, split, "mse_units"), _mse)
+      units = [_spread(run.score(sel, split, keys.MSE_UNITS), _mse)
                for sel, _ in SELECTIONS]
       published = board.published_value(run, split)
       rows.append([
           run.dataset, run.model, run.role, run.decoder,
           SPLIT_LABELS.get(split, split), honest_cell(run, split),
-          _spread(run.score("upstream_style", split, "mse"), _mse),
+          _spread(run.score(keys.UPSTREAM_STYLE, split, keys.MSE), _mse),
           _mse(floor[split]) if split in floor else "-",
           versus_floors(board, run, split), " / ".join(units),
           "-" if published is None else _mse(published),
-          str(len(run.summary["seeds"])), _config_cell(run, notes)])
+          str(len(run.summary[keys.SEEDS])), _config_cell(run, notes)])
   return header, rows
 
 
@@ -201,13 +201,13 @@ def control_failures(board: Leaderboard) -> list[str]:
       value = run.honest(split)
       where = f"{run.name} ({SPLIT_LABELS.get(split, split)})"
       if check == "top1":
-        got = value.get("top1", {}).get("mean")
+        got = value.get(keys.TOP1, {}).get("mean")
         if got is None or got < threshold:
           out.append(f"{where}: honest top-1 {_fmt_or_dash(got, _percent)}%"
                      f", needs >= {_percent(threshold)}%")
       elif check == "mse_ratio":
-        got = value.get("mse", {}).get("mean")
-        floor = (run.summary.get("floor") or {}).get(split)
+        got = value.get(keys.MSE, {}).get("mean")
+        floor = (run.summary.get(keys.FLOOR) or {}).get(split)
         ratio = got / floor if got is not None and floor else None
         if ratio is None or ratio > threshold:
           out.append(f"{where}: honest MSE {_fmt_or_dash(ratio, _ratio)} of"
@@ -277,10 +277,11 @@ def per_seed_table(run: Run) -> Table:
   for _, label in SELECTIONS:
     header += [f"{label}: chosen", f"{label}: seen {metric}"]
   rows = []
-  for seed in run.summary["seeds"]:
+  for seed in run.summary[keys.SEEDS]:
     row = [str(seed)]
     for sel, _ in SELECTIONS:
-      chosen = run.summary.get(sel, {}).get("per_seed", {}).get(str(seed))
+      chosen = run.summary.get(sel, {}).get(keys.PER_SEED,
+                                            {}).get(str(seed))
       if not chosen:
         row += ["-", "-"]
         continue
@@ -351,14 +352,14 @@ def run_images(run: Run) -> list[tuple[str, str]]:
   if not run.seeds:
     return []
   seed = min(run.seeds)
-  folder = os.path.join(run.folder, f"seed_{seed}")
+  folder = layout.seed_dir(run.folder, seed)
   if run.task == CLASSIFICATION:
-    names = [(f"confusion matrix, {label} selection, seed {seed}",
-              f"confusion_{sel}.png") for sel, label in SELECTIONS]
-  else:
-    names = [(f"trajectories, {SPLIT_LABELS[s]} split, seed {seed}",
-              f"trajectories_{s}.png") for s in (VALIDATION, UNSEEN)]
-  return [(caption, os.path.join(folder, name)) for caption, name in names]
+    return [(f"confusion matrix, {label} selection, seed {seed}",
+             layout.confusion_stem(folder, sel) + ".png")
+            for sel, label in SELECTIONS]
+  return [(f"trajectories, {SPLIT_LABELS[s]} split, seed {seed}",
+           layout.trajectories_plot(folder, s))
+          for s in (keys.VALIDATION, keys.UNSEEN)]
 
 
 def run_facts(run: Run) -> list[str]:

@@ -13,6 +13,7 @@ import html
 import os
 import re
 
+from lary_jax import workdir_layout as layout
 from lary_jax.report import tables
 from lary_jax.report.charts import bar_charts
 from lary_jax.report.gather import collect
@@ -237,8 +238,7 @@ def write(workdir: str, published: str | None = None) -> tuple[str, str]:
   board = collect(workdir)
   if published:
     board = dataclasses.replace(board, published=read_published(published))
-  md_path = os.path.join(workdir, "report.md")
-  html_path = os.path.join(workdir, "report.html")
+  md_path, html_path = layout.report_files(workdir)
   write_markdown(board, md_path)
   write_html(board, html_path)
   return md_path, html_path

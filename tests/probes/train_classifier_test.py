@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from lary_jax import result_keys
 from lary_jax.probes import attentive_probe
 from lary_jax.probes import classification_report as report
 from lary_jax.probes import multi_head as mh
@@ -36,7 +37,7 @@ def test_lr_scale_is_upstreams_cosine():
 def test_probes_learn_separable_classes_and_results_are_written(tmp_path):
   options = tc.Options(epochs=4, global_batch=32, eval_batch=16,
                        compute_dtype="float32")
-  evals = {"validation": _split(40, 1), report.HOLDOUT: _split(12, 2)}
+  evals = {"validation": _split(40, 1), result_keys.HOLDOUT: _split(12, 2)}
   history = tc.train(PROBE, _split(96, 0), evals, str(tmp_path), seed=0,
                      options=options, progress=False)
   assert history["validation"].shape == (4, 5, 40, 4)
@@ -66,20 +67,20 @@ def test_probes_learn_separable_classes_and_results_are_written(tmp_path):
 
 def test_honest_selection_differs_from_validation_selection():
   labels = {"validation": np.array([0, 1, 0, 1]),
-            report.HOLDOUT: np.array([0, 1])}
+            result_keys.HOLDOUT: np.array([0, 1])}
   val = np.zeros((2, 5, 4, 1), np.int32)
   val[1, 3] = [[0], [1], [0], [1]]  # epoch 2, head 3 is perfect on val
   val[0, 0] = [[0], [1], [1], [1]]  # epoch 1, head 0: 3 of 4
   held = np.zeros((2, 5, 2, 1), np.int32)
   held[0, 0] = [[0], [1]]  # ... and the only perfect one on the holdout
-  out = report.summarise({"validation": val, report.HOLDOUT: held}, labels,
-                         mh.head_table(mh.StepOptions()))
+  out = report.summarise({"validation": val, result_keys.HOLDOUT: held},
+                         labels, mh.head_table(mh.StepOptions()))
   up, honest = out["upstream_style"], out["honest"]
   assert (up["epoch"], up["head"], up["validation"]["top1"]) == (2, 3, 1.0)
   assert (honest["epoch"], honest["head"]) == (1, 0)
   assert honest["validation"]["top1"] == 0.75
   assert honest["lr"] == 5e-3 and up["lr"] == 3e-4
-  assert report.HOLDOUT not in up
+  assert result_keys.HOLDOUT not in up
 
 
 def test_summary_over_seeds(tmp_path):
