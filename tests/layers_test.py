@@ -5,9 +5,9 @@
                lams.train_lam
   3 catalogue  encoders.registry (and the `encoders` package that fronts it)
   2 domains    data, sim, encoders' model files, lams, probes
-  1 blocks     nn, the weights library, atomic I/O, feature store, metrics,
-               mesh, errors, options (config_args, command_args), workdir
-               layout, result keys, ...
+  1 blocks     nn, the weights library, atomic I/O, feature store, run claim
+               and checkpoints, metrics, mesh, errors, options (config_args,
+               command_args), workdir layout, result keys, ...
 
 Every `import` of lary_jax counts, at module level and inside functions. A
 module may import its own layer or a lower one; within the domains, each
@@ -39,10 +39,10 @@ LAYERS = (
     (r"lary_jax\.encoders\.(convert|config_dict)", BLOCKS),
     (r"lary_jax\.(data|sim|encoders|lams|probes)(\..+)?", DOMAINS),
     (r"lary_jax(\.(nn|configs)(\..+)?)?", BLOCKS),
-    (r"lary_jax\.(errors|atomic_io|run_claim|feature_store|metrics|mesh"
-     r"|names|progress|compilation|tensorboard_log|torch_checkpoint|hub"
-     r"|upstream_protocol|config_args|command_args|workdir_layout"
-     r"|result_keys)", BLOCKS),
+    (r"lary_jax\.(errors|atomic_io|run_claim|run_checkpoints|feature_store"
+     r"|metrics|mesh|names|progress|compilation|tensorboard_log"
+     r"|torch_checkpoint|hub|upstream_protocol|config_args|command_args"
+     r"|workdir_layout|result_keys)", BLOCKS),
 )
 # Domain package -> the other domain packages its modules may import.
 DOMAIN_IMPORTS = {

@@ -27,18 +27,15 @@ import dataclasses
 import json
 import logging
 import os
-import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
 from types import ModuleType
 from typing import Any
 
-import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -46,6 +43,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from lary_jax import atomic_io as fs
 from lary_jax import mesh as mesh_lib
 from lary_jax import progress as progress_lib
+from lary_jax import run_checkpoints
 from lary_jax import run_claim
 from lary_jax import tensorboard_log
 from lary_jax import workdir_layout as layout
@@ -233,37 +231,7 @@ def perplexity(counts: jax.Array) -> jax.Array:
   return jnp.exp(-jnp.sum(p * jnp.log(p + 1e-12), axis=-1))
 
 
-# --------------------------------------------------------------- checkpoints
-
-
-class _Checkpoints:
-  """Orbax checkpoints of (train state, grain iterator), numbered by step."""
-
-  def __init__(self, workdir: str):
-    self._manager = ocp.CheckpointManager(
-        os.path.abspath(layout.checkpoints_dir(workdir)),
-        item_names=("state", "data"),
-        options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
-
-  def restore(self, state: Any, iterator: Any) -> tuple[int, Any]:
-    step = self._manager.latest_step()
-    if step is None:
-      return 0, state
-    restored = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(state),
-        data=grain.checkpoint.CheckpointRestore(iterator)))
-    return step, restored["state"]
-
-  def save(self, step: int, state: Any, iterator: Any) -> None:
-    self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
-        data=grain.checkpoint.CheckpointSave(iterator)))
-    self._manager.wait_until_finished()
-    if os.environ.get(KILL_AFTER_STEPS_ENV) == str(step):
-      os.kill(os.getpid(), signal.SIGKILL)
-
-  def close(self) -> None:
-    self._manager.close()
+# ------------------------------------------------ the metrics log, host copies
 
 
 def _read_metrics(workdir: str, upto: int) -> list[dict[str, Any]]:
@@ -378,10 +346,14 @@ def _check_batch(options: Options, mesh: Mesh, num_pairs: int) -> None:
                     f"batch of {options.global_batch}")
 
 
+# Not probes.training_core's loop: that one trains epochs and predicts the
+# evaluated splits after each; a LAM trains steps from an endless grain
+# stream, logs every `log_every` and checkpoints every `ckpt_every` of them.
 def _run_steps(train_step: Callable, state: Any, iterator: Any,
-               checkpoints: _Checkpoints, history: list[dict[str, Any]],
-               start: int, workdir: str, *, name: str, options: Options,
-               mesh: Mesh, codes: int, progress: bool | None) -> Any:
+               checkpoints: run_checkpoints.Checkpoints,
+               history: list[dict[str, Any]], start: int, workdir: str, *,
+               name: str, options: Options, mesh: Mesh, codes: int,
+               progress: bool | None) -> Any:
   """Steps `start..options.steps`: logs, checkpoints; returns the state."""
   show = progress if jax.process_index() == 0 else False
   bar = progress_lib.bar(options.steps, initial=start, unit="step",
@@ -407,7 +379,7 @@ def _run_steps(train_step: Callable, state: Any, iterator: Any,
       if jax.process_index() == 0:
         _write_metrics(workdir, history)
       multihost_utils.sync_global_devices("lary_train_lam_metrics")
-      checkpoints.save(step + 1, state, iterator)
+      checkpoints.save(step + 1, state)
   bar.close()
   events.close()
   return state
@@ -469,8 +441,9 @@ def train(module: ModuleType, cfg: Any, pairs: Sequence[Mapping[str, bytes]],
   iterator = pl.make_iterator(batches, worker_count=options.worker_count,
                               read_threads=options.read_threads,
                               prefetch=options.prefetch)
-  checkpoints = _Checkpoints(workdir)
-  start, state = checkpoints.restore(state, iterator)
+  checkpoints = run_checkpoints.Checkpoints(
+      workdir, kill_env=KILL_AFTER_STEPS_ENV, iterator=iterator)
+  start, state = checkpoints.restore(state)
   history = _read_metrics(workdir, start)
   train_step = make_train_step(module, cfg, graphdef, state, options, mesh)
 

@@ -60,10 +60,11 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclasses.dataclass(frozen=True)
 class Config(config_dict.DictConfig):
-  """UniVLA LAM; LAM names follow upstream's constructor, `dino_*` the hub ViT.
+  """UniVLA LAM; LAM names follow upstream's constructor.
 
   `num_codes` latent tokens per pair (upstream fixes 4); `num_latents` codes
-  in the task-centric codebook `vq_action`.
+  in the task-centric codebook `vq_action`; `dino` the frozen hub ViT whose
+  patch tokens the LAM reads, with `dino_registers` register tokens.
   """
 
   model_dim: int = 768
@@ -72,13 +73,8 @@ class Config(config_dict.DictConfig):
   num_codes: int = 4
   enc_blocks: int = 12
   num_heads: int = 12
-  # The frozen DINOv2 (with registers) whose patch tokens the LAM reads.
-  dino_dim: int = 768
-  dino_depth: int = 12
-  dino_heads: int = 12
-  dino_mlp_ratio: float = 4.0
-  dino_patch: int = 14
-  dino_image_size: int = 518  # size the position table was trained for
+  dino: dinov2.Config = dataclasses.field(
+      default_factory=dinov2.Config.vitb14)  # position table for 518 px
   dino_registers: int = 4
 
   @classmethod
@@ -86,12 +82,25 @@ class Config(config_dict.DictConfig):
     """LARY's UniVLA LAM (`lam-stage-2.ckpt`)."""
     return cls(**kw)
 
-  @property
-  def dino(self) -> dinov2.Config:
-    return dinov2.Config(
-        hidden_size=self.dino_dim, num_hidden_layers=self.dino_depth,
-        num_attention_heads=self.dino_heads, mlp_ratio=self.dino_mlp_ratio,
-        patch_size=self.dino_patch, image_size=self.dino_image_size)
+  @classmethod
+  def from_dict(cls, d: dict[str, Any]) -> Config:
+    """`to_dict`'s inverse; also reads the flat `dino_*` fields that configs
+    stored by earlier versions (converted checkpoints) hold instead of
+    `dino`."""
+    d = dict(d)
+    flat = {ours: d.pop(old) for old, ours in _FLAT_DINO.items() if old in d}
+    if flat and "dino" in d:
+      raise LaryError("univla config: both `dino` and the flat dino_* fields "
+                      "of earlier versions")
+    dino = dataclasses.asdict(cls().dino) | d.pop("dino", flat)
+    return super().from_dict({**d, "dino": dinov2.Config.from_dict(dino)})
+
+
+# Config fields of earlier versions -> the `dinov2.Config` fields of `dino`.
+_FLAT_DINO = {"dino_dim": "hidden_size", "dino_depth": "num_hidden_layers",
+              "dino_heads": "num_attention_heads",
+              "dino_mlp_ratio": "mlp_ratio", "dino_patch": "patch_size",
+              "dino_image_size": "image_size"}
 
 
 VARIANTS = {"univla": Config.univla()}
@@ -267,21 +276,23 @@ class Model(nnx.Module):
   """UniVLA LAM, encoder side: frame pair -> quantised latent action tokens."""
 
   def __init__(self, cfg: Config, *, dtype=jnp.float32, rngs: nnx.Rngs):
-    for width, heads, name in ((cfg.model_dim, cfg.num_heads, "num_heads"),
-                               (cfg.dino_dim, cfg.dino_heads, "dino_heads")):
+    dino = cfg.dino
+    for width, heads, name in (
+        (cfg.model_dim, cfg.num_heads, "num_heads"),
+        (dino.hidden_size, dino.num_attention_heads, "dino_heads")):
       if width % heads:
         raise LaryError(f"univla: width {width} is not divisible by "
                         f"{name}={heads}; set the checkpoint's head count "
                         f"(load option {name}=N)")
     self.cfg = cfg
-    self.dino_encoder = DinoRegisters(cfg.dino, cfg.dino_registers,
-                                      dtype=dtype, rngs=rngs)
-    shape = (cfg.num_codes, cfg.dino_dim)
+    self.dino_encoder = DinoRegisters(dino, cfg.dino_registers, dtype=dtype,
+                                      rngs=rngs)
+    shape = (cfg.num_codes, dino.hidden_size)
     self.action_latent = nnx.Param(jax.random.uniform(
         rngs.params(), shape, jnp.float32, -1.0, 1.0))
     self.action_latent_controllable = nnx.Param(jax.random.uniform(
         rngs.params(), shape, jnp.float32, -1.0, 1.0))
-    self.encoder = SpatioTemporalEncoder(cfg.dino_dim, cfg.model_dim,
+    self.encoder = SpatioTemporalEncoder(dino.hidden_size, cfg.model_dim,
                                          cfg.enc_blocks, cfg.num_heads,
                                          dtype=dtype, rngs=rngs)
     self.to_codebook = vit_layers.linear(cfg.model_dim, cfg.latent_dim,
@@ -297,7 +308,7 @@ class Model(nnx.Module):
     Returns:
       (latent [B, num_codes, latent_dim] = upstream's z_q, named
       intermediates: "pre_quant" (same shape), "indices" [B, num_codes],
-      "dino" [B, 2, N, dino_dim]).
+      "dino" [B, 2, N, dino.hidden_size]).
     """
     b, t = x.shape[:2]
     if t != 2:  # upstream hard-codes T = 2 when it folds frames back
@@ -370,10 +381,11 @@ def config_from_pt(weights: dict[str, np.ndarray], *, num_heads: int = 12,
       num_latents=get("vq_action.codebook.weight")[0],
       num_codes=get("action_latent")[2],
       enc_blocks=count("encoder.transformer_blocks."), num_heads=num_heads,
-      dino_dim=dino_dim, dino_depth=count("dino_encoder.blocks."),
-      dino_heads=dino_heads or max(1, dino_dim // 64),
-      dino_mlp_ratio=fc1 / dino_dim, dino_patch=patch,
-      dino_image_size=grid * patch,
+      dino=dinov2.Config(
+          hidden_size=dino_dim,
+          num_hidden_layers=count("dino_encoder.blocks."),
+          num_attention_heads=dino_heads or max(1, dino_dim // 64),
+          mlp_ratio=fc1 / dino_dim, patch_size=patch, image_size=grid * patch),
       dino_registers=get("dino_encoder.register_tokens")[1])
 
 
@@ -381,7 +393,7 @@ def params_from_torch(weights: dict[str, np.ndarray], cfg: Config
                       ) -> dict[str, np.ndarray]:
   """NNX parameters from the LAM's state dict (`lam.` prefix stripped)."""
   c = convert
-  dd, g = cfg.dino_dim, cfg.dino.grid
+  dd, g = cfg.dino.hidden_size, cfg.dino.grid
   s, n = "dino_encoder.", "dino_encoder.vit."
   table = {
       n + "patch_embed.kernel": c.conv(s + "patch_embed.proj.weight"),
@@ -399,7 +411,7 @@ def params_from_torch(weights: dict[str, np.ndarray], cfg: Config
       "to_codebook.bias": c.same("to_codebook.bias"),
       "vq_action.codebook": c.same("vq_action.codebook.weight"),
   }
-  for i in range(cfg.dino_depth):
+  for i in range(cfg.dino.num_hidden_layers):
     t, m = f"{s}blocks.{i}.", f"{n}blocks.{i}."
     for norm in ("norm1", "norm2"):
       table[f"{m}{norm}.scale"] = c.same(f"{t}{norm}.weight")
@@ -429,8 +441,7 @@ def params_from_torch(weights: dict[str, np.ndarray], cfg: Config
       table[f"{m}ffn.{ours}.bias"] = c.same(f"{t}ffn.{theirs}.bias")
   # Parameter shapes do not depend on the head counts (not in the weights);
   # measure them with one head so that any width converts.
-  shapes = c.param_shapes(Model, dataclasses.replace(cfg, num_heads=1,
-                                                      dino_heads=1))
+  shapes = c.param_shapes(Model, with_heads(cfg, num_heads=1, dino_heads=1))
   return c.apply_table(weights, table, shapes, unused=_UNUSED)
 
 
@@ -481,6 +492,17 @@ def load_checkpoint(path: str, *, variant: str | None = None,
 LOAD_OPTIONS = ("num_heads", "dino_heads")
 
 
+def with_heads(cfg: Config, *, num_heads: int | None = None,
+               dino_heads: int | None = None) -> Config:
+  """`cfg` with the LAM's and DINOv2's head counts set (None: kept)."""
+  dino = cfg.dino
+  if dino_heads is not None:
+    dino = dataclasses.replace(dino, num_attention_heads=dino_heads)
+  return dataclasses.replace(
+      cfg, dino=dino, num_heads=cfg.num_heads if num_heads is None
+      else num_heads)
+
+
 def load_options(cfg: Config, **options: Any) -> Config:
   """`cfg` with load-time options (`LOAD_OPTIONS`) set."""
   out = {}
@@ -490,7 +512,7 @@ def load_options(cfg: Config, **options: Any) -> Config:
     except (TypeError, ValueError):
       raise LaryError(f"univla option {k}={v!r}: expected an integer"
                       ) from None
-  return dataclasses.replace(cfg, **out)
+  return with_heads(cfg, **out)
 
 
 # contract.ModelModule's hooks this family does not have.

@@ -2,10 +2,11 @@
 
 `<workdir>/evals/epoch_EEE.npz` holds each finished epoch's predictions
 (written atomically), `<workdir>/checkpoints/` the orbax checkpoint of the
-parameters and optimizer state after the last finished epoch (both paths
-from `workdir_layout`). A restarted run restores the checkpoint and goes on
-from the next epoch; because batch order and random draws are pure
-functions of (seed, step), it ends with the numbers of an uninterrupted run.
+parameters and optimizer state after the last finished epoch
+(`run_checkpoints`, numbered by finished epochs; both paths from
+`workdir_layout`). A restarted run restores the checkpoint and goes on from
+the next epoch; because batch order and random draws are pure functions of
+(seed, step), it ends with the numbers of an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -13,19 +14,17 @@ from __future__ import annotations
 import io
 import math
 import os
-import signal
-import threading
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-import orbax.checkpoint as ocp
 
 from lary_jax import atomic_io as fs
 from lary_jax import workdir_layout as layout
 from lary_jax.errors import LaryError
 
-# Test hook: the process SIGKILLs itself once this many epochs are saved.
+# Test hook (`run_checkpoints`): the process SIGKILLs itself once this many
+# epochs are saved.
 KILL_AFTER_EPOCHS_ENV = "LARY_PROBE_KILL_AFTER_EPOCHS"
 
 
@@ -50,48 +49,6 @@ def read_history(workdir: str, epochs: int) -> dict[str, np.ndarray]:
     with np.load(path, allow_pickle=False) as z:
       per_epoch.append({k: z[k] for k in z.files})
   return {k: np.stack([p[k] for p in per_epoch]) for k in per_epoch[0]}
-
-
-# Orbax coordinates a save through process-wide signals numbered by
-# operation: two managers saving at once from two threads (`run`'s probe
-# stages side by side) wait on each other's signals until they time out.
-# Every manager's work is done one at a time (saves are small and waited for).
-_orbax_lock = threading.RLock()
-
-
-class Checkpoints:
-  """The orbax checkpoint of a run, numbered by finished epochs."""
-
-  def __init__(self, workdir: str):
-    with _orbax_lock:
-      self._manager = ocp.CheckpointManager(
-          os.path.abspath(layout.checkpoints_dir(workdir)),
-          options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
-
-  def restore(self, state: Any) -> tuple[int, Any]:
-    """(finished epochs, state) from the latest checkpoint, or (0, state).
-
-    `state` is the freshly initialised pytree; restored arrays take its
-    shapes, dtypes and shardings.
-    """
-    with _orbax_lock:
-      epochs = self._manager.latest_step() or 0
-      if not epochs:
-        return 0, state
-      return epochs, self._manager.restore(
-          epochs, args=ocp.args.StandardRestore(state))
-
-  def save(self, epochs: int, state: Any) -> None:
-    """Saves after `epochs` finished epochs and waits until it is on disk."""
-    with _orbax_lock:
-      self._manager.save(epochs, args=ocp.args.StandardSave(state))
-      self._manager.wait_until_finished()
-    if os.environ.get(KILL_AFTER_EPOCHS_ENV) == str(epochs):
-      os.kill(os.getpid(), signal.SIGKILL)
-
-  def close(self) -> None:
-    with _orbax_lock:
-      self._manager.close()
 
 
 def steps_per_epoch(num_examples: int, global_batch: int, *,

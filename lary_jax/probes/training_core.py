@@ -27,6 +27,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from lary_jax import progress as progress_lib
+from lary_jax import run_checkpoints
 from lary_jax import run_claim
 from lary_jax import tensorboard_log
 from lary_jax.data import pipeline as pl
@@ -174,7 +175,8 @@ class Run:
     self.epochs, self.per_epoch = epochs, per_epoch
     if jax.process_index() == 0:
       run_claim.claim(workdir, settings)
-    self._checkpoints = run_state.Checkpoints(workdir)
+    self._checkpoints = run_checkpoints.Checkpoints(
+        workdir, kill_env=run_state.KILL_AFTER_EPOCHS_ENV)
     self.start_epoch, self.state = self._checkpoints.restore(state)
     if self.start_epoch:
       _log.info("%s: resumed after epoch %d", workdir, self.start_epoch)

@@ -79,8 +79,9 @@ def test_ckpt_loads_and_infers_config(tmp_path):
   path = _write_ckpt(tmp_path / "lam-stage-2.ckpt", weights)
   cfg, params = univla.load_checkpoint(path, **_heads())
   assert (cfg.model_dim, cfg.latent_dim, cfg.num_latents, cfg.enc_blocks,
-          cfg.dino_dim, cfg.dino_depth, cfg.dino_image_size,
-          cfg.dino_registers) == (32, 16, 8, 2, 32, 2, 70, 4)
+          cfg.dino.hidden_size, cfg.dino.num_hidden_layers,
+          cfg.dino.image_size, cfg.dino_registers) == (32, 16, 8, 2, 32, 2,
+                                                       70, 4)
   model = convert.build(univla.Model, cfg, params)
   latent, _ = _forward(model, jnp.asarray(io["frames_42"]))
   assert np.abs(np.asarray(latent) - io["tokens_42"]).max() < 1e-4
@@ -148,3 +149,30 @@ def test_full_size_shapes():
                                jax.ShapeDtypeStruct((2, 2, 224, 224, 3),
                                                     jnp.float32))
   assert latent.shape == (2, 4, 128) and out["dino"].shape == (2, 2, 256, 768)
+
+
+def test_config_round_trips_and_reads_the_flat_fields_of_old_checkpoints(
+    tmp_path):
+  weights, io = _fixture()
+  cfg = univla.config_from_pt(weights, **_heads())
+  stored = json.loads(json.dumps(cfg.to_dict()))
+  assert stored["dino"]["hidden_size"] == 32
+  assert univla.Config.from_dict(stored) == cfg
+  # A checkpoint converted before `dino` was one field stored it flat.
+  out = registry.convert("univla", _write_ckpt(tmp_path / "lam.ckpt", weights),
+                         str(tmp_path / "converted"))
+  with open(os.path.join(out, "config.json")) as f:
+    meta = json.load(f)
+  converted = univla.Config.from_dict(meta["config"])
+  dino = meta["config"].pop("dino")
+  meta["config"].update(
+      dino_dim=dino["hidden_size"], dino_depth=dino["num_hidden_layers"],
+      dino_heads=dino["num_attention_heads"], dino_mlp_ratio=dino["mlp_ratio"],
+      dino_patch=dino["patch_size"], dino_image_size=dino["image_size"])
+  with open(os.path.join(out, "config.json"), "w") as f:
+    json.dump(meta, f)
+  assert univla.Config.from_dict(meta["config"]) == converted
+  enc = registry.load("univla", out, **_heads())
+  assert np.abs(np.asarray(enc(io["frames_42"])) - io["tokens_42"]).max() < 1e-4
+  with pytest.raises(LaryError, match="both `dino` and the flat"):
+    univla.Config.from_dict({**meta["config"], "dino": dino})

@@ -1,9 +1,6 @@
 """A probe run's schedule: epochs sized by a minimum number of updates."""
 
 import types
-from concurrent import futures
-
-import jax.numpy as jnp
 
 from lary_jax.probes import run_state
 
@@ -26,20 +23,3 @@ def test_schedule_and_what_both_numbers_were_trained_on():
       "updates": 1000, "global_batch": 16}
   assert run_state.trained_on(0.0) == "all of train, as upstream"
   assert "10% held-out slice" in run_state.trained_on(0.1)
-
-
-def test_checkpoints_of_two_threads_at_once(tmp_path):
-  """`run` trains two probe stages in threads; orbax's per-operation signals
-  of two managers saving at once once hung until a 300 s timeout (within
-  ~25 saves each, without run_state's lock)."""
-  def train(name):
-    ckpt = run_state.Checkpoints(str(tmp_path / name))
-    for epoch in range(1, 26):
-      ckpt.save(epoch, {"w": jnp.full((8,), float(epoch))})
-    epochs, state = ckpt.restore({"w": jnp.zeros((8,))})
-    ckpt.close()
-    return epochs, float(state["w"][0])
-
-  with futures.ThreadPoolExecutor(2) as pool:
-    done = [pool.submit(train, n) for n in ("a", "b")]
-    assert [f.result(timeout=120) for f in done] == [(25, 25.0)] * 2
