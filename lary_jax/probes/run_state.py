@@ -2,8 +2,7 @@
 
 `<workdir>/evals/epoch_EEE.npz` holds each finished epoch's predictions
 (written atomically), `<workdir>/checkpoints/` the orbax checkpoint of the
-parameters and optimizer state after the last finished epoch
-(`run_checkpoints`, numbered by finished epochs). A restarted
+parameters and optimizer state after the last finished epoch. A restarted
 run restores the checkpoint and goes on from the next epoch; because batch
 order and random draws are pure functions of (seed, step), it ends with the
 numbers of an uninterrupted run.
@@ -25,8 +24,7 @@ from lary_jax.run_claim import SETTINGS  # re-exported
 from lary_jax.run_claim import claim  # re-exported
 from lary_jax.run_claim import digest_file  # re-exported
 
-# Test hook (`run_checkpoints`): the process SIGKILLs itself once this many
-# epochs are saved.
+# Test hook: the process SIGKILLs itself once this many epochs are saved.
 KILL_AFTER_EPOCHS_ENV = "LARY_PROBE_KILL_AFTER_EPOCHS"
 
 
