@@ -40,7 +40,7 @@ class ModelModule(Protocol):
   Config: Any  # a DictConfig dataclass
   Model: Any  # the nnx.Module, built as Model(cfg, dtype=..., rngs=...)
   VARIANTS: Mapping[str, Any]  # named configs, for files without one
-  LOAD_OPTIONS: tuple[str, ...]  # config fields settable at load time
+  LOAD_OPTIONS: tuple[str, ...]  # config settings load_options sets
   FRAMES_VIEW: str  # the prepared frames it reads ("": the squashed 224)
   preprocess: Callable[..., Any]  # uint8 frames -> model input
   select_tokens: Callable[..., Any]  # model output -> tokens [B, N, D]

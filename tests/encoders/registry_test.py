@@ -1,7 +1,5 @@
 """Tests for lary_jax.encoders.registry: load, available, register."""
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -127,9 +125,10 @@ def test_every_model_file_declares_the_model_module_contract():
     assert isinstance(module, contract.ModelModule), module.__name__
     assert isinstance(module.LOAD_OPTIONS, tuple), module.__name__
     assert module.FRAMES_VIEW in contract.FRAMES_VIEWS, module.__name__
-    fields = {f.name for f in dataclasses.fields(module.Config)}
-    assert set(module.LOAD_OPTIONS) <= fields, module.__name__
     assert (module.load_options is None) == (not module.LOAD_OPTIONS)
+    for option in module.LOAD_OPTIONS:  # each sets the config ("1": 1, on)
+      cfg = module.load_options(module.Config(), **{option: "1"})
+      assert isinstance(cfg, module.Config), (module.__name__, option)
     assert module.params_from_pt is not None or (
         module.config_from_hf is not None
         or module.load_checkpoint is not None), module.__name__
