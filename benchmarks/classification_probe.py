@@ -240,7 +240,8 @@ def _memory_section(args) -> str:
                   "sim_classification", "--data_dir", data,
                   "--workdir", work)):
       subprocess.run(_cli(*argv), check=True)
-  subprocess.run(["rm", "-rf", os.path.join(work, "classify")], check=True)
+  subprocess.run(["rm", "-rf", workdir_layout.probe_root(
+      work, workdir_layout.CLASSIFY)], check=True)
   free = memory_fit.host_free_bytes()
   command = ("classify", "--model", "pixels", "--dataset",
              "sim_classification", "--workdir", work)

@@ -478,8 +478,9 @@ def check(workdir: str, host: HostRates) -> tuple[str, dict[str, float]]:
       continue
     model = stage.removeprefix("extract_")
     mine = {k: v for k, v in stores.items() if k[2] == model}
-    with open(os.path.join(workdir, "features", *next(iter(mine)),
-                           "run.json")) as f:
+    store = workdir_layout.features_dir(
+        workdir_layout.features_root(workdir), *next(iter(mine)))
+    with open(os.path.join(store, feature_store.RUN)) as f:
       fields = json.load(f)
     name, checkpoint = model, fields.get("checkpoint")
     if model == benchmark_run.RUN_LAM:

@@ -188,7 +188,7 @@ def make_step_fn(graphdef: nnx.GraphDef, options: StepOptions
         params, _head_batch(options, len(options.heads)))
     # AdamW once over the stacked heads, outside the map: inside it, each
     # head's parameters and moments were sliced out of the stacks and
-    # written back, ~0.2 s a head of the protocol's LAM-shaped step.
+    # written back (a few percent of the protocol's LAM-shaped step).
     new_params, new_state = _stacked_update(
         options, params, opt_state, lrs, wds,
         lr_scale(step, options.total_steps), grads, finite)
