@@ -13,7 +13,10 @@ both encode the same uint8 input through upstream's path, fp32:
   magvit2 upstream's Open-MAGVIT2 `Encoder` (`--upstream`, a LARYBench
           checkout; skipped without it), frames in [0, 1].
 Each side is timed alone (the other idle), best and median of `--rounds`
-after a warm-up call; the jitted side's compile time is reported apart.
+after a warm-up call; the jitted side's compile time is reported apart. The
+jitted side is compiled with the XLA options extraction gives these encoders
+(`xla_options.CONVOLUTIONAL`: on CPU, convolutions and reductions on XLA's
+own kernels rather than YNNPACK's).
 `--threads N` gives both sides N threads (torch.set_num_threads; XLA's CPU
 intra-op pool): on a machine other processes keep busy, torch's OpenMP
 threads slow down 20-100x at 2 threads on 2 cores, so run such a machine with
@@ -161,12 +164,17 @@ def bench(name: str, spec, rounds: int) -> dict:
   import torch  # pylint: disable=g-import-not-at-top
   from lary_jax.encoders import convert  # pylint: disable=g-import-not-at-top
   from lary_jax.encoders import registry  # pylint: disable=g-import-not-at-top
+  from lary_jax import xla_options  # pylint: disable=g-import-not-at-top
   module, cfg, params, mode, inputs, run_torch, what = spec
   enc = registry.make_encoder(name, convert.build(module.Model, cfg, params),
                               preprocess=module.preprocess,
-                              select_tokens=module.select_tokens, mode=mode)
+                              select_tokens=module.select_tokens, mode=mode,
+                              xla_profile=module.XLA_PROFILE)
   t = time.perf_counter()
-  compiled = jax.jit(enc.apply).lower(enc.params, inputs).compile()
+  # Compiled as extraction compiles this encoder (its XLA options).
+  compiled = jax.jit(enc.apply, compiler_options=xla_options.encoder_forward(
+      jax.default_backend(), enc.xla_profile)).lower(enc.params,
+                                                     inputs).compile()
   compile_s = time.perf_counter() - t
   ours = np.asarray(compiled(enc.params, inputs))
   jax_times = _timed(lambda: compiled(enc.params, inputs).block_until_ready(),

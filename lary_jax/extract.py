@@ -44,6 +44,7 @@ from lary_jax import atomic_io
 from lary_jax import feature_store as fs
 from lary_jax import mesh as mesh_lib
 from lary_jax import progress as progress_lib
+from lary_jax import xla_options
 from lary_jax.data import pipeline as pl
 from lary_jax.errors import LaryError
 
@@ -271,7 +272,9 @@ def make_step(encoder: Any, mesh: Mesh, *, micro_batch: int, dtype: Any,
 
   return jax.jit(jax.shard_map(per_device, mesh=mesh,
                                in_specs=(P(), P(axis)),
-                               out_specs=(P(axis), P(axis))))
+                               out_specs=(P(axis), P(axis))),
+                 compiler_options=xla_options.encoder_forward(
+                     mesh.devices.flat[0].platform, encoder.xla_profile))
 
 
 def replicate(params: Any, mesh: Mesh) -> Any:

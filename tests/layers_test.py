@@ -42,7 +42,7 @@ LAYERS = (
     (r"lary_jax\.(errors|atomic_io|run_claim|run_checkpoints|feature_store"
      r"|metrics|mesh|names|progress|compilation|tensorboard_log"
      r"|torch_checkpoint|hub|upstream_protocol|config_args|command_args"
-     r"|workdir_layout|result_keys)", BLOCKS),
+     r"|workdir_layout|result_keys|xla_options)", BLOCKS),
 )
 # Domain package -> the other domain packages its modules may import.
 DOMAIN_IMPORTS = {

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from lary_jax import xla_options
 from lary_jax.errors import LaryError
 from lary_jax.nn import vit_layers
 
@@ -42,6 +43,7 @@ class ModelModule(Protocol):
   VARIANTS: Mapping[str, Any]  # named configs, for files without one
   LOAD_OPTIONS: tuple[str, ...]  # config settings load_options sets
   FRAMES_VIEW: str  # the prepared frames it reads ("": the squashed 224)
+  XLA_PROFILE: str  # how its forward compiles (`xla_options.PROFILES`)
   preprocess: Callable[..., Any]  # uint8 frames -> model input
   select_tokens: Callable[..., Any]  # model output -> tokens [B, N, D]
   params_from_torch: Callable[..., Any]  # HF names -> params
@@ -62,7 +64,10 @@ class Encoder:
   for callers that place `params` themselves (e.g. replicated on a mesh).
   `frames_view` names the stored frames extraction feeds it: "" the 224
   squashed frames, "vjepa2" V-JEPA 2's crop of the full-resolution frames.
-  `inputs` is "frames", or "states" for an encoder of the robot states
+  `xla_profile` selects the XLA options its forward compiles with
+  (`xla_options`: "" XLA's defaults, "convolutional" for the pixel
+  tokenizers). `inputs` is "frames", or "states" for an encoder of the
+  robot states
   recorded with each frame (then `example` is one frame's state, float32).
   """
 
@@ -73,6 +78,7 @@ class Encoder:
   params: Any
   static: tuple[Any, ...]  # hashable (graphdef, preprocess, select, ...)
   frames_view: str = ""
+  xla_profile: str = xla_options.DEFAULT
   inputs: str = "frames"
   example: jax.ShapeDtypeStruct = jax.ShapeDtypeStruct((224, 224, 3),
                                                        jnp.uint8)
@@ -81,7 +87,8 @@ class Encoder:
     return _encode(*self.static, params, images)
 
   def __call__(self, images: jax.Array) -> jax.Array:
-    return _encode_jit(*self.static, self.params, images)
+    return _encode_jit(jax.default_backend(), self.xla_profile)(
+        *self.static, self.params, images)
 
 
 def _encode(graphdef, preprocess, select_tokens, mode, name, frame_rank,
@@ -105,9 +112,14 @@ def _encode(graphdef, preprocess, select_tokens, mode, name, frame_rank,
   return tokens if select_tokens is None else select_tokens(tokens, out)
 
 
-# Module level with a static model structure, so that encoders built twice
-# from the same architecture share compilations.
-_encode_jit = jax.jit(_encode, static_argnums=(0, 1, 2, 3, 4, 5))
+@functools.cache
+def _encode_jit(platform: str, profile: str) -> Callable[..., jax.Array]:
+  """`_encode` jitted for `platform` and XLA `profile`, static in the model
+  structure, so that encoders built twice from the same architecture share
+  compilations."""
+  return jax.jit(_encode, static_argnums=(0, 1, 2, 3, 4, 5),
+                 compiler_options=xla_options.encoder_forward(platform,
+                                                              profile))
 
 
 def make_encoder(name: str, model: nnx.Module, *,
@@ -115,6 +127,7 @@ def make_encoder(name: str, model: nnx.Module, *,
                  select_tokens: Callable[[jax.Array, dict], jax.Array]
                  | None = None,
                  mode: str = "image", frames_view: str = "",
+                 xla_profile: str = xla_options.DEFAULT,
                  inputs: str = "frames",
                  example: jax.ShapeDtypeStruct | None = None) -> Encoder:
   """Wraps an NNX model with the encoder contract into an `Encoder`.
@@ -127,6 +140,7 @@ def make_encoder(name: str, model: nnx.Module, *,
     mode: "image" or "video".
     frames_view: the stored frames the model reads ("": squashed 224,
       "vjepa2": V-JEPA 2's view; see `Encoder`).
+    xla_profile: how the forward compiles (`xla_options.PROFILES`).
     inputs: "frames", or "states" (see `Encoder`).
     example: one example's input (default: a uint8 224 frame, clip or pair
       of frames as `mode` says); for an image-mode state encoder, one
@@ -141,6 +155,9 @@ def make_encoder(name: str, model: nnx.Module, *,
   if frames_view not in FRAMES_VIEWS:
     raise LaryError(f"encoder {name!r}: frames_view={frames_view!r}, "
                     f"expected one of {FRAMES_VIEWS}")
+  if xla_profile not in xla_options.PROFILES:
+    raise LaryError(f"encoder {name!r}: xla_profile={xla_profile!r}, "
+                    f"expected one of {xla_options.PROFILES}")
   if inputs not in INPUTS:
     raise LaryError(f"encoder {name!r}: inputs={inputs!r}, expected one of "
                     f"{INPUTS}")
@@ -154,4 +171,4 @@ def make_encoder(name: str, model: nnx.Module, *,
                          batch).shape
   return Encoder(name=name, dim=shape[-1], num_tokens=shape[-2], mode=mode,
                  params=params, static=static, frames_view=frames_view,
-                 inputs=inputs, example=example)
+                 xla_profile=xla_profile, inputs=inputs, example=example)

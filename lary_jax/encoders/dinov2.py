@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from lary_jax import xla_options
 from lary_jax.encoders import config_dict
 from lary_jax.encoders import convert
 from lary_jax.errors import LaryError
@@ -244,6 +245,7 @@ def params_from_torch(weights: dict[str, np.ndarray], cfg: Config
 # contract.ModelModule's hooks this family does not have.
 LOAD_OPTIONS: tuple[str, ...] = ()
 FRAMES_VIEW = ""
+XLA_PROFILE = xla_options.DEFAULT
 load_options = None
 config_from_pt = None
 params_from_pt = None

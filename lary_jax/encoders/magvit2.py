@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from lary_jax import xla_options
 from lary_jax.encoders import config_dict
 from lary_jax.encoders import convert
 from lary_jax.errors import LaryError
@@ -241,4 +242,6 @@ def config_from_pt(weights: dict[str, np.ndarray]) -> Config:
 
 # contract.ModelModule's hooks this family does not have.
 FRAMES_VIEW = ""
+# Its convolutions on XLA's own CPU kernels (xla_options).
+XLA_PROFILE = xla_options.CONVOLUTIONAL
 load_checkpoint = None

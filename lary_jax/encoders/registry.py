@@ -90,7 +90,7 @@ def _checkpoint_factory(name: str) -> Factory:
     return contract.make_encoder(
         name, model, preprocess=module.preprocess,
         select_tokens=module.select_tokens, mode=_MODEL_MODULES[name][1],
-        frames_view=module.FRAMES_VIEW)
+        frames_view=module.FRAMES_VIEW, xla_profile=module.XLA_PROFILE)
 
   return factory
 

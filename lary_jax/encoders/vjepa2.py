@@ -53,6 +53,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from lary_jax import xla_options
 from lary_jax.data import images as image_ops
 from lary_jax.encoders import config_dict
 from lary_jax.encoders import convert
@@ -66,6 +67,7 @@ SHORT_SIDE = int(CROP * 256 / 224)
 # The stored frames extraction reads for this model: prepared datasets hold
 # `upstream_view` of the full-resolution frames under `*_vjepa2` keys.
 FRAMES_VIEW = "vjepa2"
+XLA_PROFILE = xla_options.DEFAULT
 
 # Heads per width of the released checkpoints (the weights do not say).
 _HEADS_BY_WIDTH = {1024: 16, 1280: 16, 1408: 22}

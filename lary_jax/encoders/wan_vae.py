@@ -46,6 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from lary_jax import xla_options
 from lary_jax.encoders import config_dict
 from lary_jax.encoders import convert
 from lary_jax.errors import LaryError
@@ -131,10 +132,12 @@ class RMSNorm(nnx.Module):
 
 def causal_conv(din: int, dout: int, k: int, *, dtype,
                 rngs: nnx.Rngs) -> nnx.Conv:
-  """A k x k x k conv padded 2 * (k // 2) frames in front, none behind."""
+  """A k x k x k conv padded 2 * (k // 2) frames in front, none behind
+  (computed frame by frame: `conv_layers.conv3d_by_frames`)."""
   p = k // 2
   return cl.conv(din, dout, (k, k, k), padding=((2 * p, 0), (p, p), (p, p)),
-                 dtype=dtype, rngs=rngs)
+                 dtype=dtype, conv_general_dilated=cl.conv3d_by_frames,
+                 rngs=rngs)
 
 
 class ResidualBlock(nnx.Module):
@@ -459,4 +462,6 @@ def config_from_pt(weights: dict[str, np.ndarray]) -> Config:
 
 # contract.ModelModule's hooks this family does not have.
 FRAMES_VIEW = ""
+# Its convolutions and channel norms on XLA's own CPU kernels (xla_options).
+XLA_PROFILE = xla_options.CONVOLUTIONAL
 load_checkpoint = None

@@ -47,6 +47,7 @@ import numpy as np
 from flax import nnx
 
 from lary_jax import torch_checkpoint
+from lary_jax import xla_options
 from lary_jax.encoders import config_dict
 from lary_jax.encoders import convert
 from lary_jax.encoders import dinov2
@@ -517,4 +518,5 @@ def load_options(cfg: Config, **options: Any) -> Config:
 
 # contract.ModelModule's hooks this family does not have.
 FRAMES_VIEW = ""
+XLA_PROFILE = xla_options.DEFAULT
 config_from_hf = None

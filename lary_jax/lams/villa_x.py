@@ -45,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from lary_jax import xla_options
 from lary_jax.encoders import config_dict
 from lary_jax.encoders import convert
 from lary_jax.errors import LaryError
@@ -435,6 +436,7 @@ def load_checkpoint(path: str, *, variant: str | None = None,
 # contract.ModelModule's hooks this family does not have.
 LOAD_OPTIONS: tuple[str, ...] = ()
 FRAMES_VIEW = ""
+XLA_PROFILE = xla_options.DEFAULT
 load_options = None
 config_from_hf = None
 config_from_pt = None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -22,18 +22,61 @@ from lary_jax.errors import LaryError
 def conv(din: int, dout: int, kernel: int | Sequence[int], *,
          stride: int | Sequence[int] = 1,
          padding: int | Sequence[tuple[int, int]] | str = 0,
-         bias: bool = True, dtype=jnp.float32, rngs: nnx.Rngs) -> nnx.Conv:
+         bias: bool = True, dtype=jnp.float32,
+         conv_general_dilated: Callable[..., jax.Array] = (
+             jax.lax.conv_general_dilated),
+         rngs: nnx.Rngs) -> nnx.Conv:
   """A torch-style Conv (2-D, or 3-D with a 3-long `kernel`).
 
   `padding` n pads every spatial axis by n on both sides, as torch's
   `padding=n`; explicit ((lo, hi), ...) pairs or "VALID" pass through.
+  `conv_general_dilated` computes it (`lax.conv_general_dilated`'s
+  signature), e.g. `conv3d_by_frames`.
   """
   kernel = (kernel, kernel) if isinstance(kernel, int) else tuple(kernel)
   if isinstance(padding, int):
     padding = ((padding, padding),) * len(kernel)
   return nnx.Conv(din, dout, kernel, strides=stride, padding=padding,
                   use_bias=bias, dtype=dtype, param_dtype=jnp.float32,
-                  rngs=rngs)
+                  conv_general_dilated=conv_general_dilated, rngs=rngs)
+
+
+def conv3d_by_frames(lhs: jax.Array, rhs: jax.Array,
+                     window_strides: Sequence[int],
+                     padding: Sequence[tuple[int, int]], *,
+                     lhs_dilation: Sequence[int] | None = None,
+                     rhs_dilation: Sequence[int] | None = None,
+                     feature_group_count: int = 1, precision: Any = None,
+                     **_) -> jax.Array:
+  """A channels-last 3-D convolution with time stride 1, as one 2-D
+  convolution of every frame per time tap of the kernel, summed.
+
+  The same function as `lax.conv_general_dilated` on lhs [B, T, H, W, C]
+  and rhs [kt, kh, kw, C, C'] (nnx.Conv's layout), to rounding. XLA:CPU
+  runs its 3-D convolutions at ~150 GFLOP/s on 2 cores, the 2-D ones at
+  ~290 (Wan2.2's [9, 112, 112, 160] clip, 3x3x3, 160 -> 160: 1.0 s vs
+  0.54 s).
+  """
+  simple = (len(window_strides) == 3 and window_strides[0] == 1
+            and all(d == 1 for d in (*(lhs_dilation or ()),
+                                     *(rhs_dilation or ())))
+            and feature_group_count == 1 and not isinstance(padding, str))
+  if not simple:
+    raise LaryError("conv3d_by_frames: only undilated, ungrouped 3-D "
+                    "convolutions with time stride 1 and explicit padding")
+  (front, back), *space = padding
+  lhs = jnp.pad(lhs, ((0, 0), (front, back), (0, 0), (0, 0), (0, 0)))
+  b, t, h, w, c = lhs.shape
+  taps = rhs.shape[0]
+  frames = t - taps + 1
+  out = None
+  for a in range(taps):
+    y = jax.lax.conv_general_dilated(
+        lhs[:, a:a + frames].reshape(b * frames, h, w, c), rhs[a],
+        window_strides[1:], space, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        precision=precision)
+    out = y if out is None else out + y
+  return out.reshape(b, frames, *out.shape[1:])
 
 
 def group_norm(dim: int, *, groups: int = 32, eps: float = 1e-6,
