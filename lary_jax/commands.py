@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import ml_collections
 
+from lary_jax import atomic_io
 from lary_jax import benchmark_run
 from lary_jax import command_args
 from lary_jax import extract as extract_lib
@@ -211,6 +212,19 @@ def _store_dir(flags, dataset: str, split: str,
   return layout.features_dir(root, dataset, split, model or flags.model)
 
 
+def _store_digest(store_dir: str, digest: str | None,
+                  checkpoint: str | None) -> str | None:
+  """The `checkpoint_digest` to give a store: `digest` (the weights'), or,
+  for a store an older lary-jax began from the same checkpoint files, the
+  digest of those files it recorded, so that it resumes."""
+  found = atomic_io.read_json(os.path.join(store_dir, feature_store.RUN))
+  old = (found or {}).get("checkpoint_digest")
+  if digest and old not in (None, digest) and (
+      old == extract_lib.files_digest(checkpoint)):
+    return old
+  return digest
+
+
 def extract(flags, config: Config) -> int:
   """Extracts --model's features of --dataset (every split, or --split)."""
   return extract_features(command_args.from_flags(ExtractArgs, flags),
@@ -238,7 +252,7 @@ def extract_features(args: ExtractArgs, config: Config) -> int:
     raise LaryError(f"--config.extract.compute_dtype={c.compute_dtype}: "
                     "expected float32 or bfloat16")
   # A hub id is fetched (or found in the HF cache) once, here; the store
-  # records the id as given and the digest of the files it named.
+  # records the id as given and the digest of the weights it named.
   checkpoint = hub.resolve(args.checkpoint) if args.checkpoint else None
   encoder = registry.load(args.model, checkpoint,
                           dtype=getattr(jnp, c.compute_dtype),
@@ -247,12 +261,14 @@ def extract_features(args: ExtractArgs, config: Config) -> int:
     extract_lib.check_frame_keys(
         extract_lib.frame_keys(encoder, mode, c.frames),
         builder.info.features.keys(), spec.name)
-  digest = extract_lib.checkpoint_digest(checkpoint)
+  digest = (extract_lib.weights_digest(encoder.params) if checkpoint
+            else None)
   for spec, builder, mode, split in jobs:
     store_dir = _store_dir(args, spec.name, split, args.store_name)
     fields = dict(
         model=args.store_name, checkpoint=args.checkpoint,
-        checkpoint_digest=digest, encoder_options=c.encoder_options,
+        checkpoint_digest=_store_digest(store_dir, digest, checkpoint),
+        encoder_options=c.encoder_options,
         compute_dtype=c.compute_dtype, dataset=spec.name,
         tfds_name=metadata.tfds_name(spec), split=split,
         # A split prepared again (other rows or frames) is another input.

@@ -292,8 +292,28 @@ def local_rows(x: jax.Array) -> np.ndarray:
   return np.concatenate(jax.device_get([s.data for s in shards]))
 
 
-def checkpoint_digest(path: str | None) -> str | None:
-  """SHA-256 over a checkpoint file or folder (names, sizes and bytes)."""
+def weights_digest(params: Any) -> str:
+  """SHA-256 over an encoder's parameters: each array's path, dtype, shape
+  and bytes, in path order.
+
+  A store records it as its `checkpoint_digest`. The same weights give the
+  same digest whatever files held them: a Hugging Face folder and its
+  converted orbax copy, or an orbax folder written twice (orbax's own
+  metadata files differ between two saves of the same arrays).
+  """
+  leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+  h = hashlib.sha256()
+  for path, leaf in sorted((jax.tree_util.keystr(p), leaf)
+                           for p, leaf in leaves):
+    array = np.ascontiguousarray(jax.device_get(leaf))
+    h.update(f"{path}\0{array.dtype.str}\0{array.shape}\0".encode())
+    h.update(memoryview(array.reshape(-1).view(np.uint8)))
+  return h.hexdigest()
+
+
+def files_digest(path: str | None) -> str | None:
+  """SHA-256 over a checkpoint file or folder (names, sizes and bytes): the
+  `checkpoint_digest` of stores begun before `weights_digest`."""
   if path is None:
     return None
   if not os.path.exists(path):

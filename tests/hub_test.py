@@ -164,7 +164,7 @@ def test_extract_by_id_as_by_folder(cache, tmp_path):
   by_folder = fs.FeatureSource(stores["folder"])
   assert by_id.read_all().shape == (30, 2, 256, 32)
   np.testing.assert_array_equal(by_id.read_all(), by_folder.read_all())
-  # The store records the id as given and the digest of the files it named.
+  # The store records the id as given and the digest of the weights it named.
   run_id = json.loads(pathlib.Path(stores["id"], fs.RUN).read_text())
   run_folder = json.loads(pathlib.Path(stores["folder"], fs.RUN).read_text())
   assert run_id["checkpoint"] == REPO
