@@ -201,6 +201,8 @@ preprocess = vit_layers.to_unit_float
 # of the frame, [B, 196, 128] at 224.
 select_tokens = None
 load_options = cl.load_options
+# Its convolutions on XLA's own CPU kernels (xla_options).
+XLA_PROFILE = xla_options.CONVOLUTIONAL
 
 
 # ---------------------------------------------------------------------------
@@ -358,6 +360,4 @@ def config_from_pt(weights: dict[str, np.ndarray]) -> Config:
 
 # contract.ModelModule's hooks this family does not have.
 FRAMES_VIEW = ""
-# Its convolutions on XLA's own CPU kernels (xla_options).
-XLA_PROFILE = xla_options.CONVOLUTIONAL
 load_checkpoint = None

@@ -317,6 +317,8 @@ preprocess = vit_layers.to_unit_float
 # at 224.
 select_tokens = None
 load_options = cl.load_options
+# Its convolutions and channel norms on XLA's own CPU kernels (xla_options).
+XLA_PROFILE = xla_options.CONVOLUTIONAL
 
 
 # ---------------------------------------------------------------------------
@@ -462,6 +464,4 @@ def config_from_pt(weights: dict[str, np.ndarray]) -> Config:
 
 # contract.ModelModule's hooks this family does not have.
 FRAMES_VIEW = ""
-# Its convolutions and channel norms on XLA's own CPU kernels (xla_options).
-XLA_PROFILE = xla_options.CONVOLUTIONAL
 load_checkpoint = None
