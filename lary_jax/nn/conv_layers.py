@@ -65,18 +65,29 @@ def conv3d_by_frames(lhs: jax.Array, rhs: jax.Array,
     raise LaryError("conv3d_by_frames: only undilated, ungrouped 3-D "
                     "convolutions with time stride 1 and explicit padding")
   (front, back), *space = padding
-  lhs = jnp.pad(lhs, ((0, 0), (front, back), (0, 0), (0, 0), (0, 0)))
   b, t, h, w, c = lhs.shape
   taps = rhs.shape[0]
-  frames = t - taps + 1
+  frames = t + front + back - taps + 1
   out = None
+  # Tap a reads input frame f + a - front for output frame f: each tap
+  # convolves the input frames it reaches (all of them for most taps, no
+  # copy) and its outputs are shifted into place, instead of padding the
+  # input in time and slicing it once per tap (copies: ~10% of Wan2.2).
   for a in range(taps):
+    lo, hi = max(0, front - a), min(frames, t + front - a)
+    if lo >= hi:
+      continue
     y = jax.lax.conv_general_dilated(
-        lhs[:, a:a + frames].reshape(b * frames, h, w, c), rhs[a],
-        window_strides[1:], space, dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        precision=precision)
+        lhs[:, lo + a - front:hi + a - front].reshape(
+            b * (hi - lo), h, w, c), rhs[a], window_strides[1:], space,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=precision)
+    y = jnp.pad(y.reshape(b, hi - lo, *y.shape[1:]),
+                ((0, 0), (lo, frames - hi), (0, 0), (0, 0), (0, 0)))
     out = y if out is None else out + y
-  return out.reshape(b, frames, *out.shape[1:])
+  if out is None:
+    raise LaryError(f"conv3d_by_frames: {t} frames, time padding "
+                    f"{(front, back)} and {taps} taps leave no output frame")
+  return out
 
 
 def group_norm(dim: int, *, groups: int = 32, eps: float = 1e-6,
