@@ -70,9 +70,10 @@ def conv3d_by_frames(lhs: jax.Array, rhs: jax.Array,
   frames = t + front + back - taps + 1
   out = None
   # Tap a reads input frame f + a - front for output frame f: each tap
-  # convolves the input frames it reaches (all of them for most taps, no
-  # copy) and its outputs are shifted into place, instead of padding the
-  # input in time and slicing it once per tap (copies: ~10% of Wan2.2).
+  # convolves the input frames it reaches (a causal kernel's last tap reads
+  # them all, uncopied) and its outputs are shifted into place, instead of
+  # padding the input in time and slicing it once per tap (those copies
+  # were ~10% of Wan2.2's forward).
   for a in range(taps):
     lo, hi = max(0, front - a), min(frames, t + front - a)
     if lo >= hi:
