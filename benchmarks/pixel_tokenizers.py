@@ -1,7 +1,8 @@
 """Pixel tokenizer encoders on CPU: lary-jax (jitted) vs their PyTorch code.
 
   python benchmarks/pixel_tokenizers.py [--upstream path/to/LARYBench]
-      [--quick] [--rounds 3] [--threads N] [--models magvit2,flux2,wan2_2]
+      [--quick] [--rounds 3] [--sessions 1] [--threads N]
+      [--models magvit2,flux2,wan2_2]
 
 For each encoder, in one run: the PyTorch reference is built with seeded
 random weights, its state dict is converted with the module's converter, and
@@ -191,11 +192,48 @@ def bench(name: str, spec, rounds: int) -> dict:
   return row
 
 
+def _specs(args) -> dict:
+  """name -> the encoder's spec (reference model, converted weights, input)."""
+  specs = {}
+  for name in args.models.split(","):
+    if name == "magvit2":
+      if not args.upstream:
+        print("magvit2: skipped (no --upstream)", file=sys.stderr)
+        continue
+      specs[name] = _magvit2(args.quick, args.upstream)
+    elif name == "flux2":
+      specs[name] = _flux2(args.quick)
+    elif name == "wan2_2":
+      specs[name] = _wan(args.quick)
+    else:
+      raise SystemExit(f"unknown model {name!r}")
+  return specs
+
+
+def _row(runs: list[dict]) -> str:
+  """One encoder's table row from its sessions' measurements."""
+  r = runs[0]
+  jax_s = [t for run in runs for t in run["jax"]]
+  torch_s = [t for run in runs for t in run["torch"]]
+  per_session = ", ".join(f"{min(run['torch']) / min(run['jax']):.2f}x"
+                          for run in runs)
+  worst = min(min(run["torch"]) / min(run["jax"]) for run in runs)
+  median = statistics.median(torch_s) / statistics.median(jax_s)
+  return (f"| {r['name']} | {r['what']} ({r['threads']} torch threads) | "
+          f"{list(r['shape'])} | {min(jax_s):.3f} / "
+          f"{statistics.median(jax_s):.3f} s | {min(torch_s):.3f} / "
+          f"{statistics.median(torch_s):.3f} s | {per_session} | "
+          f"**{worst:.2f}x** | {median:.2f}x | "
+          f"{max(run['compile_s'] for run in runs):.1f} s | "
+          f"{max(run['diff'] for run in runs):.1e} (of {r['scale']:.1f}) |")
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--upstream", help="LARYBench checkout, for magvit2")
   parser.add_argument("--quick", action="store_true")
   parser.add_argument("--rounds", type=int, default=3)
+  parser.add_argument("--sessions", type=int, default=1)
   parser.add_argument("--models", default="magvit2,flux2,wan2_2")
   parser.add_argument("--threads", type=int, default=0)
   args = parser.parse_args()
@@ -207,23 +245,15 @@ def main() -> None:
         " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
         if args.threads == 1 else "")).strip()
   load = os.getloadavg()[0]  # other processes' share of the cores
-  rows = []
-  for name in args.models.split(","):
-    if name == "magvit2":
-      if not args.upstream:
-        print("magvit2: skipped (no --upstream)", file=sys.stderr)
-        continue
-      spec = _magvit2(args.quick, args.upstream)
-    elif name == "flux2":
-      spec = _flux2(args.quick)
-    elif name == "wan2_2":
-      spec = _wan(args.quick)
-    else:
-      raise SystemExit(f"unknown model {name!r}")
-    rows.append(bench(name, spec, args.rounds))
+  specs = _specs(args)
+  runs = {name: [] for name in specs}
+  for _ in range(args.sessions):  # encoders interleaved, session by session
+    for name, spec in specs.items():
+      runs[name].append(bench(name, spec, args.rounds))
 
   cmd = "python benchmarks/pixel_tokenizers.py" + (
       " --quick" if args.quick else "") + f" --rounds {args.rounds}" + (
+          f" --sessions {args.sessions}" if args.sessions > 1 else "") + (
           f" --threads {args.threads}" if args.threads else "") + (
               " --upstream LARYBench" if args.upstream else "")
   size = ("--quick: shrunken widths and 64-pixel frames, a smoke number, not "
@@ -233,19 +263,17 @@ def main() -> None:
       "CPU fp32", "",
       f"`{cmd}` ({report.machine()}); {size}. Random weights shared by both "
       "sides, same uint8 input, upstream's preprocessing; each side timed "
-      f"alone in one process, warm-up then {args.rounds} rounds; seconds a "
-      f"batch. Load average at the start: {load:.1f} (other processes).", "",
+      f"alone in one process, warm-up then {args.rounds} rounds, in each of "
+      f"{args.sessions} session(s) (the encoders in turn); seconds a batch, "
+      "best and median over every round. Speed-up: PyTorch's best over "
+      "lary-jax's best in each session, the lowest of them in bold, and the "
+      "ratio of the medians. Load average at the start: "
+      f"{load:.1f} (other processes).", "",
       "| encoder | reference, input | tokens | lary-jax best / median | "
-      "PyTorch best / median | speed-up (best) | compile | max abs diff |",
-      "|---|---|---|---|---|---|---|---|"]
-  for r in rows:
-    jb, jm = min(r["jax"]), statistics.median(r["jax"])
-    tb, tm = min(r["torch"]), statistics.median(r["torch"])
-    lines.append(
-        f"| {r['name']} | {r['what']} ({r['threads']} torch threads) | "
-        f"{list(r['shape'])} | {jb:.3f} / {jm:.3f} s | {tb:.3f} / {tm:.3f} s"
-        f" | **{tb / jb:.2f}x** | {r['compile_s']:.1f} s | {r['diff']:.1e} "
-        f"(of {r['scale']:.1f}) |")
+      "PyTorch best / median | speed-up (best) per session | lowest | "
+      "medians | compile | max abs diff |",
+      "|---|---|---|---|---|---|---|---|---|---|"]
+  lines += [_row(r) for r in runs.values()]
   body = "\n".join(lines) + "\n"
   print(body)
   report.write_section("pixel_tokenizers", body)
