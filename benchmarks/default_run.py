@@ -112,7 +112,7 @@ def results_section(workdir: str) -> str:
            f"{report.FLOOR_MARGIN_SE:g}).", ""]
   order = {"control": 0, "floor": 1, "model": 2}
   for run in board.of(report.CLASSIFICATION)[:1]:
-    band = run.honest(result_keys.VALIDATION).get("chance")
+    band = run.honest(result_keys.VALIDATION).get(result_keys.CHANCE)
     lines += [f"Classification, `{run.dataset}` (top-1 %; chance "
               f"{100 * band['chance']:.1f}%, 95% of guesses land in "
               f"{100 * band['low']:.1f}-{100 * band['high']:.1f}%):", ""]

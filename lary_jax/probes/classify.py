@@ -29,7 +29,6 @@ from lary_jax.probes import run_state
 from lary_jax.probes import train_classifier as tc
 
 
-
 @dataclasses.dataclass(frozen=True)
 class ProbeShape:
   """The probe's widths (config section `classify.probe`)."""
@@ -217,7 +216,7 @@ def _text(value: Any) -> str:
 def describe(summary: Mapping[str, Any], out_dir: str) -> str:
   """A few lines for the terminal: both numbers, with their spread."""
   lines = [f"{summary.get('dataset')} {summary.get('model')}: seeds "
-           f"{summary['seeds']} -> {layout.results_file(out_dir)}"]
+           f"{summary[keys.SEEDS]} -> {layout.results_file(out_dir)}"]
   for name, label in ((keys.UPSTREAM_STYLE, "upstream-style (chosen on val)"),
                       (keys.HONEST, "honest (chosen on train holdout)")):
     if name not in summary:

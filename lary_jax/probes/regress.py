@@ -33,7 +33,6 @@ from lary_jax.probes import run_state
 from lary_jax.probes import train_regressor as tr
 
 
-
 def mlp(hidden: int = 4096, blocks: int = 2):
   """Upstream's MLP decoder: factory(steps, action_dim) -> Decoder."""
   def factory(steps: int, action_dim: int) -> tr.Decoder:
@@ -236,7 +235,7 @@ def describe(summary: Mapping[str, Any], out_dir: str) -> str:
   """A few lines for the terminal: both selections and the mean floor."""
   lines = [f"{summary.get('dataset')} {summary.get('model')} "
            f"{summary.get('model_type')} {summary.get('action_mode')}: seeds "
-           f"{summary['seeds']} -> {layout.results_file(out_dir)}"]
+           f"{summary[keys.SEEDS]} -> {layout.results_file(out_dir)}"]
   for name, label in ((keys.UPSTREAM_STYLE, "upstream-style (chosen on val)"),
                       (keys.HONEST, "honest (chosen on train holdout)")):
     for split, scores in summary.get(name, {}).items():
@@ -244,5 +243,5 @@ def describe(summary: Mapping[str, Any], out_dir: str) -> str:
         m = scores[keys.MSE]
         lines.append(f"  {label:34s} {split:10s} MSE {m['mean']:.4f} +- "
                      f"{m['std']:.4f}  (predict-the-mean "
-                     f"{summary['floor'].get(split, float('nan')):.4f})")
+                     f"{summary[keys.FLOOR].get(split, float('nan')):.4f})")
   return "\n".join(lines)

@@ -107,7 +107,7 @@ class Run:
       if not examples:
         return None
       return math.sqrt(p * (1 - p) / examples + seed_var)
-    ci = value.get("mse_ci95")
+    ci = value.get(keys.MSE_CI95)
     if not ci:
       return None
     # The interval's half width is ~1.96 standard errors.

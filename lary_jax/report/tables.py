@@ -146,7 +146,7 @@ def _classification_table(board: Leaderboard,
       top5 = [_spread(run.score(sel, split, keys.TOP5), _percent)
               for sel, _ in SELECTIONS]
       published = board.published_value(run, split)
-      band = run.honest(split).get("chance")
+      band = run.honest(split).get(keys.CHANCE)
       chance = (f"{_percent(band['chance'])} ({_percent(band['low'])}-"
                 f"{_percent(band['high'])})" if band else "-")
       rows.append([
@@ -217,7 +217,7 @@ def control_failures(board: Leaderboard) -> list[str]:
         if gap[1] <= threshold:
           out.append(f"{where}: honest top-1 {gap[1]:.1f} standard errors "
                      f"above {gap[2].model}, needs > {threshold:g}")
-      elif value.get("at_chance", True):
+      elif value.get(keys.AT_CHANCE, True):
         out.append(f"{where}: honest top-1 not above chance (its 95% "
                    "interval reaches chance)")
   return out
@@ -365,7 +365,7 @@ def run_images(run: Run) -> list[tuple[str, str]]:
 def run_facts(run: Run) -> list[str]:
   first = run.seeds.get(min(run.seeds)) if run.seeds else {}
   facts = [f"folder `{run.folder}`",
-           f"seeds {', '.join(map(str, run.summary['seeds']))}"]
+           f"seeds {', '.join(map(str, run.summary[keys.SEEDS]))}"]
   examples = (first or {}).get("examples")
   if examples:
     facts.append("examples " + ", ".join(f"{k} {v}"
