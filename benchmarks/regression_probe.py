@@ -13,7 +13,7 @@ Two measurements, fp32, random weights shared by both sides:
   [B, 2, 16, 1024] -> 32,768 inputs in `--full`. lary-jax: value_and_grad
   of `mlp_decoder.loss` and `train_regressor`'s optax AdamW under one
   `jax.jit`, parameters and moments donated, with
-  `train_regressor.compiler_options`, as `train_regressor.train` builds it.
+  `xla_options.training_step`, as `train_regressor.train` builds it.
   PyTorch: upstream's loop over `tests/probes/torch_mlp.py` (zero_grad,
   forward, Huber, backward, `AdamW.step`, diffusers'
   constant-with-warm-up scheduler, `loss.item()`). Model FLOP/s count 3x
@@ -148,6 +148,7 @@ def worker_mlp_jax(args) -> dict:
   import jax.numpy as jnp
   import optax
   from flax import nnx
+  from lary_jax import xla_options
   from lary_jax.probes import mlp_decoder
   from lary_jax.probes import train_regressor as tr
   from tests.probes import torch_probe
@@ -179,7 +180,7 @@ def worker_mlp_jax(args) -> dict:
   t = time.perf_counter()
   compiled = jax.jit(
       step_fn, donate_argnums=(0, 1),
-      compiler_options=tr.compiler_options(jax.default_backend())).lower(
+      compiler_options=xla_options.training_step(jax.default_backend())).lower(
           params, opt_state, jnp.int32(0), features, target).compile()
   compile_s = time.perf_counter() - t
   cost = compiled.cost_analysis()

@@ -30,6 +30,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from lary_jax import mesh as mesh_lib
+from lary_jax import xla_options
 from lary_jax.data import pipeline as pl
 from lary_jax.errors import LaryError
 from lary_jax.probes import attentive_probe
@@ -145,19 +146,6 @@ def param_shardings(tree: Any, mesh: Mesh, min_mb: float) -> Any:
   return jax.tree.map(one, tree)
 
 
-def compiler_options(platform: str) -> dict[str, Any] | None:
-  """XLA options for the training step on `platform` ("cpu", "gpu", ...).
-
-  On CPU, XLA's default copy insertion copies every donated parameter that
-  the backward pass reads as well as updates (0.6 GiB a step for upstream's
-  MLP, its 512 MiB first kernel included); region analysis sees that the
-  reads come first and drops the copies: ~3% of the step's CPU time.
-  """
-  if platform == "cpu":
-    return {"xla_cpu_copy_insertion_use_region_analysis": True}
-  return None
-
-
 def _optimizer(options: Options, warmup_steps: int
                ) -> optax.GradientTransformation:
   schedule = lambda count: options.lr * lr_factor(count, warmup_steps)
@@ -206,7 +194,7 @@ def train(decoder: Decoder, token_shape: tuple[int, ...], train_split: Split,
                param_shardings(jax.eval_shape(tx.init, abstract), mesh,
                                options.shard_min_mb))
   step_fn, eval_fn = _step_functions(decoder, graphdef, tx, seed, options)
-  platform_options = compiler_options(mesh.devices.flat[0].platform)
+  platform_options = xla_options.training_step(mesh.devices.flat[0].platform)
   held, compiled = _hold(store or held_store(options), train_split, evals,
                          mesh, in_memory.make_epoch(
                              step_fn, KEYS, mesh, platform_options,
