@@ -47,6 +47,7 @@ from lary_jax import run_checkpoints
 from lary_jax import run_claim
 from lary_jax import tensorboard_log
 from lary_jax import workdir_layout as layout
+from lary_jax import xla_options
 from lary_jax.data import images as images_lib
 from lary_jax.data import pipeline as pl
 from lary_jax.encoders import convert
@@ -333,7 +334,9 @@ def make_train_step(module: ModuleType, cfg: Any, graphdef: nnx.GraphDef,
   return jax.jit(
       step_fn, in_shardings=(state_sharding, NamedSharding(mesh, P("data")),
                              replicated),
-      out_shardings=(state_sharding, replicated), donate_argnums=(0,))
+      out_shardings=(state_sharding, replicated), donate_argnums=(0,),
+      compiler_options=xla_options.training_step(
+          mesh.devices.flat[0].platform))
 
 
 def _check_batch(options: Options, mesh: Mesh, num_pairs: int) -> None:
