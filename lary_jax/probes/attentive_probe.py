@@ -29,6 +29,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lary_jax.errors import LaryError
+from lary_jax.nn import flat_grad_linear
 from lary_jax.nn import vit_layers
 from lary_jax.probes import probe_attention
 
@@ -78,8 +79,9 @@ def _linear(din: int, dout: int, dtype, rngs: nnx.Rngs,
             scale: float = 1.0) -> nnx.Linear:
   init = lambda key, shape, dtype=jnp.float32: _normal_init(
       key, shape, dtype, scale)
-  return nnx.Linear(din, dout, dtype=dtype, param_dtype=jnp.float32,
-                    kernel_init=init, rngs=rngs)
+  return flat_grad_linear.FlatGradLinear(din, dout, dtype=dtype,
+                                         param_dtype=jnp.float32,
+                                         kernel_init=init, rngs=rngs)
 
 
 class Mlp(nnx.Module):
@@ -178,9 +180,9 @@ class AttentiveProbe(nnx.Module):
                                          c.depth - 1, 1)),
                                      dtype=dtype, rngs=rngs)
     init = _torch_default_init(d)
-    self.head = nnx.Linear(d, c.num_classes, dtype=dtype,
-                           param_dtype=jnp.float32, kernel_init=init,
-                           bias_init=init, rngs=rngs)
+    self.head = flat_grad_linear.FlatGradLinear(
+        d, c.num_classes, dtype=dtype, param_dtype=jnp.float32,
+        kernel_init=init, bias_init=init, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """[B, T, N, D] or [B, N, D] features -> [B, num_classes] float32."""
