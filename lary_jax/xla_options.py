@@ -54,7 +54,8 @@ def training_step(platform: str) -> dict[str, Any] | None:
   - XLA's memory-optimized scheduler orders the LAQ step's ~370 small
     kernels so that the 2 cores wait less on one another: 6% less time a
     `sim_small` step (250 vs 267 ms; benchmarks/lam_training.py). The
-    regressor's step, a few large GEMMs, runs as fast with either order.
+    regressor's step, a few large GEMMs, runs as fast with either order;
+    so does the classification probe's, which keeps XLA's defaults.
   """
   if platform == "cpu":
     return {"xla_cpu_copy_insertion_use_region_analysis": True,
