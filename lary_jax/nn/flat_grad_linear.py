@@ -10,7 +10,8 @@ place. On the 2-core CPU the five probes' training step then takes 5.5
 instead of 6.7 s on LAM-shaped features [16, 8, 16, 1024] and 11.6 instead
 of 12.8 s on encoder-shaped ones [1, 9, 256, 1024]
 (benchmarks/classification_probe.py), with bitwise the same parameters
-after three steps at both shapes. At other shapes XLA may sum the kernel
+after three steps at [16, 8, 16, 1024] and [2, 9, 256, 1024]. At other
+shapes XLA may sum the kernel
 gradient in another order than autodiff's form: the same numbers to fp32
 rounding (tests/nn/flat_grad_linear_test.py), which training then carries
 on (the default run's probes on LARY-Sim moved within their seed spread).
