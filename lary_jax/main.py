@@ -5,7 +5,8 @@
                                            lary_jax.main)
 
 `lary --help` lists the commands, `lary COMMAND --help` one command's flags.
-A `LaryError` (bad input, a bad flag or config) is printed as one line.
+A `LaryError` (bad input, a bad flag or config) is printed as one line, and
+so is a full disk.
 Every command keeps compiled XLA programs in JAX's persistent compilation
 cache (lary_jax/compilation.py; --compilation_cache_dir DIR, off with
 --nocompilation_cache).
@@ -13,6 +14,7 @@ cache (lary_jax/compilation.py; --compilation_cache_dir DIR, off with
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import re
@@ -313,6 +315,30 @@ def _import_plugin(name: str) -> None:
                     "on the Python path") from e
 
 
+def disk_full(error: BaseException) -> str | None:
+  """The one line to print when `error`, or what caused it, is a full
+  disk; None for any other error.
+
+  Python's own writes raise OSError(ENOSPC); orbax's go through tensorstore
+  and raise a ValueError that only quotes the OS message.
+  """
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    where = None
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+      where = error.filename or "a file"
+    elif "No space left on device" in str(error):
+      quoted = re.search(r'local file "([^"]+)"', str(error))
+      where = quoted.group(1) if quoted else "a file"
+    if where is not None:
+      return (f"no space left on the device writing {where}: free some "
+              "space (or give --workdir a larger disk) and run the same "
+              "command again; finished stages and checkpoints are kept")
+    error = error.__cause__ or error.__context__
+  return None
+
+
 def run_cli(argv: Sequence[str] | None = None) -> None:
   """The `lary` console script and `python -m lary_jax`: exits with the
   command's status; `--help` (alone or after a command) exits 0."""
@@ -333,6 +359,12 @@ def run_cli(argv: Sequence[str] | None = None) -> None:
       status = main(parsed, config)
     except LaryError as e:
       print(f"error: {e}", file=sys.stderr)
+      status = 1
+    except Exception as e:  # pylint: disable=broad-exception-caught
+      message = disk_full(e)
+      if message is None:
+        raise
+      print(f"error: {message}", file=sys.stderr)
       status = 1
     sys.exit(status)
 

@@ -175,3 +175,46 @@ def test_a_broken_config_file_is_one_line_naming_it(tmp_path):
   result = _lary("report", "--config=broken.py", cwd=tmp_path)
   assert _one_error_line(result).startswith(
       "error: --config=broken.py: broken.py, line 1: SyntaxError")
+
+
+_DISK_FULL_PLUGIN = '''
+import errno
+from lary_jax import commands
+
+def _full(flags, config):
+  if {orbax!r}:
+    try:
+      raise OSError(errno.ENOSPC, "No space left on device")
+    except OSError as e:
+      raise ValueError(
+          'RESOURCE_EXHAUSTED: Error writing "params" in OCDBT database at '
+          'local file "/wd/classify/seed_0/checkpoints/2.orbax-checkpoint-tmp/"'
+          ': Failed to write 1058700 bytes: No space left on device') from e
+  raise OSError(errno.ENOSPC, "No space left on device",
+                "/wd/features/shard-00001.npy")
+
+commands.COMMANDS["report"] = _full
+'''
+
+
+@pytest.mark.parametrize("orbax, where", [
+    (False, "/wd/features/shard-00001.npy"),
+    (True, "/wd/classify/seed_0/checkpoints/2.orbax-checkpoint-tmp/")])
+def test_a_full_disk_is_one_line_naming_the_file(tmp_path, orbax, where):
+  (tmp_path / "disk_full.py").write_text(_DISK_FULL_PLUGIN.format(orbax=orbax))
+  result = _lary("report", "--plugins=disk_full", cwd=tmp_path)
+  line = _one_error_line(result)
+  assert line.startswith(
+      f"error: no space left on the device writing {where}: "), line
+  assert "run the same command again" in line
+
+
+def test_other_os_errors_keep_their_traceback(tmp_path):
+  (tmp_path / "denied.py").write_text(
+      "from lary_jax import commands\n"
+      "def _denied(flags, config):\n"
+      "  raise PermissionError(13, 'Permission denied', '/wd/x')\n"
+      "commands.COMMANDS['report'] = _denied\n")
+  result = _lary("report", "--plugins=denied", cwd=tmp_path)
+  assert result.returncode != 0
+  assert "Traceback" in result.stderr and "PermissionError" in result.stderr
