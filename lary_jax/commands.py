@@ -213,14 +213,13 @@ def _store_dir(flags, dataset: str, split: str,
 
 
 def _store_digest(store_dir: str, digest: str | None,
-                  checkpoint: str | None) -> str | None:
+                  files_digest: Callable[[], str | None]) -> str | None:
   """The `checkpoint_digest` to give a store: `digest` (the weights'), or,
   for a store an older lary-jax began from the same checkpoint files, the
-  digest of those files it recorded, so that it resumes."""
+  digest of those files it recorded (`files_digest()`), so that it resumes."""
   found = atomic_io.read_json(os.path.join(store_dir, feature_store.RUN))
   old = (found or {}).get("checkpoint_digest")
-  if digest and old not in (None, digest) and (
-      old == extract_lib.files_digest(checkpoint)):
+  if digest and old not in (None, digest) and old == files_digest():
     return old
   return digest
 
@@ -263,11 +262,14 @@ def extract_features(args: ExtractArgs, config: Config) -> int:
         builder.info.features.keys(), spec.name)
   digest = (extract_lib.weights_digest(encoder.params) if checkpoint
             else None)
+  # Only stores begun by an older lary-jax need the files hashed: at most
+  # once, however many splits there are.
+  old_digest = functools.cache(lambda: extract_lib.files_digest(checkpoint))
   for spec, builder, mode, split in jobs:
     store_dir = _store_dir(args, spec.name, split, args.store_name)
     fields = dict(
         model=args.store_name, checkpoint=args.checkpoint,
-        checkpoint_digest=_store_digest(store_dir, digest, checkpoint),
+        checkpoint_digest=_store_digest(store_dir, digest, old_digest),
         encoder_options=c.encoder_options,
         compute_dtype=c.compute_dtype, dataset=spec.name,
         tfds_name=metadata.tfds_name(spec), split=split,

@@ -54,11 +54,12 @@ def test_a_store_begun_with_the_files_digest_keeps_it(tmp_path):
       registry.load("dinov2", path, dtype=jnp.float32).params)
   store = tmp_path / "store"
   os.makedirs(store)
-  assert commands._store_digest(str(store), weights, path) == weights
+  files = lambda: extract.files_digest(path)
+  assert commands._store_digest(str(store), weights, files) == weights
   run = store / feature_store.RUN
   run.write_text(json.dumps({"checkpoint_digest": extract.files_digest(path)}))
-  assert commands._store_digest(str(store), weights, path) == (
+  assert commands._store_digest(str(store), weights, files) == (
       extract.files_digest(path))
   # Another checkpoint's files: the weights' digest, which the store refuses.
   run.write_text(json.dumps({"checkpoint_digest": "0" * 64}))
-  assert commands._store_digest(str(store), weights, path) == weights
+  assert commands._store_digest(str(store), weights, files) == weights
