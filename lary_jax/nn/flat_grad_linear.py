@@ -1,4 +1,5 @@
-"""nnx.Linear whose kernel gradient is one 2-D GEMM over the flattened rows.
+"""A Linear's product whose kernel gradient is one 2-D GEMM over the
+flattened rows: `dot_general`, for `nnx.Linear(..., dot_general=...)`.
 
 For inputs [..., K] the kernel gradient contracts every leading axis of the
 inputs with the same axes of the output cotangent. Left to autodiff, that is
@@ -11,17 +12,17 @@ instead of 6.7 s on LAM-shaped features [16, 8, 16, 1024] and 11.6 instead
 of 12.8 s on encoder-shaped ones [1, 9, 256, 1024]
 (benchmarks/classification_probe.py), with bitwise the same parameters
 after three steps at [16, 8, 16, 1024] and [2, 9, 256, 1024]. At other
-shapes XLA may sum the kernel
-gradient in another order than autodiff's form: the same numbers to fp32
-rounding (tests/nn/flat_grad_linear_test.py), which training then carries
-on (the default run's probes on LARY-Sim moved within their seed spread).
+shapes XLA may sum the kernel gradient in another order than autodiff's
+form: the same numbers to fp32 rounding (tests/nn/flat_grad_linear_test.py),
+which training then carries on (the default run's probes on LARY-Sim moved
+within their seed spread).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
-import jax.numpy as jnp
-from flax import nnx
 
 from lary_jax.errors import LaryError
 
@@ -48,20 +49,18 @@ def _matmul_bwd(saved, dy):
 matmul.defvjp(_matmul_fwd, _matmul_bwd)
 
 
-class FlatGradLinear(nnx.Linear):
-  """nnx.Linear (same parameters, same forward) with `matmul`'s gradient.
+def dot_general(x: jax.Array, kernel: jax.Array, dimension_numbers: Any,
+                precision: Any = None, preferred_element_type: Any = None,
+                **_) -> jax.Array:
+  """`lax.dot_general` as nnx.Linear calls it, computed by `matmul`.
 
-  `precision` and `preferred_element_type` are not supported.
+  Only nnx.Linear's contraction (the inputs' last axis with the kernel's
+  first), without `precision` or `preferred_element_type`.
   """
-
-  def __call__(self, inputs: jax.Array) -> jax.Array:
-    if self.precision is not None or self.preferred_element_type is not None:
-      raise LaryError("FlatGradLinear: precision and preferred_element_type "
-                      "are not supported")
-    bias = self.bias[...] if self.bias is not None else None
-    inputs, kernel, bias = self.promote_dtype(
-        (inputs, self.kernel[...], bias), dtype=self.dtype)
-    y = matmul(inputs, kernel)
-    if bias is not None:
-      y += jnp.reshape(bias, (1,) * (y.ndim - 1) + (-1,))
-    return y
+  if (tuple(map(tuple, dimension_numbers[0])) != ((x.ndim - 1,), (0,))
+      or any(dimension_numbers[1]) or precision is not None
+      or preferred_element_type is not None):
+    raise LaryError("flat_grad_linear.dot_general: only nnx.Linear's "
+                    "contraction, without precision or "
+                    "preferred_element_type")
+  return matmul(x, kernel)

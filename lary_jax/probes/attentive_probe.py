@@ -79,9 +79,9 @@ def _linear(din: int, dout: int, dtype, rngs: nnx.Rngs,
             scale: float = 1.0) -> nnx.Linear:
   init = lambda key, shape, dtype=jnp.float32: _normal_init(
       key, shape, dtype, scale)
-  return flat_grad_linear.FlatGradLinear(din, dout, dtype=dtype,
-                                         param_dtype=jnp.float32,
-                                         kernel_init=init, rngs=rngs)
+  return nnx.Linear(din, dout, dtype=dtype, param_dtype=jnp.float32,
+                    kernel_init=init, dot_general=flat_grad_linear.dot_general,
+                    rngs=rngs)
 
 
 class Mlp(nnx.Module):
@@ -180,9 +180,11 @@ class AttentiveProbe(nnx.Module):
                                          c.depth - 1, 1)),
                                      dtype=dtype, rngs=rngs)
     init = _torch_default_init(d)
-    self.head = flat_grad_linear.FlatGradLinear(
-        d, c.num_classes, dtype=dtype, param_dtype=jnp.float32,
-        kernel_init=init, bias_init=init, rngs=rngs)
+    self.head = nnx.Linear(d, c.num_classes, dtype=dtype,
+                           param_dtype=jnp.float32, kernel_init=init,
+                           bias_init=init,
+                           dot_general=flat_grad_linear.dot_general,
+                           rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """[B, T, N, D] or [B, N, D] features -> [B, num_classes] float32."""

@@ -1,5 +1,6 @@
-"""FlatGradLinear: nnx.Linear's parameters, forward and gradients, with the
-kernel gradient taken as one GEMM over the flattened rows."""
+"""nnx.Linear with flat_grad_linear.dot_general: the parameters, forward and
+gradients of a plain nnx.Linear, the kernel gradient taken as one GEMM over
+the flattened rows."""
 
 import jax
 import jax.numpy as jnp
@@ -15,7 +16,8 @@ def _pair(dtype, use_bias=True):
   kw = dict(dtype=dtype, param_dtype=jnp.float32, use_bias=use_bias,
             bias_init=nnx.initializers.normal(1.0))
   return (nnx.Linear(24, 40, rngs=nnx.Rngs(3), **kw),
-          fgl.FlatGradLinear(24, 40, rngs=nnx.Rngs(3), **kw))
+          nnx.Linear(24, 40, dot_general=fgl.dot_general,
+                     rngs=nnx.Rngs(3), **kw))
 
 
 def _grads(layer, x, ct):
@@ -62,7 +64,10 @@ def test_bfloat16_compute_keeps_float32_parameters_and_gradients():
 
 
 def test_unsupported_options_are_refused():
-  layer = fgl.FlatGradLinear(4, 4, precision=jax.lax.Precision.HIGHEST,
-                             rngs=nnx.Rngs(0))
+  layer = nnx.Linear(4, 4, precision=jax.lax.Precision.HIGHEST,
+                     dot_general=fgl.dot_general, rngs=nnx.Rngs(0))
   with pytest.raises(LaryError, match="precision"):
     layer(jnp.ones((2, 4)))
+  with pytest.raises(LaryError, match="contraction"):
+    fgl.dot_general(jnp.ones((2, 4)), jnp.ones((3, 4)),
+                    (((1,), (1,)), ((), ())))
